@@ -1,0 +1,113 @@
+"""mpstate: durable, correct run state for Celery pipelines.
+
+The store (``InMemoryPipelineStateStore``, ``RedisPipelineStateStore``) keeps a pipeline run's
+record and its append-only event log; see the README for the contract and its guarantees.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from mpstate.changes import CommitResult
+from mpstate.errors import (
+    IdempotencyKeyInUseError,
+    InvalidInputError,
+    InvalidTransitionError,
+    LockNotOwnedError,
+    LockTimeoutError,
+    MpStateError,
+    RunAlreadyExistsError,
+    RunInProgressError,
+    RunNotFoundError,
+    StaleFenceError,
+    StateStoreUnavailableError,
+    VersionConflictError,
+)
+from mpstate.events import (
+    PipelineEvent,
+    RunCancelled,
+    RunCompleted,
+    RunCreated,
+    RunFailed,
+    RunResumed,
+    RunStarted,
+    RunSuspended,
+    StepCached,
+    StepCompleted,
+    StepFailed,
+    StepGated,
+    StepProgress,
+    StepStarted,
+    parse_event,
+)
+from mpstate.filters import RunFilter
+from mpstate.memory import InMemoryPipelineStateStore
+from mpstate.models import (
+    ALLOWED_RUN_TRANSITIONS,
+    TERMINAL_RUN_STATUSES,
+    PipelineRun,
+    PipelineRunStatus,
+    StepError,
+    StepState,
+    StepStatus,
+)
+from mpstate.store import HeldLock, PipelineStateStore
+
+if TYPE_CHECKING:
+    from mpstate.redis import RedisPipelineStateStore
+
+__all__ = [
+    "ALLOWED_RUN_TRANSITIONS",
+    "TERMINAL_RUN_STATUSES",
+    "CommitResult",
+    "HeldLock",
+    "IdempotencyKeyInUseError",
+    "InMemoryPipelineStateStore",
+    "InvalidInputError",
+    "InvalidTransitionError",
+    "LockNotOwnedError",
+    "LockTimeoutError",
+    "MpStateError",
+    "PipelineEvent",
+    "PipelineRun",
+    "PipelineRunStatus",
+    "PipelineStateStore",
+    "RedisPipelineStateStore",
+    "RunAlreadyExistsError",
+    "RunCancelled",
+    "RunCompleted",
+    "RunCreated",
+    "RunFailed",
+    "RunFilter",
+    "RunInProgressError",
+    "RunNotFoundError",
+    "RunResumed",
+    "RunStarted",
+    "RunSuspended",
+    "StaleFenceError",
+    "StateStoreUnavailableError",
+    "StepCached",
+    "StepCompleted",
+    "StepError",
+    "StepFailed",
+    "StepGated",
+    "StepProgress",
+    "StepStarted",
+    "StepState",
+    "StepStatus",
+    "VersionConflictError",
+    "parse_event",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # The Redis backend is imported on first use so in-memory users need no redis package.
+    if name == "RedisPipelineStateStore":
+        try:
+            from mpstate.redis import RedisPipelineStateStore
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError(
+                "RedisPipelineStateStore needs the redis package: pip install 'mpstate[redis]'"
+            ) from exc
+        return RedisPipelineStateStore
+    raise AttributeError(f"module 'mpstate' has no attribute {name!r}")

@@ -1,0 +1,136 @@
+"""Every error mpstate raises, in one hierarchy.
+
+::
+
+    MpStateError
+    ├── InvalidInputError (also ValueError)      bad ids, events, patches, filters, options
+    ├── RunNotFoundError (also LookupError)      no such run (or not in this tenant)
+    ├── RunInProgressError                       the run is busy or changed under you
+    │   ├── RunAlreadyExistsError                create() of an existing run id
+    │   ├── IdempotencyKeyInUseError             the key belongs to another live run
+    │   ├── VersionConflictError                 expected_version did not match
+    │   ├── LockTimeoutError                     the run's lock was not granted in time
+    │   └── StaleFenceError                      a write carried an outdated lock fence
+    ├── LockNotOwnedError                        release/extend of a lock you no longer hold
+    ├── InvalidTransitionError                   e.g. cancelling a completed run
+    └── StateStoreUnavailableError               Redis refused, reset or timed out (cause chained)
+
+Callers that only care whether "something about mpstate" failed catch ``MpStateError``; code
+that retries on contention catches ``RunInProgressError``; code that retries on outages catches
+``StateStoreUnavailableError``. Logic errors are never reported as unavailability.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "IdempotencyKeyInUseError",
+    "InvalidInputError",
+    "InvalidTransitionError",
+    "LockNotOwnedError",
+    "LockTimeoutError",
+    "MpStateError",
+    "RunAlreadyExistsError",
+    "RunInProgressError",
+    "RunNotFoundError",
+    "StaleFenceError",
+    "StateStoreUnavailableError",
+    "VersionConflictError",
+]
+
+
+class MpStateError(Exception):
+    """Base class of every error raised by mpstate."""
+
+
+class InvalidInputError(MpStateError, ValueError):
+    """An argument was rejected before anything was written."""
+
+
+class RunNotFoundError(MpStateError, LookupError):
+    """The run does not exist, has expired, or belongs to another tenant."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id!r} not found")
+        self.run_id = run_id
+
+
+class RunInProgressError(MpStateError):
+    """The run exists or is being changed by someone else; retrying may succeed."""
+
+    def __init__(self, message: str, *, run_id: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+
+
+class RunAlreadyExistsError(RunInProgressError):
+    """``create()`` was called with a run id that is already stored."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id!r} already exists", run_id=run_id)
+
+
+class IdempotencyKeyInUseError(RunInProgressError):
+    """The idempotency key is held by another live run, named by ``existing_run_id``."""
+
+    def __init__(self, run_id: str, *, idempotency_key: str, existing_run_id: str) -> None:
+        super().__init__(
+            f"idempotency key {idempotency_key!r} is held by run {existing_run_id!r}",
+            run_id=run_id,
+        )
+        self.idempotency_key = idempotency_key
+        self.existing_run_id = existing_run_id
+
+
+class VersionConflictError(RunInProgressError):
+    """A compare-and-set update found another version than the one expected."""
+
+    def __init__(self, run_id: str, *, expected: int, actual: int) -> None:
+        super().__init__(
+            f"run {run_id!r} is at version {actual}, expected {expected}", run_id=run_id
+        )
+        self.expected = expected
+        self.actual = actual
+
+
+class LockTimeoutError(RunInProgressError):
+    """The run's exclusive lock could not be acquired within the timeout."""
+
+    def __init__(self, run_id: str, *, timeout_ms: int) -> None:
+        super().__init__(
+            f"lock on run {run_id!r} not acquired within {timeout_ms} ms", run_id=run_id
+        )
+        self.timeout_ms = timeout_ms
+
+
+class StaleFenceError(RunInProgressError):
+    """A write made under a lock carried a fence older than the newest grant."""
+
+    def __init__(self, run_id: str, *, fence: int, current: int) -> None:
+        super().__init__(
+            f"write to run {run_id!r} carried fence {fence}, the lock was since granted "
+            f"with fence {current}",
+            run_id=run_id,
+        )
+        self.fence = fence
+        self.current = current
+
+
+class LockNotOwnedError(MpStateError):
+    """The lock expired or passed to another holder before it was released or extended."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"lock on run {run_id!r} is no longer held by this holder")
+        self.run_id = run_id
+
+
+class InvalidTransitionError(MpStateError):
+    """The requested change is not allowed from the run's current status."""
+
+    def __init__(self, message: str, *, run_id: str, status: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.status = status
+
+
+class StateStoreUnavailableError(MpStateError):
+    """The backing store could not be reached; the operation may be retried."""

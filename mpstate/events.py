@@ -1,0 +1,180 @@
+"""The run event log's 13 event kinds, as one union discriminated on ``kind``.
+
+The 12 kinds of the TypeScript original keep their exact fields; ``run-cancelled`` is added so a
+cancellation is in the log too. ``seq`` is assigned by the store when the event is appended (1-based,
+contiguous per run) and is ``None`` on an event not yet appended. ``at`` is epoch milliseconds.
+
+Every event may carry ``meta``: a small flat mapping for who produced it (the Celery layer records
+``taskId``, ``worker`` and ``redelivered`` there). It is optional and never interpreted by the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, TypeAdapter
+from pydantic import ValidationError as PydanticValidationError
+
+from mpstate.errors import InvalidInputError
+from mpstate.fields import CamelModel, Identifier, now_ms
+
+__all__ = [
+    "TERMINAL_EVENT_KINDS",
+    "EventMeta",
+    "PipelineEvent",
+    "RunCancelled",
+    "RunCompleted",
+    "RunCreated",
+    "RunFailed",
+    "RunResumed",
+    "RunStarted",
+    "RunSuspended",
+    "StepCached",
+    "StepCompleted",
+    "StepFailed",
+    "StepGated",
+    "StepProgress",
+    "StepStarted",
+    "parse_event",
+]
+
+#: Free-form producer metadata: string keys, scalar values.
+EventMeta = dict[str, str | int | float | bool | None]
+
+Cost = Annotated[float, Field(ge=0)]
+
+
+class _Event(CamelModel):
+    run_id: Identifier
+    at: int = Field(default_factory=now_ms, ge=0)
+    seq: int | None = Field(default=None, ge=1)
+    meta: EventMeta | None = None
+
+
+class _StepEvent(_Event):
+    step_id: Identifier
+
+
+class RunCreated(_Event):
+    kind: Literal["run-created"] = "run-created"
+    pipeline_def_hash: str
+
+
+class RunStarted(_Event):
+    kind: Literal["run-started"] = "run-started"
+
+
+class StepStarted(_StepEvent):
+    kind: Literal["step-started"] = "step-started"
+    attempt: int = Field(ge=0)
+
+
+class StepProgress(_StepEvent):
+    kind: Literal["step-progress"] = "step-progress"
+    pct: float = Field(ge=0, le=100)
+    eta_ms: int | None = Field(default=None, ge=0)
+    message: str | None = None
+    cost_usd_accrued: Cost | None = None
+
+
+class StepCached(_StepEvent):
+    kind: Literal["step-cached"] = "step-cached"
+    cache_key: str
+    artifact_ids: list[str]
+
+
+class StepCompleted(_StepEvent):
+    kind: Literal["step-completed"] = "step-completed"
+    artifact_ids: list[str]
+    cost_usd: Cost
+
+
+class StepFailed(_StepEvent):
+    kind: Literal["step-failed"] = "step-failed"
+    code: str
+    retryable: bool
+
+
+class StepGated(_StepEvent):
+    kind: Literal["step-gated"] = "step-gated"
+    gate_type: str
+    verdict: str
+
+
+class RunSuspended(_Event):
+    kind: Literal["run-suspended"] = "run-suspended"
+    reason: Literal["webhook", "budget", "gate"]
+    resume_token: str
+
+
+class RunResumed(_Event):
+    kind: Literal["run-resumed"] = "run-resumed"
+    from_step_id: Identifier
+
+
+class RunCompleted(_Event):
+    kind: Literal["run-completed"] = "run-completed"
+    total_cost_usd: Cost
+
+
+class RunFailed(_Event):
+    kind: Literal["run-failed"] = "run-failed"
+    code: str
+    terminal_reason: str
+
+
+class RunCancelled(_Event):
+    kind: Literal["run-cancelled"] = "run-cancelled"
+    reason: str
+
+
+PipelineEvent = Annotated[
+    RunCreated
+    | RunStarted
+    | StepStarted
+    | StepProgress
+    | StepCached
+    | StepCompleted
+    | StepFailed
+    | StepGated
+    | RunSuspended
+    | RunResumed
+    | RunCompleted
+    | RunFailed
+    | RunCancelled,
+    Field(discriminator="kind"),
+]
+
+#: Kinds that end a run's log: nothing may be appended after one of them.
+TERMINAL_EVENT_KINDS = frozenset({"run-completed", "run-failed", "run-cancelled"})
+
+_EVENT_ADAPTER: TypeAdapter[PipelineEvent] = TypeAdapter(PipelineEvent)
+
+
+def parse_event(event: PipelineEvent | Mapping[str, Any]) -> PipelineEvent:
+    """Validate an event given as a model or a mapping (camelCase or snake_case keys).
+
+    Raises ``InvalidInputError`` (a ``ValueError``) naming what is wrong; an unknown ``kind`` is
+    rejected.
+    """
+    try:
+        if isinstance(event, CamelModel):
+            return _EVENT_ADAPTER.validate_python(event.model_dump())
+        if not isinstance(event, Mapping):
+            raise InvalidInputError(f"an event must be a model or a mapping, not {event!r}")
+        return _EVENT_ADAPTER.validate_python(dict(event))
+    except PydanticValidationError as exc:
+        raise InvalidInputError(f"invalid event: {exc}") from exc
+
+
+def parse_stored_event(document: str | bytes, seq: int) -> PipelineEvent:
+    """Rebuild an event read back from a backend, with its seq."""
+    event = _EVENT_ADAPTER.validate_json(document)
+    event.seq = seq
+    return event
+
+
+def event_document(event: PipelineEvent) -> str:
+    """The JSON a backend stores for an event (camelCase, without its seq)."""
+    return event.model_dump_json(by_alias=True, exclude={"seq"}, exclude_none=True)

@@ -1,0 +1,222 @@
+"""``InMemoryPipelineStateStore``: the contract in one process, for development and tests.
+
+Thread-safe (one re-entrant lock guards all state, and lock waiters sleep on a condition), returns
+copies so callers never alias stored state, and expires locks with a real TTL. Run, idempotency
+and external job TTLs are not enforced: nothing here outlives the process anyway.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from mpstate.changes import CommitResult, Refusal, RunChange, refusal_error
+from mpstate.events import TERMINAL_EVENT_KINDS, PipelineEvent, RunCreated
+from mpstate.filters import RunFilter, sort_key
+from mpstate.fields import utc_now
+from mpstate.models import PipelineRun
+from mpstate.store import LockAttempt, PipelineStateStore, StoreOptions
+
+__all__ = ["InMemoryPipelineStateStore"]
+
+
+@dataclass(slots=True)
+class _StoredRun:
+    run: PipelineRun
+    events: list[PipelineEvent] = field(default_factory=list)
+    fence: int = 0
+    lock_token: str | None = None
+    lock_expires_at: float = 0.0
+
+    @property
+    def log_ended(self) -> bool:
+        return bool(self.events) and self.events[-1].kind in TERMINAL_EVENT_KINDS
+
+
+@dataclass(slots=True)
+class _State:
+    """Everything one store (and its tenant views) share."""
+
+    mutex: threading.RLock = field(default_factory=threading.RLock)
+    released: threading.Condition = field(init=False)
+    runs: dict[str, _StoredRun] = field(default_factory=dict)
+    idempotency: dict[tuple[str | None, str], str] = field(default_factory=dict)
+    jobs: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.released = threading.Condition(self.mutex)
+
+
+class InMemoryPipelineStateStore(PipelineStateStore):
+    """The whole contract in process memory. Not shared between processes."""
+
+    def __init__(
+        self,
+        *,
+        lock_ttl_seconds: float = 60,
+        lock_acquire_timeout_ms: int = 5000,
+        lock_poll_interval_ms: int = 100,
+    ) -> None:
+        super().__init__(
+            StoreOptions(
+                lock_ttl_seconds=lock_ttl_seconds,
+                lock_acquire_timeout_ms=lock_acquire_timeout_ms,
+                lock_poll_interval_ms=lock_poll_interval_ms,
+            )
+        )
+        self._state = _State()
+
+    # -- primitives ---------------------------------------------------------------------------
+
+    def _insert(
+        self, run: PipelineRun, created_event: RunCreated, *, return_existing: bool
+    ) -> tuple[PipelineRun, bool]:
+        state = self._state
+        with state.mutex:
+            existing = state.runs.get(run.run_id)
+            if existing is not None:
+                if return_existing:
+                    return existing.run.model_copy(deep=True), False
+                raise refusal_error(Refusal.ALREADY_EXISTS, run.run_id)
+            if run.idempotency_key is not None:
+                idem = (run.tenant_id, run.idempotency_key)
+                holder = state.idempotency.get(idem)
+                if holder is not None and holder in state.runs:
+                    if return_existing:
+                        return state.runs[holder].run.model_copy(deep=True), False
+                    raise refusal_error(
+                        Refusal.IDEMPOTENCY_KEY_IN_USE,
+                        run.run_id,
+                        idempotency_key=run.idempotency_key,
+                        existing_run_id=holder,
+                    )
+                state.idempotency[idem] = run.run_id
+            stored = _StoredRun(run.model_copy(deep=True))
+            stored.events.append(created_event.model_copy(update={"seq": 1}))
+            state.runs[run.run_id] = stored
+            for job in run.external_jobs():
+                state.jobs[job] = run.run_id
+            return run.model_copy(deep=True), True
+
+    def _apply(self, change: RunChange) -> CommitResult:
+        state = self._state
+        with state.mutex:
+            stored = state.runs.get(change.run_id)
+            run = stored.run if stored is not None else None
+            if stored is None or run is None or (
+                change.tenant is not None and run.tenant_id != change.tenant
+            ):
+                raise refusal_error(Refusal.NOT_FOUND, change.run_id)
+            if change.fence is not None and change.fence != stored.fence:
+                raise refusal_error(
+                    Refusal.STALE_FENCE, change.run_id, fence=change.fence, current_fence=stored.fence
+                )
+            if run.status in change.unchanged_if:
+                return CommitResult(run.model_copy(deep=True), (), changed=False)
+            if change.expected_version is not None and change.expected_version != run.version:
+                raise refusal_error(
+                    Refusal.VERSION_CONFLICT,
+                    change.run_id,
+                    expected_version=change.expected_version,
+                    actual_version=run.version,
+                )
+            allowed_from = change.allowed_from
+            if allowed_from is not None and run.status not in allowed_from:
+                raise refusal_error(
+                    Refusal.INVALID_TRANSITION,
+                    change.run_id,
+                    status=run.status,
+                    new_status=change.new_status,
+                )
+            if change.events and stored.log_ended:
+                raise refusal_error(Refusal.LOG_ENDED, change.run_id, status=run.status)
+            return self._write(stored, change)
+
+    def _write(self, stored: _StoredRun, change: RunChange) -> CommitResult:
+        run = stored.run
+        if change.values:
+            run = run.model_copy(update=change.values, deep=True)
+        if change.bump_version:
+            run = run.model_copy(update={"version": run.version + 1, "updated_at": utc_now()})
+        stored.run = run
+        seqs = []
+        for event in change.events:
+            seq = len(stored.events) + 1
+            stored.events.append(event.model_copy(update={"seq": seq}))
+            seqs.append(seq)
+        for job in run.external_jobs():
+            self._state.jobs[job] = run.run_id
+        return CommitResult(run.model_copy(deep=True), tuple(seqs))
+
+    def _load(self, run_id: str, *, include_events: bool) -> PipelineRun | None:
+        with self._state.mutex:
+            stored = self._state.runs.get(run_id)
+            if stored is None:
+                return None
+            events = list(stored.events) if include_events else []
+            return stored.run.model_copy(update={"events": events}, deep=True)
+
+    def _read_events(
+        self, run_id: str, since_seq: int, limit: int | None
+    ) -> list[PipelineEvent] | None:
+        with self._state.mutex:
+            stored = self._state.runs.get(run_id)
+            if stored is None:
+                return None
+            end = None if limit is None else since_seq + limit
+            return [event.model_copy() for event in stored.events[since_seq:end]]
+
+    def _select(self, run_filter: RunFilter) -> list[PipelineRun]:
+        with self._state.mutex:
+            matched = [s.run for s in self._state.runs.values() if run_filter.matches(s.run)]
+            matched.sort(key=sort_key)
+            return [run.model_copy(deep=True) for run in run_filter.page(matched)]
+
+    def _find_job(self, provider: str, job_id: str) -> PipelineRun | None:
+        with self._state.mutex:
+            run_id = self._state.jobs.get((provider, job_id))
+            return None if run_id is None else self._load(run_id, include_events=False)
+
+    # -- lock primitives --------------------------------------------------------------------
+
+    def _live_holder(self, stored: _StoredRun) -> str | None:
+        if stored.lock_token is not None and stored.lock_expires_at <= time.monotonic():
+            stored.lock_token = None
+        return stored.lock_token
+
+    def _try_lock(self, run_id: str, token: str, ttl_ms: int) -> LockAttempt:
+        with self._state.mutex:
+            stored = self._state.runs.get(run_id)
+            if stored is None:
+                raise refusal_error(Refusal.NOT_FOUND, run_id)
+            if self._live_holder(stored) is not None:
+                remaining = (stored.lock_expires_at - time.monotonic()) * 1000
+                return LockAttempt(None, max(1, int(remaining)))
+            stored.lock_token = token
+            stored.lock_expires_at = time.monotonic() + ttl_ms / 1000
+            stored.fence += 1
+            return LockAttempt(stored.fence)
+
+    def _wait_for_release(self, run_id: str, wait_ms: float) -> None:
+        with self._state.released:
+            stored = self._state.runs.get(run_id)
+            if stored is not None and self._live_holder(stored) is not None:
+                self._state.released.wait(wait_ms / 1000)
+
+    def _release_lock(self, run_id: str, token: str) -> bool:
+        with self._state.mutex:
+            stored = self._state.runs.get(run_id)
+            if stored is None or self._live_holder(stored) != token:
+                return False
+            stored.lock_token = None
+            self._state.released.notify_all()
+            return True
+
+    def _extend_lock(self, run_id: str, token: str, ttl_ms: int) -> bool:
+        with self._state.mutex:
+            stored = self._state.runs.get(run_id)
+            if stored is None or self._live_holder(stored) != token:
+                return False
+            stored.lock_expires_at = time.monotonic() + ttl_ms / 1000
+            return True

@@ -1,0 +1,182 @@
+"""The pipeline run record: statuses, the allowed status transitions, steps and the run itself."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+
+from mpstate.events import PipelineEvent
+from mpstate.fields import CamelModel, Identifier, UtcDatetime, utc_now
+
+__all__ = [
+    "ALLOWED_RUN_TRANSITIONS",
+    "TERMINAL_RUN_STATUSES",
+    "PipelineRun",
+    "PipelineRunStatus",
+    "StepError",
+    "StepState",
+    "StepStatus",
+]
+
+NonNegativeCost = Annotated[float, Field(ge=0)]
+
+
+class PipelineRunStatus(StrEnum):
+    """Where a run is in its life."""
+
+    #: Created, not started yet.
+    PENDING = "pending"
+    #: A step is executing or queued.
+    RUNNING = "running"
+    #: Waiting for something outside mpstate: a webhook, a budget decision or a gate.
+    SUSPENDED = "suspended"
+    #: Every step finished; final.
+    COMPLETED = "completed"
+    #: A step failed for good; final.
+    FAILED = "failed"
+    #: Cancelled by a user or an operator; final.
+    CANCELLED = "cancelled"
+
+
+class StepStatus(StrEnum):
+    """Where a step is in its life."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    #: Stopped by a gate (for example a quality check).
+    GATED = "gated"
+    #: Satisfied from a cache instead of running.
+    CACHED = "cached"
+    CANCELLED = "cancelled"
+
+
+#: Statuses a run never leaves.
+TERMINAL_RUN_STATUSES = frozenset(
+    {PipelineRunStatus.COMPLETED, PipelineRunStatus.FAILED, PipelineRunStatus.CANCELLED}
+)
+
+_LIVE = frozenset(
+    {PipelineRunStatus.PENDING, PipelineRunStatus.RUNNING, PipelineRunStatus.SUSPENDED}
+)
+
+#: For each status, the statuses a run may move to from it. Every backend enforces this table on
+#: every write that changes ``status``; a terminal run keeps its status forever, so a late result
+#: cannot revive a cancelled, failed or completed run.
+ALLOWED_RUN_TRANSITIONS: dict[PipelineRunStatus, frozenset[PipelineRunStatus]] = {
+    PipelineRunStatus.PENDING: frozenset(PipelineRunStatus),
+    PipelineRunStatus.RUNNING: frozenset(PipelineRunStatus) - {PipelineRunStatus.PENDING},
+    PipelineRunStatus.SUSPENDED: frozenset(PipelineRunStatus) - {PipelineRunStatus.PENDING},
+    PipelineRunStatus.COMPLETED: frozenset({PipelineRunStatus.COMPLETED}),
+    PipelineRunStatus.FAILED: frozenset({PipelineRunStatus.FAILED}),
+    PipelineRunStatus.CANCELLED: frozenset({PipelineRunStatus.CANCELLED}),
+}
+
+
+def statuses_that_may_become(target: PipelineRunStatus) -> frozenset[PipelineRunStatus]:
+    """The statuses from which a run may move to ``target`` (the table, read backwards)."""
+    return frozenset(s for s, targets in ALLOWED_RUN_TRANSITIONS.items() if target in targets)
+
+
+#: Statuses that may be cancelled (a cancelled run is cancelled again as a no-op).
+CANCELLABLE_RUN_STATUSES = _LIVE
+
+
+class StepError(CamelModel):
+    """The last error a step reported."""
+
+    code: str
+    message: str = ""
+    retryable: bool = False
+    at: UtcDatetime = Field(default_factory=utc_now)
+
+
+class StepState(CamelModel):
+    """One step of a run: what it runs (``operation``), with what, and how it went."""
+
+    step_id: Identifier
+    operation: Identifier
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    status: StepStatus = StepStatus.PENDING
+    attempts: int = Field(default=0, ge=0)
+    max_retries: int | None = Field(default=None, ge=0)
+    artifact_ids: list[str] = Field(default_factory=list)
+    cost_usd: NonNegativeCost = 0.0
+    error: str | None = None
+    started_at: UtcDatetime | None = None
+    completed_at: UtcDatetime | None = None
+    cache_key: str | None = None
+    last_error: StepError | None = None
+
+
+class PipelineRun(CamelModel):
+    """A pipeline run: its steps, status, cost and version.
+
+    ``version`` is owned by the store: ``create`` stores version 1 and every update adds one.
+    ``events`` is filled by ``get``; writes return the record without its log (read it with
+    ``list_events``), so a write costs the same however long the log is.
+    """
+
+    run_id: Identifier
+    pipeline_id: Identifier
+    status: PipelineRunStatus = PipelineRunStatus.PENDING
+    tenant_id: Identifier | None = None
+    pipeline_def_hash: str = ""
+    idempotency_key: Identifier | None = None
+    external_job_id: str | None = None
+    external_job_ids: dict[Identifier, Identifier] = Field(default_factory=dict)
+    current_step_index: int = Field(default=0, ge=0)
+    steps: list[StepState] = Field(default_factory=list)
+    events: list[PipelineEvent] = Field(default_factory=list)
+    error: str | None = None
+    budget: dict[str, Any] | None = None
+    resume_token: str | None = None
+    resumable: bool = False
+    started_at: UtcDatetime | None = None
+    cost_usd: NonNegativeCost = 0.0
+    version: int = Field(default=0, ge=0)
+    created_at: UtcDatetime = Field(default_factory=utc_now)
+    updated_at: UtcDatetime = Field(default_factory=utc_now)
+    completed_at: UtcDatetime | None = None
+
+    @field_validator("steps")
+    @classmethod
+    def _step_ids_are_unique(cls, steps: list[StepState]) -> list[StepState]:
+        seen: set[str] = set()
+        for step in steps:
+            if step.step_id in seen:
+                raise ValueError(f"duplicate step id {step.step_id!r}")
+            seen.add(step.step_id)
+        return steps
+
+    @field_validator("external_job_id")
+    @classmethod
+    def _legacy_job_id_names_its_provider(cls, value: str | None) -> str | None:
+        if value is not None:
+            provider, sep, job_id = value.partition(":")
+            if not (provider and sep and job_id):
+                raise ValueError('external_job_id must look like "provider:jobId"')
+        return value
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the run is completed, failed or cancelled."""
+        return self.status in TERMINAL_RUN_STATUSES
+
+    def external_jobs(self) -> set[tuple[str, str]]:
+        """Every (provider, job id) this run answers to, the legacy single id included."""
+        jobs = set(self.external_job_ids.items())
+        if self.external_job_id is not None:
+            provider, _, job_id = self.external_job_id.partition(":")
+            jobs.add((provider, job_id))
+        return jobs
+
+    def step(self, step_id: str) -> StepState:
+        """The step with this id (``KeyError`` when the run has none)."""
+        for step in self.steps:
+            if step.step_id == step_id:
+                return step
+        raise KeyError(step_id)

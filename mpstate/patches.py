@@ -1,0 +1,84 @@
+"""Validating a run patch: which fields may change and what values they accept.
+
+A patch is validated field by field against ``PipelineRun``'s own field definitions, without the
+current run, so every backend accepts and refuses exactly the same patches and the Redis backend
+never needs to read before it writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, cast
+
+from pydantic import BaseModel, create_model
+from pydantic import ValidationError as PydanticValidationError
+from pydantic.fields import FieldInfo
+
+from mpstate.errors import InvalidInputError
+from mpstate.fields import CamelModel
+from mpstate.models import PipelineRun
+
+__all__ = ["IMMUTABLE_RUN_FIELDS", "RunPatch", "validate_patch"]
+
+#: Fields a patch may not touch. The store owns ``version``, ``updated_at`` and the log; a run's
+#: identity (id, tenant, idempotency key, creation time) never changes, so indexes and tenant
+#: isolation cannot be moved by an update.
+IMMUTABLE_RUN_FIELDS = frozenset(
+    {"run_id", "tenant_id", "idempotency_key", "created_at", "updated_at", "version", "events"}
+)
+
+
+def _optional(info: FieldInfo) -> tuple[Any, FieldInfo]:
+    # Same annotation and constraints; no default applied, so unset fields stay out of the patch.
+    field = FieldInfo.merge_field_infos(info, default=None)
+    field.default_factory = None
+    return info.annotation, field
+
+
+RunPatch = cast(
+    type[CamelModel],
+    create_model(  # type: ignore[call-overload]
+        "RunPatch",
+        __base__=CamelModel,
+        **{
+            name: _optional(info)
+            for name, info in PipelineRun.model_fields.items()
+            if name not in IMMUTABLE_RUN_FIELDS
+        },
+    ),
+)
+RunPatch.__doc__ = "A validated partial update of a ``PipelineRun`` (only the fields it sets)."
+
+_ALIASES = {info.alias or name: name for name, info in PipelineRun.model_fields.items()}
+
+
+def validate_patch(patch: Mapping[str, Any] | BaseModel) -> BaseModel:
+    """Validate ``patch`` (run fields in either spelling) and return it as a ``RunPatch``.
+
+    Raises ``InvalidInputError`` for an empty patch, an unknown or immutable field, or a value the
+    field does not accept.
+    """
+    if isinstance(patch, BaseModel):
+        patch = patch.model_dump(exclude_unset=True)
+    if not isinstance(patch, Mapping):
+        raise InvalidInputError(f"a patch must be a mapping of run fields, not {patch!r}")
+    if not patch:
+        raise InvalidInputError("a patch must change at least one field")
+    for key in patch:
+        name = _ALIASES.get(key, key) if isinstance(key, str) else key
+        if name in IMMUTABLE_RUN_FIELDS:
+            raise InvalidInputError(f"run field {key!r} cannot be patched")
+    try:
+        return RunPatch.model_validate(dict(patch))
+    except PydanticValidationError as exc:
+        raise InvalidInputError(f"invalid patch: {exc}") from exc
+
+
+def patched_values(patch: BaseModel) -> dict[str, Any]:
+    """The patch as ``{python field name: validated value}``, for applying to a model."""
+    return {name: getattr(patch, name) for name in patch.model_fields_set}
+
+
+def patched_documents(patch: BaseModel) -> dict[str, Any]:
+    """The patch as ``{camelCase field: JSON-ready value}``, for backends that store JSON."""
+    return patch.model_dump(mode="json", by_alias=True, include=set(patch.model_fields_set))
