@@ -104,7 +104,7 @@ def __getattr__(name: str) -> Any:
     # The Redis backend is imported on first use so in-memory users need no redis package.
     if name == "RedisPipelineStateStore":
         try:
-            from mpstate.redis import RedisPipelineStateStore
+            from mpstate.redis import RedisPipelineStateStore  # noqa: PLC0415 - lazy on purpose
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise ImportError(
                 "RedisPipelineStateStore needs the redis package: pip install 'mpstate[redis]'"

@@ -75,7 +75,7 @@ class RunChange:
     def new_status(self) -> PipelineRunStatus | None:
         """The status the patch sets, if it sets one."""
         status = self.values.get("status")
-        return PipelineRunStatus(status) if status is not None else None
+        return PipelineRunStatus(str(status)) if status is not None else None
 
     @property
     def allowed_from(self) -> frozenset[PipelineRunStatus] | None:

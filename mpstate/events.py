@@ -1,11 +1,12 @@
 """The run event log's 13 event kinds, as one union discriminated on ``kind``.
 
-The 12 kinds of the TypeScript original keep their exact fields; ``run-cancelled`` is added so a
-cancellation is in the log too. ``seq`` is assigned by the store when the event is appended (1-based,
-contiguous per run) and is ``None`` on an event not yet appended. ``at`` is epoch milliseconds.
+The 12 kinds of the TypeScript original keep their exact fields; ``run-cancelled`` is added so
+a cancellation is in the log too. ``seq`` is assigned by the store when the event is appended
+(1-based, contiguous per run) and is ``None`` on an event not yet appended. ``at`` is epoch
+milliseconds.
 
 Every event may carry ``meta``: a small flat mapping for who produced it (the Celery layer records
-``taskId``, ``worker`` and ``redelivered`` there). It is optional and never interpreted by the store.
+``taskId``, ``worker`` and ``redelivered`` there). It is optional; the store never interprets it.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from mpstate.errors import InvalidInputError
@@ -33,7 +33,7 @@ class RunFilter(CamelModel):
     limit: int | None = Field(default=None, ge=1, le=MAX_PAGE_SIZE)
     offset: int = Field(default=0, ge=0)
 
-    model_config = {"frozen": True}
+    model_config = ConfigDict(frozen=True)
 
     @field_validator("status", mode="before")
     @classmethod
@@ -73,7 +73,9 @@ def sort_key(run: PipelineRun) -> tuple[Any, str]:
     return (run.created_at, run.run_id)
 
 
-def build_filter(run_filter: RunFilter | Mapping[str, Any] | None, fields: Mapping[str, Any]) -> RunFilter:
+def build_filter(
+    run_filter: RunFilter | Mapping[str, Any] | None, fields: Mapping[str, Any]
+) -> RunFilter:
     """Merge a filter object and keyword fields into one validated ``RunFilter``."""
     try:
         if run_filter is None:

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 from mpstate.changes import CommitResult, Refusal, RunChange, refusal_error
 from mpstate.events import TERMINAL_EVENT_KINDS, PipelineEvent, RunCreated
-from mpstate.filters import RunFilter, sort_key
 from mpstate.fields import utc_now
+from mpstate.filters import RunFilter, sort_key
 from mpstate.models import PipelineRun
 from mpstate.store import LockAttempt, PipelineStateStore, StoreOptions
 
@@ -104,13 +104,18 @@ class InMemoryPipelineStateStore(PipelineStateStore):
         with state.mutex:
             stored = state.runs.get(change.run_id)
             run = stored.run if stored is not None else None
-            if stored is None or run is None or (
-                change.tenant is not None and run.tenant_id != change.tenant
+            if (
+                stored is None
+                or run is None
+                or (change.tenant is not None and run.tenant_id != change.tenant)
             ):
                 raise refusal_error(Refusal.NOT_FOUND, change.run_id)
             if change.fence is not None and change.fence != stored.fence:
                 raise refusal_error(
-                    Refusal.STALE_FENCE, change.run_id, fence=change.fence, current_fence=stored.fence
+                    Refusal.STALE_FENCE,
+                    change.run_id,
+                    fence=change.fence,
+                    current_fence=stored.fence,
                 )
             if run.status in change.unchanged_if:
                 return CommitResult(run.model_copy(deep=True), (), changed=False)

@@ -178,7 +178,9 @@ class PipelineStateStore(ABC):
         self, run: PipelineRun | Mapping[str, Any], *, return_existing: bool
     ) -> tuple[PipelineRun, bool]:
         new_run = self._new_run(run)
-        created_event = RunCreated(run_id=new_run.run_id, pipeline_def_hash=new_run.pipeline_def_hash)
+        created_event = RunCreated(
+            run_id=new_run.run_id, pipeline_def_hash=new_run.pipeline_def_hash
+        )
         stored, created = self._insert(new_run, created_event, return_existing=return_existing)
         if not created and self._visible(stored) is None:
             raise refusal_error(Refusal.ALREADY_EXISTS, new_run.run_id)
@@ -242,7 +244,7 @@ class PipelineStateStore(ABC):
 
     def list_runs(
         self,
-        filter: RunFilter | Mapping[str, Any] | None = None,  # noqa: A002 - the contract's name
+        filter: RunFilter | Mapping[str, Any] | None = None,
         **fields: Any,
     ) -> list[PipelineRun]:
         """Runs matching the filter, by ``created_at`` then ``run_id``, without their events."""

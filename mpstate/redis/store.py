@@ -208,9 +208,13 @@ class RedisPipelineStateStore(PipelineStateStore):
         new_status = change.new_status
         events = [event_document(event) for event in change.events]
         patch = change.patch
-        fields = encode_fields(
-            patch.model_dump(mode="json", by_alias=True, include=set(patch.model_fields_set))
-        ) if patch is not None else []
+        fields = (
+            encode_fields(
+                patch.model_dump(mode="json", by_alias=True, include=set(patch.model_fields_set))
+            )
+            if patch is not None
+            else []
+        )
         args: list[Any] = [
             json_value(change.tenant) if change.tenant else "",
             "" if change.fence is None else change.fence,
@@ -256,7 +260,11 @@ class RedisPipelineStateStore(PipelineStateStore):
 
     def _refusal(self, change: RunChange, refusal: Refusal, reply: Sequence[Any]) -> Exception:
         detail = text(reply[1]) if len(reply) > 1 else None
-        status = _json_str(detail) if refusal in (Refusal.INVALID_TRANSITION, Refusal.LOG_ENDED) else None
+        status = (
+            _json_str(detail)
+            if detail is not None and refusal in (Refusal.INVALID_TRANSITION, Refusal.LOG_ENDED)
+            else None
+        )
         return refusal_error(
             refusal,
             change.run_id,
@@ -349,11 +357,20 @@ class RedisPipelineStateStore(PipelineStateStore):
             fetch = None if wanted is None else wanted + len(skipped)
             with _reachable(), self.client.pipeline(transaction=False) as pipe:
                 for source in sources:
-                    pipe.zrange(source, low, high, byscore=True, withscores=True,
-                                offset=0 if fetch else None, num=fetch)
+                    pipe.zrange(
+                        source,
+                        low,
+                        high,
+                        byscore=True,
+                        withscores=True,
+                        offset=0 if fetch else None,
+                        num=fetch,
+                    )
                 per_source = pipe.execute()
             exhausted = fetch is None or all(len(found) < fetch for found in per_source)
-            merged = sorted({(score, text(member)) for found in per_source for member, score in found})
+            merged = sorted(
+                {(score, text(member)) for found in per_source for member, score in found}
+            )
             candidates = [(score, member) for score, member in merged if member not in skipped]
             candidates = candidates[:wanted] if wanted is not None else candidates
             runs = self._load_many([member for _, member in candidates])
@@ -424,11 +441,15 @@ class RedisPipelineStateStore(PipelineStateStore):
     def _release_lock(self, run_id: str, token: str) -> bool:
         keys = [self.keys.lock(run_id), self.keys.lock_wake(run_id)]
         with _reachable():
-            return bool(self._scripts.release_lock(keys=keys, args=[token, self.options.lock_ttl_ms]))
+            return bool(
+                self._scripts.release_lock(keys=keys, args=[token, self.options.lock_ttl_ms])
+            )
 
     def _extend_lock(self, run_id: str, token: str, ttl_ms: int) -> bool:
         with _reachable():
-            return bool(self._scripts.extend_lock(keys=[self.keys.lock(run_id)], args=[token, ttl_ms]))
+            return bool(
+                self._scripts.extend_lock(keys=[self.keys.lock(run_id)], args=[token, ttl_ms])
+            )
 
 
 def _json_str(document: str) -> str:
