@@ -193,7 +193,7 @@ class InMemoryPipelineStateStore(PipelineStateStore):
     def _try_lock(self, run_id: str, token: str, ttl_ms: int) -> LockAttempt:
         with self._state.mutex:
             stored = self._state.runs.get(run_id)
-            if stored is None:
+            if stored is None or self._visible(stored.run) is None:
                 raise refusal_error(Refusal.NOT_FOUND, run_id)
             if self._live_holder(stored) is not None:
                 remaining = (stored.lock_expires_at - time.monotonic()) * 1000
@@ -201,7 +201,7 @@ class InMemoryPipelineStateStore(PipelineStateStore):
             stored.lock_token = token
             stored.lock_expires_at = time.monotonic() + ttl_ms / 1000
             stored.fence += 1
-            return LockAttempt(stored.fence)
+            return LockAttempt(stored.fence, run=stored.run.model_copy(deep=True))
 
     def _wait_for_release(self, run_id: str, wait_ms: float) -> None:
         with self._state.released:

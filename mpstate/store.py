@@ -98,10 +98,11 @@ class StoreOptions:
 
 @dataclass(frozen=True, slots=True)
 class LockAttempt:
-    """One try at a run's lock: the fence when granted, else how long the holder still has."""
+    """One try at a run's lock: the fence and the run when granted, else the holder's time left."""
 
     fence: int | None
     holder_ttl_ms: int = 0
+    run: PipelineRun | None = None
 
 
 @dataclass(slots=True)
@@ -430,20 +431,17 @@ class PipelineStateStore(ABC):
         check_id(run_id, "run_id")
         timeout = self.options.lock_acquire_timeout_ms if timeout_ms is None else timeout_ms
         _check_int(timeout, "timeout_ms", minimum=0)
-        run = self.get(run_id, include_events=False)
-        if run is None:
-            raise RunNotFoundError(run_id)
         token = secrets.token_hex(16)
         deadline = time.monotonic() + timeout / 1000
         while True:
+            # Raises RunNotFoundError for a missing run; a grant carries the run as it is now.
             attempt = self._try_lock(run_id, token, self.options.lock_ttl_ms)
             if attempt.fence is not None:
-                # The run may have changed while we waited: hand the holder the current record.
-                current = self.get(run_id, include_events=False)
-                if current is None:
+                run = self._visible(attempt.run)
+                if run is None:
                     self._release_lock(run_id, token)
                     raise RunNotFoundError(run_id)
-                return HeldLock(run_id, token, attempt.fence, current, self)
+                return HeldLock(run_id, token, attempt.fence, run, self)
             remaining_ms = (deadline - time.monotonic()) * 1000
             if remaining_ms <= 0:
                 raise LockTimeoutError(run_id, timeout_ms=timeout)
@@ -484,7 +482,10 @@ class PipelineStateStore(ABC):
 
     @abstractmethod
     def _try_lock(self, run_id: str, token: str, ttl_ms: int) -> LockAttempt:
-        """One atomic try to take the lock with ``token``."""
+        """One atomic try to take the lock with ``token``; on a grant, also return the run.
+
+        Raises ``RunNotFoundError`` when the run does not exist.
+        """
 
     @abstractmethod
     def _wait_for_release(self, run_id: str, wait_ms: float) -> None:

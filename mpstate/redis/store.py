@@ -424,12 +424,13 @@ class RedisPipelineStateStore(PipelineStateStore):
     def _try_lock(self, run_id: str, token: str, ttl_ms: int) -> LockAttempt:
         keys = [self.keys.lock(run_id), self.keys.run(run_id)]
         with _reachable():
-            reply = self._scripts.acquire_lock(keys=keys, args=[token, ttl_ms])
+            scope = json_value(self._tenant) if self._tenant else ""
+            reply = self._scripts.acquire_lock(keys=keys, args=[token, ttl_ms, scope])
         code = int(reply[0])
         if code == Refusal.NOT_FOUND:
             raise refusal_error(Refusal.NOT_FOUND, run_id)
         if code == 1:
-            return LockAttempt(int(reply[1]))
+            return LockAttempt(int(reply[1]), run=decode_run(reply[2]))
         return LockAttempt(None, max(1, int(reply[1])))
 
     def _wait_for_release(self, run_id: str, wait_ms: float) -> None:
