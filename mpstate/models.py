@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field
 
 from mpstate.events import PipelineEvent
 from mpstate.fields import CamelModel, Identifier, UtcDatetime, utc_now
@@ -21,6 +21,22 @@ __all__ = [
 ]
 
 NonNegativeCost = Annotated[float, Field(ge=0)]
+
+
+def _unique_step_ids(steps: list[StepState]) -> list[StepState]:
+    seen: set[str] = set()
+    for step in steps:
+        if step.step_id in seen:
+            raise ValueError(f"duplicate step id {step.step_id!r}")
+        seen.add(step.step_id)
+    return steps
+
+
+def _names_its_provider(value: str) -> str:
+    provider, sep, job_id = value.partition(":")
+    if not (provider and sep and job_id):
+        raise ValueError('external_job_id must look like "provider:jobId"')
+    return value
 
 
 class PipelineRunStatus(StrEnum):
@@ -126,10 +142,12 @@ class PipelineRun(CamelModel):
     tenant_id: Identifier | None = None
     pipeline_def_hash: str = ""
     idempotency_key: Identifier | None = None
-    external_job_id: str | None = None
+    external_job_id: Annotated[str, AfterValidator(_names_its_provider)] | None = None
     external_job_ids: dict[Identifier, Identifier] = Field(default_factory=dict)
     current_step_index: int = Field(default=0, ge=0)
-    steps: list[StepState] = Field(default_factory=list)
+    steps: Annotated[list[StepState], AfterValidator(_unique_step_ids)] = Field(
+        default_factory=list
+    )
     events: list[PipelineEvent] = Field(default_factory=list)
     error: str | None = None
     budget: dict[str, Any] | None = None
@@ -141,25 +159,6 @@ class PipelineRun(CamelModel):
     created_at: UtcDatetime = Field(default_factory=utc_now)
     updated_at: UtcDatetime = Field(default_factory=utc_now)
     completed_at: UtcDatetime | None = None
-
-    @field_validator("steps")
-    @classmethod
-    def _step_ids_are_unique(cls, steps: list[StepState]) -> list[StepState]:
-        seen: set[str] = set()
-        for step in steps:
-            if step.step_id in seen:
-                raise ValueError(f"duplicate step id {step.step_id!r}")
-            seen.add(step.step_id)
-        return steps
-
-    @field_validator("external_job_id")
-    @classmethod
-    def _legacy_job_id_names_its_provider(cls, value: str | None) -> str | None:
-        if value is not None:
-            provider, sep, job_id = value.partition(":")
-            if not (provider and sep and job_id):
-                raise ValueError('external_job_id must look like "provider:jobId"')
-        return value
 
     @property
     def is_terminal(self) -> bool:

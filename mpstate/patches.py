@@ -69,8 +69,13 @@ def validate_patch(patch: Mapping[str, Any] | BaseModel) -> BaseModel:
         if name in IMMUTABLE_RUN_FIELDS:
             raise InvalidInputError(f"run field {key!r} cannot be patched")
     try:
-        return RunPatch.model_validate(dict(patch))
-    except PydanticValidationError as exc:
+        validated = RunPatch.model_validate(dict(patch))
+        # Through JSON and back: every backend then holds the same values (a tuple becomes a
+        # list, a datetime in a free-form dict an ISO string) and non-JSON values are refused.
+        return RunPatch.model_validate_json(
+            validated.model_dump_json(include=validated.model_fields_set)
+        )
+    except (PydanticValidationError, ValueError, TypeError) as exc:
         raise InvalidInputError(f"invalid patch: {exc}") from exc
 
 

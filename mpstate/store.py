@@ -28,7 +28,13 @@ from mpstate.errors import (
     LockTimeoutError,
     RunNotFoundError,
 )
-from mpstate.events import PipelineEvent, RunCancelled, RunCreated, parse_event
+from mpstate.events import (
+    TERMINAL_EVENT_KINDS,
+    PipelineEvent,
+    RunCancelled,
+    RunCreated,
+    parse_event,
+)
 from mpstate.fields import MAX_ID_LENGTH, utc_now
 from mpstate.filters import RunFilter, build_filter
 from mpstate.models import PipelineRun, PipelineRunStatus
@@ -188,14 +194,14 @@ class PipelineStateStore(ABC):
         return stored, created
 
     def _new_run(self, run: PipelineRun | Mapping[str, Any]) -> PipelineRun:
+        if not isinstance(run, PipelineRun | Mapping):
+            raise InvalidInputError(f"a run must be a PipelineRun or a mapping, not {run!r}")
         try:
-            if isinstance(run, PipelineRun):
-                run = PipelineRun.model_validate(run.model_dump())
-            elif isinstance(run, Mapping):
+            if isinstance(run, Mapping):
                 run = PipelineRun.model_validate(dict(run))
-            else:
-                raise InvalidInputError(f"a run must be a PipelineRun or a mapping, not {run!r}")
-        except PydanticValidationError as exc:
+            # Through JSON and back, so every backend stores exactly the document form.
+            run = PipelineRun.model_validate_json(run.model_dump_json())
+        except (PydanticValidationError, ValueError, TypeError) as exc:
             raise InvalidInputError(f"invalid run: {exc}") from exc
         if run.events:
             raise InvalidInputError("a new run has no events: create() logs run-created itself")
@@ -367,11 +373,13 @@ class PipelineStateStore(ABC):
         if len(events) > MAX_EVENTS_PER_COMMIT:
             raise InvalidInputError(f"at most {MAX_EVENTS_PER_COMMIT} events per commit")
         parsed = tuple(parse_event(event) for event in events)
-        for event in parsed:
+        for position, event in enumerate(parsed, start=1):
             if event.run_id != run_id:
                 raise InvalidInputError(
                     f"event for run {event.run_id!r} cannot be appended to run {run_id!r}"
                 )
+            if event.kind in TERMINAL_EVENT_KINDS and position != len(parsed):
+                raise InvalidInputError(f"{event.kind} ends the log: it must be the last event")
         return parsed
 
     @staticmethod

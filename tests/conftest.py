@@ -63,9 +63,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def make_store(
-    backend: str, request: pytest.FixtureRequest, prefix: str
-) -> Iterator[StoreFactory]:
+def make_store(backend: str, request: pytest.FixtureRequest, prefix: str) -> Iterator[StoreFactory]:
     """Build a store of the current backend with the given options (lock timings, TTLs)."""
     cleanups: list[Callable[[], None]] = []
     fake_server = fakeredis.FakeServer()

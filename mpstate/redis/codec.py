@@ -8,13 +8,21 @@ are the store's own bookkeeping (last seq, fence, log-ended flag, index score).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mpstate.events import PipelineEvent, parse_stored_event
 from mpstate.models import PipelineRun
 
-__all__ = ["decode_events", "decode_run", "encode_fields", "json_value", "text"]
+__all__ = [
+    "decode_events",
+    "decode_run",
+    "decode_run_hash",
+    "encode_fields",
+    "json_value",
+    "run_document",
+    "text",
+]
 
 
 def text(value: bytes | str | int) -> str:
@@ -43,24 +51,22 @@ def run_document(run: PipelineRun) -> dict[str, Any]:
     return run.model_dump(mode="json", by_alias=True, exclude={"events"})
 
 
-def _pairs(reply: Mapping[Any, Any] | Sequence[Any]) -> Iterable[tuple[str, str]]:
-    if isinstance(reply, Mapping):
-        return ((text(k), text(v)) for k, v in reply.items())
-    items = [text(item) for item in reply]
-    return zip(items[0::2], items[1::2], strict=True)
-
-
-def decode_run(
-    reply: Mapping[Any, Any] | Sequence[Any], events: list[PipelineEvent] | None = None
-) -> PipelineRun | None:
-    """Rebuild a run from HGETALL (a dict or a flat list); None for an empty reply."""
-    parts = [f"{json_value(name)}:{value}" for name, value in _pairs(reply) if name[0] != "_"]
-    if not parts:
-        return None
-    run = PipelineRun.model_validate_json("{" + ",".join(parts) + "}")
+def decode_run(document: bytes | str, events: list[PipelineEvent] | None = None) -> PipelineRun:
+    """Rebuild a run from the JSON object a script builds of its hash (``run_document``)."""
+    run = PipelineRun.model_validate_json(document)
     if events:
         run.events = events
     return run
+
+
+def decode_run_hash(reply: Mapping[Any, Any]) -> PipelineRun | None:
+    """Rebuild a run from an HGETALL reply (field names are our own camelCase identifiers)."""
+    parts = [
+        f'"{text(name)}":{text(value)}' for name, value in reply.items() if text(name)[0] != "_"
+    ]
+    if not parts:
+        return None
+    return PipelineRun.model_validate_json("{" + ",".join(parts) + "}")
 
 
 def decode_events(entries: Sequence[Any]) -> list[PipelineEvent]:

@@ -89,5 +89,5 @@ class RedisKeys:
 
     def pattern(self) -> str:
         """A SCAN pattern matching every key under this prefix (for tools and tests)."""
-        escaped = "".join(f"[{ch}]" if ch in "*?[]\\" else ch for ch in self.prefix)
+        escaped = "".join(f"\\{ch}" if ch in "*?[]^\\" else ch for ch in self.prefix)
         return f"{escaped}:*"

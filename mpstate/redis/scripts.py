@@ -1,12 +1,19 @@
-"""Loads the Lua scripts in ``scripts/`` (one file per atomic operation) for a client."""
+"""Loads the Lua scripts in ``scripts/`` (one file per atomic operation) for a client.
+
+A line ``--- @include "name"`` in a script is replaced by ``scripts/includes/name.lua``, so a
+helper shared by several scripts is written once (BullMQ's convention).
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
 
-__all__ = ["Scripts", "load_scripts"]
+__all__ = ["Scripts", "load_scripts", "script_source"]
+
+_INCLUDE = re.compile(r'^--- @include "([a-z_]+)"$', re.MULTILINE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,15 +22,22 @@ class Scripts:
 
     create_run: Any
     commit_run: Any
+    load_run: Any
+    index_run: Any
+    page_index: Any
+    prune_index: Any
     acquire_lock: Any
     release_lock: Any
     extend_lock: Any
-    prune_index: Any
+
+
+def _read(*parts: str) -> str:
+    return (files("mpstate.redis") / "scripts").joinpath(*parts).read_text(encoding="utf-8")
 
 
 def script_source(name: str) -> str:
-    """The text of ``scripts/<name>.lua``."""
-    return (files("mpstate.redis") / "scripts" / f"{name}.lua").read_text(encoding="utf-8")
+    """The text of ``scripts/<name>.lua`` with its includes expanded."""
+    return _INCLUDE.sub(lambda m: _read("includes", f"{m.group(1)}.lua"), _read(f"{name}.lua"))
 
 
 def load_scripts(client: Any) -> Scripts:

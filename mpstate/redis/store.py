@@ -13,23 +13,26 @@ import json
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.client import Pipeline
 from redis.retry import Retry
 
 from mpstate.changes import CommitResult, Refusal, RunChange, refusal_error
-from mpstate.errors import StateStoreUnavailableError
+from mpstate.errors import InvalidInputError, StateStoreUnavailableError
 from mpstate.events import PipelineEvent, RunCreated, event_document
-from mpstate.fields import epoch_ms, iso_z, utc_now
+from mpstate.fields import epoch_ms, iso_z, now_ms, utc_now
 from mpstate.filters import RunFilter, sort_key
 from mpstate.models import PipelineRun, PipelineRunStatus
+from mpstate.patches import patched_documents
 from mpstate.redis.codec import (
     decode_events,
     decode_run,
+    decode_run_hash,
     encode_fields,
     json_value,
     run_document,
@@ -41,12 +44,17 @@ from mpstate.store import LockAttempt, PipelineStateStore, StoreOptions
 
 __all__ = ["RedisPipelineStateStore"]
 
+T = TypeVar("T")
+
 _STATUSES = tuple(PipelineRunStatus)
 _STATUS_JSON = tuple(json_value(status.value) for status in _STATUSES)
 #: How long a write's outcome is kept for retries of the same operation.
 _OPERATION_TTL_MS = 10 * 60 * 1000
 #: Run id -> tenant entries kept to build a status change's index keys in one round trip.
 _TENANT_CACHE_SIZE = 10_000
+
+#: commit_run's answer when the tenant status index keys were built for another tenant.
+_WRONG_TENANT_KEYS = -8
 
 _UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
@@ -82,6 +90,7 @@ class RedisPipelineStateStore(PipelineStateStore):
         external_job_ttl_seconds: float = 7 * 86400,
         lock_acquire_timeout_ms: int = 5000,
         lock_poll_interval_ms: int = 100,
+        retry: Retry | None = None,
     ) -> None:
         super().__init__(
             StoreOptions(
@@ -93,7 +102,13 @@ class RedisPipelineStateStore(PipelineStateStore):
                 lock_poll_interval_ms=lock_poll_interval_ms,
             )
         )
+        if retry is not None and not isinstance(retry, Retry):
+            raise InvalidInputError(f"retry must be a redis.retry.Retry, not {retry!r}")
         self.client = client
+        self._retry = retry
+        self._socket_timeout: float | None = client.connection_pool.connection_kwargs.get(
+            "socket_timeout"
+        )
         self.keys = RedisKeys(prefix)
         self._scripts = load_scripts(client)
         self._tenants: OrderedDict[str, str] = OrderedDict()
@@ -102,6 +117,8 @@ class RedisPipelineStateStore(PipelineStateStore):
         self._run_ttl_ms = int(opts.run_ttl_seconds * 1000)
         self._idem_ttl_ms = int(opts.idempotency_ttl_seconds * 1000)
         self._job_ttl_ms = int(opts.external_job_ttl_seconds * 1000)
+        # Twice the run TTL: with re-indexing at half a run TTL, an index outlives its runs.
+        self._index_ttl_ms = 2 * self._run_ttl_ms
 
     @classmethod
     def from_url(
@@ -115,18 +132,48 @@ class RedisPipelineStateStore(PipelineStateStore):
     ) -> Self:
         """A store on a new client for ``url`` with bounded timeouts and retries.
 
-        An unreachable server raises ``StateStoreUnavailableError`` after at most
-        ``(retries + 1) * (socket_connect_timeout or socket_timeout)`` plus a short backoff.
-        Retried writes are safe: every write script is idempotent per operation.
+        The client itself does not retry (redis-py would retry the connect inside every command
+        retry, multiplying the wait); the store retries each whole round trip ``retries`` times
+        with a short exponential backoff. An unreachable server therefore raises
+        ``StateStoreUnavailableError`` after about ``(retries + 1) * (socket_connect_timeout +
+        socket_timeout)`` at most. Retried writes are safe: every write script is idempotent per
+        operation id.
         """
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise InvalidInputError(f"retries must be an integer >= 0, not {retries!r}")
         client = redis.Redis.from_url(
             url,
             socket_timeout=socket_timeout,
             socket_connect_timeout=socket_connect_timeout,
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries),
+            retry=Retry(NoBackoff(), 0),
             health_check_interval=30,
         )
-        return cls(client, **options)
+        retry = Retry(
+            ExponentialBackoff(cap=0.5, base=0.05), retries, supported_errors=_UNAVAILABLE
+        )
+        return cls(client, retry=retry, **options)
+
+    # -- round trips ----------------------------------------------------------------------------
+
+    def _round_trip(self, call: Callable[[], T]) -> T:
+        """One round trip, retried per ``retry`` on connection errors, which are then reported
+        as ``StateStoreUnavailableError``. Safe for writes: every write script is idempotent per
+        operation id, and a retry reuses the id."""
+        with _reachable():
+            if self._retry is None:
+                return call()
+            return self._retry.call_with_retry(call, lambda _error: None)
+
+    def _script(self, script: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        return self._round_trip(lambda: script(keys=keys, args=args))
+
+    def _pipeline(self, build: Callable[[Pipeline], None], *, transaction: bool = False) -> Any:
+        def execute() -> Any:
+            with self.client.pipeline(transaction=transaction) as pipe:
+                build(pipe)
+                return pipe.execute()
+
+        return self._round_trip(execute)
 
     def close(self) -> None:
         """Close the client's connections."""
@@ -164,20 +211,19 @@ class RedisPipelineStateStore(PipelineStateStore):
             "1" if run.idempotency_key else "0",
             _OPERATION_TTL_MS,
             "",
+            self._index_ttl_ms,
+            now_ms(),
             *encode_fields(run_document(run)),
         ]
         while True:
-            with _reachable():
-                reply = self._scripts.create_run(keys=keys, args=args)
+            reply = self._script(self._scripts.create_run, keys, args)
             code = int(reply[0])
             if code in (1, 2):
                 self._remember_tenant(run.run_id, run.tenant_id)
                 return run, True
             if code == Refusal.ALREADY_EXISTS:
                 if return_existing:
-                    existing = decode_run(reply[1])
-                    assert existing is not None
-                    return existing, False
+                    return decode_run(reply[1]), False
                 raise refusal_error(Refusal.ALREADY_EXISTS, run.run_id)
             holder_id = text(reply[1])
             holder = self._load(holder_id, include_events=False)
@@ -200,21 +246,19 @@ class RedisPipelineStateStore(PipelineStateStore):
         k = self.keys
         run_id = change.run_id
         run_key = k.run(run_id)
-        tenant_hint = change.tenant or self._known_tenant(run_id)
-        keys = [run_key, k.events(run_id), k.operation(run_id, uuid.uuid4().hex)]
-        keys += [k.by_status(status) for status in _STATUSES]
-        keys += self._tenant_status_keys(tenant_hint, run_key)
-        keys += [k.job(provider, job_id) for provider, job_id in self._jobs_in(change)]
         new_status = change.new_status
-        events = [event_document(event) for event in change.events]
-        patch = change.patch
-        fields = (
-            encode_fields(
-                patch.model_dump(mode="json", by_alias=True, include=set(patch.model_fields_set))
-            )
-            if patch is not None
-            else []
-        )
+        keys = [run_key, k.events(run_id), k.operation(run_id, uuid.uuid4().hex)]
+        tenant_hint: str | None = None
+        if new_status is not None:
+            # Moving between status indexes: the script needs every status's keys, for the
+            # run's tenant too (immutable, so a cached or scoped tenant is checked, not trusted).
+            tenant_hint = change.tenant or self._known_tenant(run_id)
+            keys += [k.by_status(status) for status in _STATUSES]
+            keys += self._tenant_status_keys(tenant_hint, run_key)
+        keys += [k.job(provider, job_id) for provider, job_id in self._jobs_in(change)]
+        fields = encode_fields(patched_documents(change.patch)) if change.patch else []
+        if change.bump_version:
+            fields += ["updatedAt", json_value(iso_z(utc_now()))]
         args: list[Any] = [
             json_value(change.tenant) if change.tenant else "",
             "" if change.fence is None else change.fence,
@@ -222,41 +266,64 @@ class RedisPipelineStateStore(PipelineStateStore):
             "" if change.expected_version is None else change.expected_version,
             _as_set(change.allowed_from),
             "1" if change.bump_version else "0",
-            json_value(iso_z(utc_now())),
             self._run_ttl_ms,
             self._job_ttl_ms,
             _OPERATION_TTL_MS,
-            json_value(tenant_hint) if tenant_hint else "",
-            json_value(new_status.value) if new_status is not None else "",
-            len(events),
-            "1" if change.ends_log else "0",
-            *_STATUS_JSON,
             run_id,
-            *events,
+            len(change.events),
+            "1" if change.ends_log else "0",
+            json_value(new_status.value) if new_status is not None else "",
+            json_value(tenant_hint) if tenant_hint else "",
+            self._index_ttl_ms,
+            now_ms(),
+            self._run_ttl_ms // 2,
+            *(_STATUS_JSON if new_status is not None else ()),
+            *(event_document(event) for event in change.events),
             *fields,
         ]
         while True:
-            with _reachable():
-                reply = self._scripts.commit_run(keys=keys, args=args)
+            reply = self._script(self._scripts.commit_run, keys, args)
             code = int(reply[0])
             if code == 1:
                 run = decode_run(reply[2])
-                assert run is not None
                 self._remember_tenant(run_id, run.tenant_id)
+                if int(reply[3]):
+                    self._reindex(run)
                 return CommitResult(run, tuple(int(seq) for seq in reply[1]))
             if code == 0:
-                run = decode_run(reply[2])
-                assert run is not None
-                return CommitResult(run, (), changed=False)
+                return CommitResult(decode_run(reply[2]), (), changed=False)
             if code == 2:
                 return self._replayed(run_id, text(reply[1]))
-            if code == -8:
-                # The index keys were built for the wrong tenant: rebuild them and try again.
+            if code == _WRONG_TENANT_KEYS:
+                # The index keys were built for another tenant: rebuild them and try again.
                 stored_tenant = _json_str(text(reply[1]))
                 keys[9:15] = self._tenant_status_keys(stored_tenant, run_key)
-                args[10] = json_value(stored_tenant)
+                args[13] = json_value(stored_tenant)
                 continue
             raise self._refusal(change, Refusal(code), reply)
+
+    def _reindex(self, run: PipelineRun) -> None:
+        """Re-assert the run's index entries and their TTLs (idempotent; see index_run.lua)."""
+        k = self.keys
+        run_key = k.run(run.run_id)
+        tenant = run.tenant_id
+        keys = [
+            run_key,
+            k.all_runs(),
+            *(k.by_status(status) for status in _STATUSES),
+            k.by_tenant(tenant) if tenant else run_key,
+            *self._tenant_status_keys(tenant, run_key),
+            k.by_idempotency_key(run.idempotency_key) if run.idempotency_key else run_key,
+        ]
+        args = [
+            run.run_id,
+            self._index_ttl_ms,
+            now_ms(),
+            json_value(tenant),
+            *_STATUS_JSON,
+            "1" if run.idempotency_key else "0",
+        ]
+        self._script(self._scripts.index_run, keys, args)
 
     def _refusal(self, change: RunChange, refusal: Refusal, reply: Sequence[Any]) -> Exception:
         detail = text(reply[1]) if len(reply) > 1 else None
@@ -319,76 +386,99 @@ class RedisPipelineStateStore(PipelineStateStore):
     # -- reading ----------------------------------------------------------------------------
 
     def _load(self, run_id: str, *, include_events: bool) -> PipelineRun | None:
-        with _reachable(), self.client.pipeline(transaction=True) as pipe:
-            pipe.hgetall(self.keys.run(run_id))
-            if include_events:
-                pipe.xrange(self.keys.events(run_id))
-            replies = pipe.execute()
-        events = decode_events(replies[1]) if include_events else None
-        return decode_run(replies[0], events)
+        keys = [self.keys.run(run_id), self.keys.events(run_id)]
+        reply = self._script(self._scripts.load_run, keys, ["1" if include_events else "0"])
+        if not reply:
+            return None
+        return decode_run(reply[0], decode_events(reply[1]) if include_events else None)
 
     def _read_events(
         self, run_id: str, since_seq: int, limit: int | None
     ) -> list[PipelineEvent] | None:
-        with _reachable(), self.client.pipeline(transaction=True) as pipe:
+        def read(pipe: Pipeline) -> None:
             pipe.exists(self.keys.run(run_id))
             pipe.xrange(self.keys.events(run_id), min=f"(0-{since_seq}", count=limit)
-            exists, entries = pipe.execute()
+
+        exists, entries = self._pipeline(read, transaction=True)
         return decode_events(entries) if exists else None
 
     def _find_job(self, provider: str, job_id: str) -> PipelineRun | None:
-        with _reachable():
-            run_id = self.client.get(self.keys.job(provider, job_id))
+        run_id = self._round_trip(lambda: self.client.get(self.keys.job(provider, job_id)))
         return None if run_id is None else self._load(text(run_id), include_events=False)
 
     def _select(self, run_filter: RunFilter) -> list[PipelineRun]:
-        """Page through the most selective index, checking each run against the filter.
+        """Read one page of the most selective index, then only the runs on that page.
 
-        One round trip reads the candidates of every source index, one loads them. A candidate
-        that is gone (expired) is pruned from the index and one that no longer matches is skipped;
-        only then is another pass needed, fetching as many more as were skipped.
+        One round trip finds the page's run ids (by rank, O(log N + page) for one index), one loads
+        those runs. A run that is gone (expired) is pruned from the index and one that no longer
+        matches (a stale index entry) is skipped; only then is another pass needed, reading as
+        many entries further as were dropped.
         """
+        if run_filter.idempotency_key is not None and (run_filter.status or run_filter.tenant_id):
+            # The key's index also holds runs of other statuses and tenants, so offsets cannot be
+            # counted on it: select all of the key's runs (a handful) and page here.
+            whole = run_filter.model_copy(update={"limit": None, "offset": 0})
+            return run_filter.page(self._scan(whole))
+        return self._scan(run_filter)
+
+    def _scan(self, run_filter: RunFilter) -> list[PipelineRun]:
         sources = self._index_sources(run_filter)
-        low = epoch_ms(run_filter.since) if run_filter.since else "-inf"
-        high = epoch_ms(run_filter.until) if run_filter.until else "+inf"
-        wanted = None if run_filter.limit is None else run_filter.offset + run_filter.limit
-        skipped: set[str] = set()
+        dropped: set[str] = set()
         while True:
-            fetch = None if wanted is None else wanted + len(skipped)
-            with _reachable(), self.client.pipeline(transaction=False) as pipe:
-                for source in sources:
-                    pipe.zrange(
-                        source,
-                        low,
-                        high,
-                        byscore=True,
-                        withscores=True,
-                        offset=0 if fetch else None,
-                        num=fetch,
-                    )
-                per_source = pipe.execute()
-            exhausted = fetch is None or all(len(found) < fetch for found in per_source)
-            merged = sorted(
-                {(score, text(member)) for found in per_source for member, score in found}
-            )
-            candidates = [(score, member) for score, member in merged if member not in skipped]
-            candidates = candidates[:wanted] if wanted is not None else candidates
-            runs = self._load_many([member for _, member in candidates])
+            extra = len(dropped)
+            page = self._page_ids(sources, run_filter, extra)
+            candidates = [(member, score) for member, score in page if member not in dropped]
+            if run_filter.limit is not None:
+                candidates = candidates[: run_filter.limit]
+            runs = self._load_many([member for member, _ in candidates])
             matched: list[PipelineRun] = []
             gone: list[tuple[str, float]] = []
-            for (score, member), run in zip(candidates, runs, strict=True):
+            for (member, score), run in zip(candidates, runs, strict=True):
                 if run is None:
                     gone.append((member, score))
-                    skipped.add(member)
+                    dropped.add(member)
                 elif run_filter.matches(run):
                     matched.append(run)
                 else:
-                    skipped.add(member)
+                    dropped.add(member)
             if gone:
                 self._prune(sources, gone)
-            if len(matched) == len(candidates) or exhausted:
+            if len(dropped) == extra:
                 matched.sort(key=sort_key)
-                return run_filter.page(matched)
+                return matched
+
+    def _page_ids(
+        self, sources: list[str], run_filter: RunFilter, extra: int
+    ) -> list[tuple[str, float]]:
+        """Index entries ``[offset, offset + limit + extra)`` of the filter's window, in order."""
+        low = str(epoch_ms(run_filter.since)) if run_filter.since else "-inf"
+        high = str(epoch_ms(run_filter.until)) if run_filter.until else "+inf"
+        count = -1 if run_filter.limit is None else run_filter.limit + extra
+        if len(sources) == 1:
+            page_args = [low, high, run_filter.offset, count]
+            flat = self._script(self._scripts.page_index, sources, page_args)
+            return [
+                (text(m), float(text(sc))) for m, sc in zip(flat[0::2], flat[1::2], strict=True)
+            ]
+        # Several statuses: merge the heads of their indexes (ids only; no run is read here).
+        head = None if count < 0 else run_filter.offset + count
+
+        def read_heads(pipe: Pipeline) -> None:
+            for source in sources:
+                pipe.zrange(
+                    source,
+                    low,
+                    high,
+                    byscore=True,
+                    withscores=True,
+                    offset=None if head is None else 0,
+                    num=head,
+                )
+
+        per_source = self._pipeline(read_heads)
+        merged = sorted({(score, text(member)) for found in per_source for member, score in found})
+        window = merged[run_filter.offset : None if head is None else head]
+        return [(member, score) for score, member in window]
 
     def _index_sources(self, run_filter: RunFilter) -> list[str]:
         k = self.keys
@@ -407,25 +497,25 @@ class RedisPipelineStateStore(PipelineStateStore):
     def _load_many(self, run_ids: list[str]) -> list[PipelineRun | None]:
         if not run_ids:
             return []
-        with _reachable(), self.client.pipeline(transaction=False) as pipe:
+
+        def read(pipe: Pipeline) -> None:
             for run_id in run_ids:
                 pipe.hgetall(self.keys.run(run_id))
-            replies = pipe.execute()
-        return [decode_run(reply) for reply in replies]
+
+        replies = self._pipeline(read)
+        return [decode_run_hash(reply) for reply in replies]
 
     def _prune(self, sources: list[str], gone: list[tuple[str, float]]) -> None:
         args = [item for member, score in gone for item in (member, score)]
-        with _reachable():
-            for source in sources:
-                self._scripts.prune_index(keys=[source], args=args)
+        for source in sources:
+            self._script(self._scripts.prune_index, [source], args)
 
     # -- locking ----------------------------------------------------------------------------
 
     def _try_lock(self, run_id: str, token: str, ttl_ms: int) -> LockAttempt:
         keys = [self.keys.lock(run_id), self.keys.run(run_id)]
-        with _reachable():
-            scope = json_value(self._tenant) if self._tenant else ""
-            reply = self._scripts.acquire_lock(keys=keys, args=[token, ttl_ms, scope])
+        scope = json_value(self._tenant) if self._tenant else ""
+        reply = self._script(self._scripts.acquire_lock, keys, [token, ttl_ms, scope])
         code = int(reply[0])
         if code == Refusal.NOT_FOUND:
             raise refusal_error(Refusal.NOT_FOUND, run_id)
@@ -436,21 +526,22 @@ class RedisPipelineStateStore(PipelineStateStore):
     def _wait_for_release(self, run_id: str, wait_ms: float) -> None:
         # BLPOP wakes as soon as a release pushes; its timeout is capped by the caller at the
         # holder's remaining TTL and the poll interval, since nobody pushes when a holder dies.
-        with _reachable():
-            self.client.blpop([self.keys.lock_wake(run_id)], timeout=wait_ms / 1000)
+        timeout = wait_ms / 1000
+        if self._socket_timeout:
+            # A blocking read longer than the socket timeout would be reported as an outage.
+            timeout = min(timeout, self._socket_timeout / 2)
+        wake = self.keys.lock_wake(run_id)
+        self._round_trip(lambda: self.client.blpop([wake], timeout=timeout))
 
     def _release_lock(self, run_id: str, token: str) -> bool:
-        keys = [self.keys.lock(run_id), self.keys.lock_wake(run_id)]
-        with _reachable():
-            return bool(
-                self._scripts.release_lock(keys=keys, args=[token, self.options.lock_ttl_ms])
-            )
+        k = self.keys
+        keys = [k.lock(run_id), k.lock_wake(run_id), k.operation(run_id, f"release-{token}")]
+        args = [token, self.options.lock_ttl_ms, _OPERATION_TTL_MS]
+        return bool(self._script(self._scripts.release_lock, keys, args))
 
     def _extend_lock(self, run_id: str, token: str, ttl_ms: int) -> bool:
-        with _reachable():
-            return bool(
-                self._scripts.extend_lock(keys=[self.keys.lock(run_id)], args=[token, ttl_ms])
-            )
+        keys = [self.keys.lock(run_id)]
+        return bool(self._script(self._scripts.extend_lock, keys, [token, ttl_ms]))
 
 
 def _json_str(document: str) -> str:

@@ -13,18 +13,21 @@ ARGV[3]  run TTL ms                                           ARGV[9]  "1" when 
 ARGV[4]  idempotency TTL ms                                   ARGV[10] op key TTL ms
 ARGV[5]  external job TTL ms                                  ARGV[11] run id whose stale hold on the key
 ARGV[6]  run id                                                        may be taken over ("" for none)
-ARGV[12..] field, JSON value, field, JSON value ... (the run document)
+ARGV[12] index TTL ms                                         ARGV[13] now, epoch ms
+ARGV[14..] field, JSON value, field, JSON value ... (the run document)
 
-Returns {1} created | {-2, hgetall} run id exists (hgetall only with ARGV[1]) |
+Returns {1} created | {-2, run JSON} run id exists (the JSON only with ARGV[1]) |
         {-3, holder run id} idempotency key held | {2} this op already created the run (retry)
 Events written: run-created as 0-1.
 ]]
+--- @include "run_document"
+
 if redis.call('EXISTS', KEYS[3]) == 1 then
   return {2}
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then
   if ARGV[1] == '1' then
-    return {-2, redis.call('HGETALL', KEYS[1])}
+    return {-2, run_document(KEYS[1])}
   end
   return {-2}
 end
@@ -38,7 +41,8 @@ end
 local ttl = ARGV[3]
 local run_id = ARGV[6]
 local score = ARGV[2]
-redis.call('HSET', KEYS[1], '_seq', 1, '_fence', 0, '_score', score, unpack(ARGV, 12))
+redis.call('HSET', KEYS[1], '_seq', 1, '_fence', 0, '_score', score, '_indexed', ARGV[13],
+  unpack(ARGV, 14))
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('DEL', KEYS[2])
 redis.call('XADD', KEYS[2], '0-1', 'e', ARGV[7])
@@ -55,7 +59,7 @@ if ARGV[9] == '1' then
 end
 for _, index in ipairs(indexes) do
   redis.call('ZADD', index, score, run_id)
-  redis.call('PEXPIRE', index, ttl)
+  redis.call('PEXPIRE', index, ARGV[12])
 end
 for i = 10, #KEYS do
   redis.call('SET', KEYS[i], run_id, 'PX', ARGV[5])

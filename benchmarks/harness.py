@@ -1,0 +1,287 @@
+"""Measuring primitives: a one-connection client that counts round trips, server counters, timed
+segments and the contended-lock hand-off.
+
+A round trip is one write of a request to the socket followed by waiting for its replies:
+redis-py sends a single command and a whole pipeline each with one ``send_packed_command``, so
+counting those calls on the benchmark's only connection counts round trips exactly (a NOSCRIPT
+retry or a reconnect shows up as extra ones).
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from redis.connection import BlockingConnectionPool, Connection
+
+__all__ = [
+    "BENCH_CLIENT_NAME",
+    "HandOff",
+    "Segment",
+    "ServerCounters",
+    "interleaved_segments",
+    "measure_lock_handoff",
+    "one_connection_client",
+    "percentile",
+    "round_trips",
+    "timed_segment",
+]
+
+BENCH_CLIENT_NAME = "mpstate-bench"
+
+
+class _RoundTrips:
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+class _CountingConnection(Connection):
+    """A connection that counts the requests it writes (one per round trip)."""
+
+    trips: _RoundTrips = _RoundTrips()
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        type(self).trips.count += 1
+        super().send_packed_command(command, check_health)
+
+
+def one_connection_client(port: int, name: str = BENCH_CLIENT_NAME) -> redis.Redis:
+    """A client whose commands and pipelines all share exactly one connection.
+
+    ``single_connection_client=True`` is not enough: redis-py pipelines still take a second
+    connection from the pool. A blocking pool of size one is.
+    """
+    connection_class = type("BenchConnection", (_CountingConnection,), {"trips": _RoundTrips()})
+    pool = BlockingConnectionPool(
+        host="127.0.0.1",
+        port=port,
+        max_connections=1,
+        timeout=30,
+        connection_class=connection_class,
+        client_name=name,
+    )
+    return redis.Redis(connection_pool=pool)
+
+
+def round_trips(client: redis.Redis) -> int:
+    """Requests written so far by a client from ``one_connection_client``."""
+    connection_class = client.connection_pool.connection_class
+    return int(connection_class.trips.count)
+
+
+class ServerCounters:
+    """Commands executed (including those run inside scripts) and main-thread CPU of a server.
+
+    Read on a separate admin connection between timed segments, never inside one; its own
+    INFO calls are left out of the command count.
+    """
+
+    def __init__(self, admin: redis.Redis) -> None:
+        self.admin = admin
+
+    def snapshot(self) -> tuple[int, float]:
+        stats = self.admin.info("commandstats")
+        commands = sum(
+            int(entry["calls"])
+            for name, entry in stats.items()
+            if not name.startswith(("cmdstat_info", "cmdstat_client", "cmdstat_config"))
+        )
+        cpu = self.admin.info("cpu")
+        if "used_cpu_user_main_thread" in cpu:
+            user, system = cpu["used_cpu_user_main_thread"], cpu["used_cpu_sys_main_thread"]
+        else:
+            user, system = cpu["used_cpu_user"], cpu["used_cpu_sys"]
+        return commands, float(user) + float(system)
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One timed run of an operation: how many calls in how long, and what they cost the server."""
+
+    ops: int
+    seconds: float
+    round_trips: int
+    server_commands: int
+    server_cpu_seconds: float
+
+    @property
+    def ops_per_s(self) -> float:
+        return self.ops / self.seconds
+
+
+def timed_segment(
+    fn: Callable[[], object],
+    *,
+    duration: float,
+    min_ops: int,
+    client: redis.Redis,
+    server: ServerCounters,
+) -> Segment:
+    """Call ``fn`` until ``duration`` seconds have passed and it ran at least ``min_ops`` times."""
+    gc.collect()
+    commands_before, cpu_before = server.snapshot()
+    trips_before = round_trips(client)
+    ops = 0
+    start = now = time.perf_counter()
+    deadline = start + duration
+    while ops < min_ops or now < deadline:
+        fn()
+        ops += 1
+        now = time.perf_counter()
+    elapsed = now - start
+    trips = round_trips(client) - trips_before
+    commands_after, cpu_after = server.snapshot()
+    return Segment(ops, elapsed, trips, commands_after - commands_before, cpu_after - cpu_before)
+
+
+def _merge(segments: list[Segment]) -> Segment:
+    return Segment(
+        sum(s.ops for s in segments),
+        sum(s.seconds for s in segments),
+        sum(s.round_trips for s in segments),
+        sum(s.server_commands for s in segments),
+        sum(s.server_cpu_seconds for s in segments),
+    )
+
+
+def interleaved_segments(
+    fn: Callable[[], object],
+    baseline: Callable[[], object],
+    *,
+    op_seconds: float,
+    baseline_seconds: float,
+    chunks: int,
+    client: redis.Redis,
+    server: ServerCounters,
+) -> tuple[Segment, Segment]:
+    """Measure ``fn`` and ``baseline`` in alternating chunks: (operation, baseline) totals.
+
+    The machine switches between fast and slow regimes (client and server on one core or two)
+    every few seconds; alternating short chunks, with a baseline chunk on both sides of every
+    operation chunk, makes both sample the same regimes. An operation slower than its chunk
+    runs once per chunk, and stops early once ``op_seconds`` is used up.
+    """
+    measured: list[Segment] = []
+    baselines: list[Segment] = []
+
+    def measure_baseline() -> None:
+        baselines.append(
+            timed_segment(
+                baseline,
+                duration=baseline_seconds / (chunks + 1),
+                min_ops=1,
+                client=client,
+                server=server,
+            )
+        )
+
+    measure_baseline()
+    for _ in range(chunks):
+        measured.append(
+            timed_segment(fn, duration=op_seconds / chunks, min_ops=1, client=client, server=server)
+        )
+        measure_baseline()
+        if sum(segment.seconds for segment in measured) >= op_seconds:
+            break
+    return _merge(measured), _merge(baselines)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Linear-interpolated percentile (``fraction`` in 0..1) of a non-empty list."""
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0]
+    position = fraction * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+@dataclass(frozen=True, slots=True)
+class _Grant:
+    thread: int
+    requested: float
+    entered: float
+    releasing: float
+
+
+@dataclass(frozen=True, slots=True)
+class HandOff:
+    """Hand-off times (seconds) of one contended round, and how many grants were made."""
+
+    samples: list[float]
+    grants: int
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+
+def measure_lock_handoff(
+    stores: list[Any],
+    run_id: str,
+    *,
+    grants: int,
+    hold_seconds: float = 0.002,
+    rest_seconds: float = 0.001,
+) -> HandOff:
+    """Threads (one per store, each on its own connection) take turns on one run's lock.
+
+    Each holds the lock ``hold_seconds``, releases, rests ``rest_seconds`` (shorter than a hold,
+    so it is blocked in ``lock()`` again before the next release) and asks again. A hand-off is
+    the time from a holder's release call (the end of its ``with`` body) to the moment the next
+    holder's ``lock()`` returns, counted only when that next holder is another thread that was
+    already waiting when the release began.
+    """
+    records: list[_Grant] = []
+    records_mutex = threading.Lock()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    start_together = threading.Barrier(len(stores))
+
+    def worker(index: int, store: Any) -> None:
+        try:
+            start_together.wait()
+            while not stop.is_set():
+                requested = time.perf_counter()
+                with store.lock(run_id, timeout_ms=30_000):
+                    entered = time.perf_counter()
+                    time.sleep(hold_seconds)
+                    releasing = time.perf_counter()
+                with records_mutex:
+                    records.append(_Grant(index, requested, entered, releasing))
+                    if len(records) >= grants:
+                        stop.set()
+                time.sleep(rest_seconds)
+        except BaseException as exc:
+            errors.append(exc)
+            stop.set()
+
+    threads = [
+        threading.Thread(target=worker, args=(i, store), name=f"lock-bench-{i}")
+        for i, store in enumerate(stores)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    ordered = sorted(records, key=lambda grant: grant.entered)
+    samples = [
+        after.entered - before.releasing
+        for before, after in itertools.pairwise(ordered)
+        if after.thread != before.thread and after.requested < before.releasing
+    ]
+    if not samples:
+        raise RuntimeError("no lock hand-off between two threads was observed")
+    return HandOff(samples, len(records))
