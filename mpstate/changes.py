@@ -16,10 +16,9 @@ errors they become live here once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum
-
-from pydantic import BaseModel
+from typing import Any
 
 from mpstate.errors import (
     IdempotencyKeyInUseError,
@@ -32,9 +31,9 @@ from mpstate.errors import (
 )
 from mpstate.events import TERMINAL_EVENT_KINDS, PipelineEvent
 from mpstate.models import PipelineRun, PipelineRunStatus, statuses_that_may_become
-from mpstate.patches import patched_values
+from mpstate.patches import ValidPatch
 
-__all__ = ["CommitResult", "Refusal", "RunChange", "refusal_error"]
+__all__ = ["Applied", "CommitResult", "Refusal", "RunChange", "refusal_error"]
 
 
 class Refusal(IntEnum):
@@ -54,7 +53,7 @@ class RunChange:
     """A validated, atomic write to one run: a patch and/or events, under optional guards."""
 
     run_id: str
-    patch: BaseModel | None = None
+    patch: ValidPatch | None = None
     events: tuple[PipelineEvent, ...] = ()
     expected_version: int | None = None
     fence: int | None = None
@@ -64,18 +63,29 @@ class RunChange:
     unchanged_if: frozenset[PipelineRunStatus] = frozenset()
     #: Whether the run's version and ``updated_at`` change (``append_event`` alone does not).
     bump_version: bool = True
-    values: dict[str, object] = field(init=False)
+    #: Whether the caller needs the run back (``append_event`` only needs the seq).
+    returns_run: bool = True
 
-    def __post_init__(self) -> None:
-        object.__setattr__(
-            self, "values", patched_values(self.patch) if self.patch is not None else {}
-        )
+    @property
+    def document(self) -> dict[str, Any]:
+        """The patch's ``{camelCase field: JSON value}`` (empty without a patch)."""
+        return self.patch.document if self.patch is not None else {}
 
     @property
     def new_status(self) -> PipelineRunStatus | None:
         """The status the patch sets, if it sets one."""
-        status = self.values.get("status")
-        return PipelineRunStatus(str(status)) if status is not None else None
+        status = self.document.get("status")
+        return PipelineRunStatus(status) if status is not None else None
+
+    def external_jobs(self) -> list[tuple[str, str]]:
+        """(provider, job id) pairs the patch records, to index them with the write."""
+        document = self.document
+        jobs = set((document.get("externalJobIds") or {}).items())
+        legacy = document.get("externalJobId")
+        if legacy:
+            provider, _, job_id = legacy.partition(":")
+            jobs.add((provider, job_id))
+        return sorted(jobs)
 
     @property
     def allowed_from(self) -> frozenset[PipelineRunStatus] | None:
@@ -94,6 +104,15 @@ class CommitResult:
     """What a commit wrote: the run after it and the seqs its events received."""
 
     run: PipelineRun
+    seqs: tuple[int, ...]
+    changed: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What a backend reports for a change: the run (when ``returns_run``) and the new seqs."""
+
+    run: PipelineRun | None
     seqs: tuple[int, ...]
     changed: bool = True
 

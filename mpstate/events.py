@@ -21,6 +21,7 @@ from mpstate.errors import InvalidInputError
 from mpstate.fields import CamelModel, Identifier, now_ms
 
 __all__ = [
+    "EVENT_TYPES",
     "TERMINAL_EVENT_KINDS",
     "EventMeta",
     "PipelineEvent",
@@ -146,6 +147,23 @@ PipelineEvent = Annotated[
     | RunCancelled,
     Field(discriminator="kind"),
 ]
+
+#: The event classes, one per kind.
+EVENT_TYPES = (
+    RunCreated,
+    RunStarted,
+    StepStarted,
+    StepProgress,
+    StepCached,
+    StepCompleted,
+    StepFailed,
+    StepGated,
+    RunSuspended,
+    RunResumed,
+    RunCompleted,
+    RunFailed,
+    RunCancelled,
+)
 
 #: Kinds that end a run's log: nothing may be appended after one of them.
 TERMINAL_EVENT_KINDS = frozenset({"run-completed", "run-failed", "run-cancelled"})

@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from mpstate.changes import CommitResult, Refusal, RunChange, refusal_error
+from mpstate.changes import Applied, Refusal, RunChange, refusal_error
 from mpstate.events import TERMINAL_EVENT_KINDS, PipelineEvent, RunCreated
 from mpstate.fields import utc_now
 from mpstate.filters import RunFilter, sort_key
@@ -99,7 +99,7 @@ class InMemoryPipelineStateStore(PipelineStateStore):
                 state.jobs[job] = run.run_id
             return run.model_copy(deep=True), True
 
-    def _apply(self, change: RunChange) -> CommitResult:
+    def _apply(self, change: RunChange) -> Applied:
         state = self._state
         with state.mutex:
             stored = state.runs.get(change.run_id)
@@ -118,7 +118,7 @@ class InMemoryPipelineStateStore(PipelineStateStore):
                     current_fence=stored.fence,
                 )
             if run.status in change.unchanged_if:
-                return CommitResult(run.model_copy(deep=True), (), changed=False)
+                return Applied(run.model_copy(deep=True), (), changed=False)
             if change.expected_version is not None and change.expected_version != run.version:
                 raise refusal_error(
                     Refusal.VERSION_CONFLICT,
@@ -138,10 +138,10 @@ class InMemoryPipelineStateStore(PipelineStateStore):
                 raise refusal_error(Refusal.LOG_ENDED, change.run_id, status=run.status)
             return self._write(stored, change)
 
-    def _write(self, stored: _StoredRun, change: RunChange) -> CommitResult:
+    def _write(self, stored: _StoredRun, change: RunChange) -> Applied:
         run = stored.run
-        if change.values:
-            run = run.model_copy(update=change.values, deep=True)
+        if change.patch is not None:
+            run = run.model_copy(update=change.patch.values, deep=True)
         if change.bump_version:
             run = run.model_copy(update={"version": run.version + 1, "updated_at": utc_now()})
         stored.run = run
@@ -152,7 +152,7 @@ class InMemoryPipelineStateStore(PipelineStateStore):
             seqs.append(seq)
         for job in run.external_jobs():
             self._state.jobs[job] = run.run_id
-        return CommitResult(run.model_copy(deep=True), tuple(seqs))
+        return Applied(run.model_copy(deep=True) if change.returns_run else None, tuple(seqs))
 
     def _load(self, run_id: str, *, include_events: bool) -> PipelineRun | None:
         with self._state.mutex:

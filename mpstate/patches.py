@@ -13,12 +13,13 @@ from typing import Any, cast
 from pydantic import BaseModel, create_model
 from pydantic import ValidationError as PydanticValidationError
 from pydantic.fields import FieldInfo
+from pydantic_core import PydanticSerializationError
 
 from mpstate.errors import InvalidInputError
 from mpstate.fields import CamelModel
 from mpstate.models import PipelineRun
 
-__all__ = ["IMMUTABLE_RUN_FIELDS", "RunPatch", "validate_patch"]
+__all__ = ["IMMUTABLE_RUN_FIELDS", "RunPatch", "ValidPatch", "validate_patch"]
 
 #: Fields a patch may not touch. The store owns ``version``, ``updated_at`` and the log; a run's
 #: identity (id, tenant, idempotency key, creation time) never changes, so indexes and tenant
@@ -52,11 +53,34 @@ RunPatch.__doc__ = "A validated partial update of a ``PipelineRun`` (only the fi
 _ALIASES = {info.alias or name: name for name, info in PipelineRun.model_fields.items()}
 
 
-def validate_patch(patch: Mapping[str, Any] | BaseModel) -> BaseModel:
-    """Validate ``patch`` (run fields in either spelling) and return it as a ``RunPatch``.
+class ValidPatch:
+    """A validated patch: its JSON document (what backends store) and, on demand, its values."""
+
+    __slots__ = ("_values", "document")
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        #: ``{camelCase field: JSON value}`` of the fields the patch sets.
+        self.document = document
+        self._values: dict[str, Any] | None = None
+
+    @property
+    def values(self) -> dict[str, Any]:
+        """``{python field name: value}`` rebuilt from the document, for applying to a model.
+
+        Read back from the JSON form, so a store applying values holds exactly what a store
+        keeping the document does (a tuple becomes a list, a datetime in ``budget`` a string).
+        """
+        if self._values is None:
+            model = RunPatch.model_validate(self.document)
+            self._values = {name: getattr(model, name) for name in model.model_fields_set}
+        return self._values
+
+
+def validate_patch(patch: Mapping[str, Any] | BaseModel) -> ValidPatch:
+    """Validate ``patch`` (run fields in either spelling).
 
     Raises ``InvalidInputError`` for an empty patch, an unknown or immutable field, or a value the
-    field does not accept.
+    field does not accept or that has no JSON form.
     """
     if isinstance(patch, BaseModel):
         patch = patch.model_dump(exclude_unset=True)
@@ -70,20 +94,9 @@ def validate_patch(patch: Mapping[str, Any] | BaseModel) -> BaseModel:
             raise InvalidInputError(f"run field {key!r} cannot be patched")
     try:
         validated = RunPatch.model_validate(dict(patch))
-        # Through JSON and back: every backend then holds the same values (a tuple becomes a
-        # list, a datetime in a free-form dict an ISO string) and non-JSON values are refused.
-        return RunPatch.model_validate_json(
-            validated.model_dump_json(include=validated.model_fields_set)
+        document = validated.model_dump(
+            mode="json", by_alias=True, include=validated.model_fields_set
         )
-    except (PydanticValidationError, ValueError, TypeError) as exc:
+    except (PydanticValidationError, PydanticSerializationError, ValueError, TypeError) as exc:
         raise InvalidInputError(f"invalid patch: {exc}") from exc
-
-
-def patched_values(patch: BaseModel) -> dict[str, Any]:
-    """The patch as ``{python field name: validated value}``, for applying to a model."""
-    return {name: getattr(patch, name) for name in patch.model_fields_set}
-
-
-def patched_documents(patch: BaseModel) -> dict[str, Any]:
-    """The patch as ``{camelCase field: JSON-ready value}``, for backends that store JSON."""
-    return patch.model_dump(mode="json", by_alias=True, include=set(patch.model_fields_set))
+    return ValidPatch(document)

@@ -21,12 +21,15 @@ from typing import Any, Self, TypeVar
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
-from mpstate.changes import CommitResult, Refusal, RunChange, refusal_error
+from mpstate.changes import Applied, CommitResult, Refusal, RunChange, refusal_error
 from mpstate.errors import (
     InvalidInputError,
     LockNotOwnedError,
     LockTimeoutError,
     RunNotFoundError,
+)
+from mpstate.events import (
+    EVENT_TYPES as _EVENT_TYPES,
 )
 from mpstate.events import (
     TERMINAL_EVENT_KINDS,
@@ -319,7 +322,9 @@ class PipelineStateStore(ABC):
             fence=self._check_fence(fence),
             tenant=self._tenant,
         )
-        return self._apply(change)
+        applied = self._apply(change)
+        assert applied.run is not None
+        return CommitResult(applied.run, applied.seqs, applied.changed)
 
     def cancel(self, run_id: str, reason: str, *, fence: int | None = None) -> PipelineRun:
         """Cancel a live run: status cancelled, error = reason, version + 1, log run-cancelled.
@@ -341,7 +346,9 @@ class PipelineStateStore(ABC):
             tenant=self._tenant,
             unchanged_if=frozenset({PipelineRunStatus.CANCELLED}),
         )
-        return self._apply(change).run
+        run = self._apply(change).run
+        assert run is not None
+        return run
 
     def append_event(
         self,
@@ -361,6 +368,7 @@ class PipelineStateStore(ABC):
             fence=self._check_fence(fence),
             tenant=self._tenant,
             bump_version=False,
+            returns_run=False,
         )
         return self._apply(change).seqs[0]
 
@@ -372,7 +380,11 @@ class PipelineStateStore(ABC):
             raise InvalidInputError("events must be a sequence of events")
         if len(events) > MAX_EVENTS_PER_COMMIT:
             raise InvalidInputError(f"at most {MAX_EVENTS_PER_COMMIT} events per commit")
-        parsed = tuple(parse_event(event) for event in events)
+        parsed = tuple(
+            # A model instance is valid already: every assignment to one is validated.
+            event.model_copy() if isinstance(event, _EVENT_TYPES) else parse_event(event)
+            for event in events
+        )
         for position, event in enumerate(parsed, start=1):
             if event.run_id != run_id:
                 raise InvalidInputError(
@@ -467,7 +479,7 @@ class PipelineStateStore(ABC):
         """Store ``run`` with ``created_event`` as seq 1, atomically; see ``create``."""
 
     @abstractmethod
-    def _apply(self, change: RunChange) -> CommitResult:
+    def _apply(self, change: RunChange) -> Applied:
         """Check the change's guards (``mpstate.changes``) and apply it atomically."""
 
     @abstractmethod

@@ -23,6 +23,7 @@ Layout (prefix ``mp``)::
 
 from __future__ import annotations
 
+from functools import lru_cache
 from urllib.parse import quote
 
 from mpstate.errors import InvalidInputError
@@ -31,6 +32,7 @@ from mpstate.models import PipelineRunStatus
 __all__ = ["RedisKeys", "escape_id"]
 
 
+@lru_cache(maxsize=16384)
 def escape_id(value: str) -> str:
     """Percent-escape an id for use inside a key (injective; never yields ``:{}``)."""
     return quote(value, safe="")

@@ -10,8 +10,8 @@ number of pipelined round trips.
 from __future__ import annotations
 
 import json
+import os
 import threading
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -22,13 +22,12 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.client import Pipeline
 from redis.retry import Retry
 
-from mpstate.changes import CommitResult, Refusal, RunChange, refusal_error
+from mpstate.changes import Applied, Refusal, RunChange, refusal_error
 from mpstate.errors import InvalidInputError, StateStoreUnavailableError
 from mpstate.events import PipelineEvent, RunCreated, event_document
 from mpstate.fields import epoch_ms, iso_z, now_ms, utc_now
 from mpstate.filters import RunFilter, sort_key
 from mpstate.models import PipelineRun, PipelineRunStatus
-from mpstate.patches import patched_documents
 from mpstate.redis.codec import (
     decode_events,
     decode_run,
@@ -190,7 +189,7 @@ class RedisPipelineStateStore(PipelineStateStore):
         keys = [
             run_key,
             k.events(run.run_id),
-            k.operation(run.run_id, uuid.uuid4().hex),
+            k.operation(run.run_id, _operation_id()),
             k.idempotency(run.tenant_id, run.idempotency_key) if run.idempotency_key else run_key,
             k.all_runs(),
             k.by_status(status),
@@ -242,12 +241,12 @@ class RedisPipelineStateStore(PipelineStateStore):
 
     # -- writing ----------------------------------------------------------------------------
 
-    def _apply(self, change: RunChange) -> CommitResult:
+    def _apply(self, change: RunChange) -> Applied:
         k = self.keys
         run_id = change.run_id
         run_key = k.run(run_id)
         new_status = change.new_status
-        keys = [run_key, k.events(run_id), k.operation(run_id, uuid.uuid4().hex)]
+        keys = [run_key, k.events(run_id), k.operation(run_id, _operation_id())]
         tenant_hint: str | None = None
         if new_status is not None:
             # Moving between status indexes: the script needs every status's keys, for the
@@ -255,8 +254,8 @@ class RedisPipelineStateStore(PipelineStateStore):
             tenant_hint = change.tenant or self._known_tenant(run_id)
             keys += [k.by_status(status) for status in _STATUSES]
             keys += self._tenant_status_keys(tenant_hint, run_key)
-        keys += [k.job(provider, job_id) for provider, job_id in self._jobs_in(change)]
-        fields = encode_fields(patched_documents(change.patch)) if change.patch else []
+        keys += [k.job(provider, job_id) for provider, job_id in change.external_jobs()]
+        fields = encode_fields(change.document)
         if change.bump_version:
             fields += ["updatedAt", json_value(iso_z(utc_now()))]
         args: list[Any] = [
@@ -277,6 +276,7 @@ class RedisPipelineStateStore(PipelineStateStore):
             self._index_ttl_ms,
             now_ms(),
             self._run_ttl_ms // 2,
+            "1" if change.returns_run else "0",
             *(_STATUS_JSON if new_status is not None else ()),
             *(event_document(event) for event in change.events),
             *fields,
@@ -285,13 +285,15 @@ class RedisPipelineStateStore(PipelineStateStore):
             reply = self._script(self._scripts.commit_run, keys, args)
             code = int(reply[0])
             if code == 1:
-                run = decode_run(reply[2])
-                self._remember_tenant(run_id, run.tenant_id)
+                seqs = tuple(int(seq) for seq in reply[1])
+                run = decode_run(reply[2]) if change.returns_run else None
+                if run is not None:
+                    self._remember_tenant(run_id, run.tenant_id)
                 if int(reply[3]):
-                    self._reindex(run)
-                return CommitResult(run, tuple(int(seq) for seq in reply[1]))
+                    self._reindex(run or self._load(run_id, include_events=False))
+                return Applied(run, seqs)
             if code == 0:
-                return CommitResult(decode_run(reply[2]), (), changed=False)
+                return Applied(decode_run(reply[2]), (), changed=False)
             if code == 2:
                 return self._replayed(run_id, text(reply[1]))
             if code == _WRONG_TENANT_KEYS:
@@ -302,8 +304,10 @@ class RedisPipelineStateStore(PipelineStateStore):
                 continue
             raise self._refusal(change, Refusal(code), reply)
 
-    def _reindex(self, run: PipelineRun) -> None:
+    def _reindex(self, run: PipelineRun | None) -> None:
         """Re-assert the run's index entries and their TTLs (idempotent; see index_run.lua)."""
+        if run is None:
+            return
         k = self.keys
         run_key = k.run(run.run_id)
         tenant = run.tenant_id
@@ -343,31 +347,18 @@ class RedisPipelineStateStore(PipelineStateStore):
             new_status=change.new_status.value if change.new_status else None,
         )
 
-    def _replayed(self, run_id: str, outcome: str) -> CommitResult:
+    def _replayed(self, run_id: str, outcome: str) -> Applied:
         """A retried script found its own earlier write: report that write's outcome."""
         _, _, seq_list = outcome.partition(":")
         run = self._load(run_id, include_events=False)
         if run is None:
             raise refusal_error(Refusal.NOT_FOUND, run_id)
-        return CommitResult(run, tuple(int(s) for s in seq_list.split(",") if s))
+        return Applied(run, tuple(int(s) for s in seq_list.split(",") if s))
 
     def _tenant_status_keys(self, tenant_id: str | None, placeholder: str) -> list[str]:
         if not tenant_id:
             return [placeholder] * len(_STATUSES)
         return [self.keys.by_tenant_status(tenant_id, status) for status in _STATUSES]
-
-    @staticmethod
-    def _jobs_in(change: RunChange) -> list[tuple[str, str]]:
-        values = change.values
-        jobs: set[tuple[str, str]] = set()
-        ids = values.get("external_job_ids")
-        if isinstance(ids, dict):
-            jobs.update(ids.items())
-        legacy = values.get("external_job_id")
-        if isinstance(legacy, str):
-            provider, _, job_id = legacy.partition(":")
-            jobs.add((provider, job_id))
-        return sorted(jobs)
 
     def _known_tenant(self, run_id: str) -> str | None:
         with self._tenants_mutex:
@@ -542,6 +533,11 @@ class RedisPipelineStateStore(PipelineStateStore):
     def _extend_lock(self, run_id: str, token: str, ttl_ms: int) -> bool:
         keys = [self.keys.lock(run_id)]
         return bool(self._script(self._scripts.extend_lock, keys, [token, ttl_ms]))
+
+
+def _operation_id() -> str:
+    """A random id for one write (random bytes, not a counter: prefork children copy counters)."""
+    return os.urandom(12).hex()
 
 
 def _json_str(document: str) -> str:

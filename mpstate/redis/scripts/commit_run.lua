@@ -3,7 +3,7 @@
 KEYS[1]      run hash
 KEYS[2]      events stream
 KEYS[3]      op key (retry dedupe)
-KEYS[4..9]   only when the status changes: idx:status:<s> for the six statuses of ARGV[18..23]
+KEYS[4..9]   only when the status changes: idx:status:<s> for the six statuses of ARGV[19..24]
 KEYS[10..15] only when the status changes: idx:tenant:{T}:status:<s> for tenant ARGV[14], same
              order (KEYS[1] six times when the run has no tenant)
 KEYS[...]    then job:{P:J} keys to point at this run
@@ -17,13 +17,14 @@ ARGV[6]  "1" to bump the version                     ARGV[14] tenant of KEYS[10.
 ARGV[7]  run TTL ms                                  ARGV[15] index TTL ms
 ARGV[8]  external job TTL ms                         ARGV[16] now, epoch ms
                                                      ARGV[17] re-index age ms
-ARGV[18..23] the six statuses as JSON, only when the status changes; then n event JSON
+                                                     ARGV[18] "1" to return the run's JSON
+ARGV[19..24] the six statuses as JSON, only when the status changes; then n event JSON
 documents, then field, JSON value pairs (updatedAt included when bumping)
 
 Guards, in order (mpstate/changes.py): not found {-1} | stale fence {-5, fence} |
 unchanged {0, {}, run JSON} | version conflict {-4, version} | invalid transition {-6, status} |
 log ended {-7, status} | index keys built for another tenant {-8, tenant JSON}.
-Returns {1, {seqs}, run JSON, reindex} when written (reindex is 1 when the run last asserted its
+Returns {1, {seqs}, run JSON or "", reindex} when written (reindex is 1 when the run last asserted its
 index entries more than ARGV[17] ms ago: the caller then runs index_run), or
 {2, "version:seq,seq"} when this op was already applied (a client retry after a lost reply).
 Events written: the n events, as 0-<seq> with consecutive seqs.
@@ -67,7 +68,7 @@ end
 -- Every guard passed: write.
 local ttl = ARGV[7]
 local run_id = ARGV[10]
-local first_event = status_changes and 24 or 18
+local first_event = status_changes and 25 or 19
 local first_field = first_event + n_events
 if #ARGV >= first_field then
   redis.call('HSET', run, unpack(ARGV, first_field))
@@ -95,10 +96,10 @@ if status_changes then
   if new_status ~= status then
     for i = 1, 6 do
       local global_index, tenant_index = KEYS[3 + i], KEYS[9 + i]
-      if ARGV[17 + i] == status then
+      if ARGV[18 + i] == status then
         redis.call('ZREM', global_index, run_id)
         if tenant ~= 'null' then redis.call('ZREM', tenant_index, run_id) end
-      elseif ARGV[17 + i] == new_status then
+      elseif ARGV[18 + i] == new_status then
         redis.call('ZADD', global_index, score, run_id)
         redis.call('PEXPIRE', global_index, ARGV[15])
         if tenant ~= 'null' then
@@ -117,4 +118,8 @@ local reindex = 0
 if tonumber(ARGV[16]) - tonumber(indexed or 0) > tonumber(ARGV[17]) then
   reindex = 1
 end
-return {1, seqs, run_document(run), reindex}
+local document = ''
+if ARGV[18] == '1' then
+  document = run_document(run)
+end
+return {1, seqs, document, reindex}
