@@ -1,4 +1,4 @@
-"""The README's quick start, runnable: ``make demo`` (in memory) or ``make demo ARGS="--redis URL"``.
+"""The README's quick start, runnable: `make demo` (in memory) or `make demo ARGS="--redis URL"`.
 
 It creates a one-step run, logs its life as events, makes versioned updates, replays the log from
 a seq, queries a tenant's runs and cancels a second run. Exits 0 when everything behaved as the

@@ -7,6 +7,7 @@ milliseconds) and documents round-trip through JavaScript unchanged.
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -16,9 +17,11 @@ from pydantic.alias_generators import to_camel
 
 __all__ = [
     "MAX_ID_LENGTH",
+    "MAX_SAFE_INTEGER",
     "CamelModel",
     "Identifier",
     "UtcDatetime",
+    "ensure_storable",
     "epoch_ms",
     "iso_z",
     "now_ms",
@@ -63,6 +66,34 @@ UtcDatetime = Annotated[
     AfterValidator(to_utc_ms),
     PlainSerializer(iso_z, return_type=str, when_used="json"),
 ]
+
+
+#: Largest integer accepted for seqs, versions, fences, limits and timeouts (exact in JSON).
+MAX_SAFE_INTEGER = 2**53 - 1
+
+
+def ensure_storable(value: Any, where: str = "value") -> None:
+    """Refuse what no backend can keep exactly, anywhere inside ``value`` (python-mode data).
+
+    NaN and infinities have no JSON form and lone surrogates cannot be written as UTF-8: pydantic's
+    JSON mode would silently turn them into null and replacement characters, so they are refused
+    here (``ValueError``), in dict keys too.
+    """
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"{where} is not valid unicode text") from exc
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{where} is {value}, which has no JSON form")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            ensure_storable(key, f"a key of {where}")
+            ensure_storable(item, f"{where}[{key!r}]")
+    elif isinstance(value, list | tuple | set | frozenset):
+        for item in value:
+            ensure_storable(item, f"an item of {where}")
 
 
 def utc_now() -> datetime:

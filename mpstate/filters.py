@@ -43,7 +43,10 @@ class RunFilter(CamelModel):
         if isinstance(value, list | tuple | set | frozenset):
             if not value:
                 raise ValueError("status needs at least one value")
-            return frozenset(value)
+            try:
+                return frozenset(value)
+            except TypeError as exc:  # unhashable members: report as a validation error
+                raise ValueError(f"status must be status names, not {value!r}") from exc
         return value
 
     @model_validator(mode="after")

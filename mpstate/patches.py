@@ -16,7 +16,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticSerializationError
 
 from mpstate.errors import InvalidInputError
-from mpstate.fields import CamelModel
+from mpstate.fields import CamelModel, ensure_storable
 from mpstate.models import PipelineRun
 
 __all__ = ["IMMUTABLE_RUN_FIELDS", "RunPatch", "ValidPatch", "validate_patch"]
@@ -94,6 +94,7 @@ def validate_patch(patch: Mapping[str, Any] | BaseModel) -> ValidPatch:
             raise InvalidInputError(f"run field {key!r} cannot be patched")
     try:
         validated = RunPatch.model_validate(dict(patch))
+        ensure_storable(validated.model_dump(include=validated.model_fields_set), "the patch")
         document = validated.model_dump(
             mode="json", by_alias=True, include=validated.model_fields_set
         )

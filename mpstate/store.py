@@ -20,6 +20,7 @@ from typing import Any, Self, TypeVar
 
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
+from pydantic_core import PydanticSerializationError
 
 from mpstate.changes import Applied, CommitResult, Refusal, RunChange, refusal_error
 from mpstate.errors import (
@@ -38,7 +39,7 @@ from mpstate.events import (
     RunCreated,
     parse_event,
 )
-from mpstate.fields import MAX_ID_LENGTH, utc_now
+from mpstate.fields import MAX_ID_LENGTH, MAX_SAFE_INTEGER, ensure_storable, utc_now
 from mpstate.filters import RunFilter, build_filter
 from mpstate.models import PipelineRun, PipelineRunStatus
 from mpstate.patches import validate_patch
@@ -67,8 +68,14 @@ def check_id(value: object, what: str) -> str:
 
 
 def _check_int(value: object, what: str, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InvalidInputError(f"{what} must be an integer >= {minimum}, not {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not minimum <= value <= MAX_SAFE_INTEGER
+    ):
+        raise InvalidInputError(
+            f"{what} must be an integer from {minimum} to {MAX_SAFE_INTEGER}, not {value!r}"
+        )
     return value
 
 
@@ -202,9 +209,10 @@ class PipelineStateStore(ABC):
         try:
             if isinstance(run, Mapping):
                 run = PipelineRun.model_validate(dict(run))
+            ensure_storable(run.model_dump(), "the run")
             # Through JSON and back, so every backend stores exactly the document form.
             run = PipelineRun.model_validate_json(run.model_dump_json())
-        except (PydanticValidationError, ValueError, TypeError) as exc:
+        except (PydanticValidationError, PydanticSerializationError, ValueError, TypeError) as exc:
             raise InvalidInputError(f"invalid run: {exc}") from exc
         if run.events:
             raise InvalidInputError("a new run has no events: create() logs run-created itself")
@@ -386,6 +394,10 @@ class PipelineStateStore(ABC):
             for event in events
         )
         for position, event in enumerate(parsed, start=1):
+            try:
+                ensure_storable(event.model_dump(), f"the {event.kind} event")
+            except ValueError as exc:
+                raise InvalidInputError(f"invalid {event.kind} event: {exc}") from exc
             if event.run_id != run_id:
                 raise InvalidInputError(
                     f"event for run {event.run_id!r} cannot be appended to run {run_id!r}"

@@ -1,0 +1,386 @@
+"""A write script that runs twice for one operation applies once (a retry after a lost reply).
+
+redis-py retries a command when the connection fails, and the retry re-sends the whole EVALSHA:
+when the first one ran and only its reply was lost, the script runs a second time. Every write
+carries an operation id (its op key) so the second run reports the first one's outcome.
+
+Two ways to make a script run twice, both against the real redis-server:
+
+* ``run_twice``: the store's registered script objects are wrapped so each call executes the
+  real script twice with identical keys and arguments and hands the store the second reply;
+* ``LossyProxy``: a TCP proxy between the store and Redis forwards one EVALSHA and then drops the
+  connection instead of its reply, so redis-py itself reconnects and retries.
+
+The controls re-send the same write under a fresh op key and show it is then applied twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from mpstate import (
+    RedisPipelineStateStore,
+    RunAlreadyExistsError,
+    RunStarted,
+    StepProgress,
+)
+
+pytestmark = pytest.mark.timeout(30)
+
+RUN_ID = "retried"
+
+
+class RunTwice:
+    """A registered script whose every call runs the real script twice and returns the second
+    reply, as a redis-py retry does after the first reply was lost."""
+
+    def __init__(self, script: Any, *, fresh_op_key: bool = False) -> None:
+        self.script = script
+        self.fresh_op_key = fresh_op_key
+        self.replies: list[tuple[Any, Any]] = []
+
+    def __call__(self, keys: list[str], args: list[Any]) -> Any:
+        first = self.script(keys=keys, args=args)
+        if self.fresh_op_key:  # control: the retry is not recognised as the same operation
+            keys = [
+                f"{k.rpartition(':')[0]}:{uuid.uuid4().hex}" if ":op:" in k else k for k in keys
+            ]
+        second = self.script(keys=keys, args=args)
+        self.replies.append((first, second))
+        return second
+
+
+def run_twice(store: RedisPipelineStateStore, name: str, **options: Any) -> RunTwice:
+    wrapper = RunTwice(getattr(store._scripts, name), **options)
+    store._scripts = dataclasses.replace(store._scripts, **{name: wrapper})
+    return wrapper
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis, prefix: str) -> RedisPipelineStateStore:
+    return RedisPipelineStateStore(redis_client, prefix=prefix)
+
+
+def created(store: RedisPipelineStateStore) -> RedisPipelineStateStore:
+    store.create({"runId": RUN_ID, "pipelineId": "p"})
+    return store
+
+
+def progress(message: str) -> StepProgress:
+    return StepProgress(run_id=RUN_ID, step_id="s", pct=50, message=message)
+
+
+# -- the script run twice, directly ---------------------------------------------------------------
+
+
+def test_a_commit_run_twice_with_one_op_key_applies_once_and_reports_its_own_seqs(
+    store: RedisPipelineStateStore,
+) -> None:
+    created(store)
+    twice = run_twice(store, "commit_run")
+
+    result = store.commit(RUN_ID, {"costUsd": 2.5}, [progress("a"), progress("b")])
+
+    assert result.seqs == (2, 3)
+    assert (result.run.version, result.run.cost_usd) == (2, 2.5)
+    run = store.require(RUN_ID)
+    assert run.version == 2
+    assert [(e.seq, e.kind) for e in run.events] == [
+        (1, "run-created"),
+        (2, "step-progress"),
+        (3, "step-progress"),
+    ]
+    ((first, second),) = twice.replies
+    assert int(first[0]) == 1 and int(second[0]) == 2  # written, then recognised as a replay
+
+
+def test_a_versioned_update_run_twice_is_not_refused_as_a_conflict_with_itself(
+    store: RedisPipelineStateStore,
+) -> None:
+    created(store)
+    run_twice(store, "commit_run")
+
+    run = store.update(RUN_ID, {"error": "e"}, expected_version=1)
+
+    assert run.version == 2
+    assert store.require(RUN_ID).version == 2
+
+
+def test_an_append_event_run_twice_appends_one_event_and_returns_its_seq(
+    store: RedisPipelineStateStore,
+) -> None:
+    created(store)
+    run_twice(store, "commit_run")
+
+    assert store.append_event(RUN_ID, RunStarted(run_id=RUN_ID)) == 2
+
+    assert [e.seq for e in store.list_events(RUN_ID)] == [1, 2]
+    assert store.require(RUN_ID).version == 1
+
+
+def test_a_cancel_run_twice_logs_one_run_cancelled(store: RedisPipelineStateStore) -> None:
+    created(store)
+    run_twice(store, "commit_run")
+
+    run = store.cancel(RUN_ID, "stop")
+
+    assert (run.status, run.version) == ("cancelled", 2)
+    assert [e.kind for e in store.list_events(RUN_ID)] == ["run-created", "run-cancelled"]
+
+
+def test_a_create_run_twice_succeeds_with_one_run_created_event(
+    store: RedisPipelineStateStore,
+) -> None:
+    twice = run_twice(store, "create_run")
+
+    run = store.create({"runId": RUN_ID, "pipelineId": "p", "idempotencyKey": "k"})
+
+    assert run.version == 1
+    stored = store.require(RUN_ID)
+    assert [(e.seq, e.kind) for e in stored.events] == [(1, "run-created")]
+    assert [r.run_id for r in store.list_runs()] == [RUN_ID]
+    ((first, second),) = twice.replies
+    assert int(first[0]) == 1 and int(second[0]) == 2
+
+
+def test_a_create_or_get_run_twice_reports_created(store: RedisPipelineStateStore) -> None:
+    run_twice(store, "create_run")
+
+    run, was_created = store.create_or_get({"runId": RUN_ID, "pipelineId": "p"})
+
+    assert (run.run_id, was_created) == (RUN_ID, True)
+
+
+def test_a_lock_acquire_run_twice_grants_one_fence(store: RedisPipelineStateStore) -> None:
+    created(store)
+    run_twice(store, "acquire_lock")
+
+    with store.lock(RUN_ID) as held:
+        assert held.fence == 1
+        store.update(RUN_ID, {"error": "e"}, fence=held.fence)
+    with store.lock(RUN_ID) as held:
+        assert held.fence == 2
+
+
+def test_a_lock_extend_run_twice_keeps_the_lock(store: RedisPipelineStateStore) -> None:
+    created(store)
+    run_twice(store, "extend_lock")
+
+    with store.lock(RUN_ID) as held:
+        held.extend(30_000)
+        assert 0 < store.client.pttl(store.keys.lock(RUN_ID)) <= 30_000
+
+
+def test_a_lock_release_run_twice_is_not_reported_as_a_lost_lock(
+    store: RedisPipelineStateStore,
+) -> None:
+    """The first run released the lock; the retry finds no lock with its token. That is the
+    outcome of this very release, not a lock lost to another holder."""
+    created(store)
+    run_twice(store, "release_lock")
+
+    with store.lock(RUN_ID):
+        pass
+
+    assert store.client.get(store.keys.lock(RUN_ID)) is None
+
+
+# -- controls: the op key is what makes the second run a replay -----------------------------------
+
+
+def test_control_a_commit_sent_again_under_a_fresh_op_key_is_applied_twice(
+    store: RedisPipelineStateStore,
+) -> None:
+    created(store)
+    run_twice(store, "commit_run", fresh_op_key=True)
+
+    store.commit(RUN_ID, {"error": "e"}, [progress("a")])
+
+    run = store.require(RUN_ID)
+    assert run.version == 3
+    assert [e.seq for e in run.events] == [1, 2, 3]
+
+
+def test_control_a_create_sent_again_under_a_fresh_op_key_reports_its_own_run_as_existing(
+    store: RedisPipelineStateStore,
+) -> None:
+    run_twice(store, "create_run", fresh_op_key=True)
+
+    with pytest.raises(RunAlreadyExistsError):
+        store.create({"runId": RUN_ID, "pipelineId": "p"})
+    assert store.require(RUN_ID).version == 1
+
+
+# -- a real lost reply: redis-py retries through a connection that dropped -----------------------
+
+
+class LossyProxy:
+    """A loopback TCP proxy to a real Redis that can lose the reply to one command.
+
+    ``lose_reply_to(marker)``: the next request containing ``marker`` (a script's SHA) is
+    forwarded, and the connection is then closed instead of passing its reply back.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.upstream = (host, port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.05)
+        self.port: int = self.listener.getsockname()[1]
+        self.marker: bytes | None = None
+        self.armed = False
+        self.forwarded = 0  # requests containing the marker sent to Redis
+        self.dropped = 0  # replies lost
+        self.mutex = threading.Lock()
+        self.sockets: list[socket.socket] = []
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def lose_reply_to(self, marker: str) -> None:
+        with self.mutex:
+            self.marker, self.armed, self.forwarded, self.dropped = marker.encode(), True, 0, 0
+
+    def _accept(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            upstream = socket.create_connection(self.upstream)
+            self.sockets += [client, upstream]
+            lose = threading.Event()
+            threading.Thread(
+                target=self._requests, args=(client, upstream, lose), daemon=True
+            ).start()
+            threading.Thread(
+                target=self._replies, args=(upstream, client, lose), daemon=True
+            ).start()
+
+    def _requests(
+        self, client: socket.socket, upstream: socket.socket, lose: threading.Event
+    ) -> None:
+        try:
+            while data := client.recv(65536):
+                with self.mutex:
+                    if self.marker is not None and self.marker in data:
+                        self.forwarded += 1
+                        if self.armed:
+                            self.armed = False
+                            lose.set()  # before forwarding: the reply cannot overtake the flag
+                upstream.sendall(data)
+        except OSError:
+            pass
+        finally:
+            _close(upstream)
+
+    def _replies(
+        self, upstream: socket.socket, client: socket.socket, lose: threading.Event
+    ) -> None:
+        try:
+            while data := upstream.recv(65536):
+                if lose.is_set():
+                    with self.mutex:
+                        self.dropped += 1
+                    break
+                client.sendall(data)
+        except OSError:
+            pass
+        finally:
+            _close(client)
+            _close(upstream)
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join(5)
+        self.listener.close()
+        for sock in self.sockets:
+            _close(sock)
+
+
+def _close(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
+
+
+@pytest.fixture
+def proxied(
+    redis_client: redis.Redis, prefix: str
+) -> Iterator[tuple[LossyProxy, RedisPipelineStateStore]]:
+    kwargs = redis_client.connection_pool.connection_kwargs
+    proxy = LossyProxy(kwargs.get("host", "127.0.0.1"), int(kwargs.get("port", 6379)))
+    store = RedisPipelineStateStore.from_url(
+        f"redis://127.0.0.1:{proxy.port}/{kwargs.get('db', 0)}",
+        prefix=prefix,
+        socket_timeout=2,
+        retries=2,
+    )
+    # Load every script into Redis first: a lost reply must be that of a script that ran, not
+    # of a NOSCRIPT error.
+    store.create({"runId": "warm-up", "pipelineId": "p"})
+    with store.lock("warm-up"):
+        store.commit("warm-up", {"error": "e"}, [RunStarted(run_id="warm-up")])
+    yield proxy, store
+    store.close()
+    proxy.close()
+
+
+def lose_one_reply(proxy: LossyProxy, script: Any) -> Callable[[], None]:
+    proxy.lose_reply_to(script.sha)
+
+    def check() -> None:
+        assert proxy.dropped == 1, "no reply was lost: the test did not exercise a retry"
+        assert proxy.forwarded == 2, f"the script was sent {proxy.forwarded} times, not twice"
+
+    return check
+
+
+def test_a_commit_whose_reply_was_lost_is_retried_by_redis_py_and_applied_once(
+    proxied: tuple[LossyProxy, RedisPipelineStateStore],
+) -> None:
+    proxy, store = proxied
+    created(store)
+    retried = lose_one_reply(proxy, store._scripts.commit_run)
+
+    result = store.commit(RUN_ID, {"costUsd": 1.0}, [progress("once")], expected_version=1)
+
+    retried()
+    assert (result.seqs, result.run.version) == ((2,), 2)
+    run = store.require(RUN_ID)
+    assert (run.version, run.cost_usd) == (2, 1.0)
+    assert [e.seq for e in run.events] == [1, 2]
+
+
+def test_a_create_whose_reply_was_lost_is_retried_by_redis_py_and_reported_created(
+    proxied: tuple[LossyProxy, RedisPipelineStateStore],
+) -> None:
+    proxy, store = proxied
+    retried = lose_one_reply(proxy, store._scripts.create_run)
+
+    run = store.create({"runId": RUN_ID, "pipelineId": "p"})
+
+    retried()
+    assert run.version == 1
+    assert [e.kind for e in store.require(RUN_ID).events] == ["run-created"]
+
+
+def test_a_lock_release_whose_reply_was_lost_is_retried_without_reporting_a_lost_lock(
+    proxied: tuple[LossyProxy, RedisPipelineStateStore],
+) -> None:
+    proxy, store = proxied
+    created(store)
+
+    with store.lock(RUN_ID):
+        retried = lose_one_reply(proxy, store._scripts.release_lock)
+
+    retried()
+    assert store.client.get(store.keys.lock(RUN_ID)) is None
