@@ -99,6 +99,10 @@ def _created_at(index: int) -> datetime:
     return BULK_EPOCH + timedelta(seconds=index)
 
 
+def _text(item: Any) -> str:
+    return item.decode("utf-8") if isinstance(item, bytes) else str(item)
+
+
 class _Recorder:
     """Stands in for the create script: records the call instead of sending it."""
 
@@ -106,7 +110,7 @@ class _Recorder:
         self.calls: list[tuple[list[str], list[str]]] = []
 
     def __call__(self, keys: list[Any], args: list[Any], client: Any = None) -> list[int]:
-        self.calls.append(([str(k) for k in keys], [str(a) for a in args]))
+        self.calls.append(([_text(k) for k in keys], [_text(a) for a in args]))
         return [1]
 
 

@@ -7,7 +7,7 @@ milliseconds) and documents round-trip through JavaScript unchanged.
 
 from __future__ import annotations
 
-import math
+import json
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -57,7 +57,11 @@ def to_utc_ms(value: datetime) -> datetime:
 
 def iso_z(value: datetime) -> str:
     """``2024-05-01T12:00:00.000Z``: ISO-8601 in UTC with milliseconds, as JavaScript writes it."""
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    # Formatted by hand: strftime("%Y") does not zero-pad years before 1000 on every platform.
+    return (
+        f"{value.year:04d}-{value.month:02d}-{value.day:02d}T{value.hour:02d}:"
+        f"{value.minute:02d}:{value.second:02d}.{value.microsecond // 1000:03d}Z"
+    )
 
 
 #: A timestamp: accepts datetimes and ISO-8601 strings, serialises as ``2024-05-01T12:00:00.000Z``.
@@ -72,28 +76,22 @@ UtcDatetime = Annotated[
 MAX_SAFE_INTEGER = 2**53 - 1
 
 
+def _as_text(value: Any) -> Any:
+    # Non-JSON python values (datetimes, enums, sets) have a JSON form; only their text matters.
+    return list(value) if isinstance(value, set | frozenset) else str(value)
+
+
 def ensure_storable(value: Any, where: str = "value") -> None:
     """Refuse what no backend can keep exactly, anywhere inside ``value`` (python-mode data).
 
     NaN and infinities have no JSON form and lone surrogates cannot be written as UTF-8: pydantic's
     JSON mode would silently turn them into null and replacement characters, so they are refused
-    here (``ValueError``), in dict keys too.
+    here (``ValueError``), in dict keys too. One pass of the C JSON encoder finds both.
     """
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise ValueError(f"{where} is not valid unicode text") from exc
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"{where} is {value}, which has no JSON form")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            ensure_storable(key, f"a key of {where}")
-            ensure_storable(item, f"{where}[{key!r}]")
-    elif isinstance(value, list | tuple | set | frozenset):
-        for item in value:
-            ensure_storable(item, f"an item of {where}")
+    try:
+        json.dumps(value, allow_nan=False, ensure_ascii=False, default=_as_text).encode("utf-8")
+    except (ValueError, TypeError) as exc:  # UnicodeEncodeError is a ValueError
+        raise ValueError(f"{where} cannot be stored: {exc}") from exc
 
 
 def utc_now() -> datetime:

@@ -27,6 +27,12 @@ def test_timestamps_are_stored_in_utc_at_millisecond_precision() -> None:
     assert naive == datetime(2024, 5, 1, 12, 0, 0, 999000, tzinfo=UTC)
 
 
+def test_timestamps_before_year_1000_serialise_as_valid_iso_8601() -> None:
+    run = PipelineRun(run_id="r", pipeline_id="p", started_at=datetime(999, 1, 1, tzinfo=UTC))
+    assert run.to_json_dict()["startedAt"] == "0999-01-01T00:00:00.000Z"
+    assert PipelineRun.model_validate(run.to_json_dict()).started_at == run.started_at
+
+
 def test_epoch_ms_is_exact_for_millisecond_timestamps() -> None:
     base = datetime(2026, 1, 1, tzinfo=UTC)
     for ms in (0, 1, 999, 123_456_789):

@@ -7,9 +7,10 @@ are the store's own bookkeeping (last seq, fence, log-ended flag, index score).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from pydantic_core import to_json
 
 from mpstate.events import PipelineEvent, parse_stored_event
 from mpstate.models import PipelineRun
@@ -34,15 +35,15 @@ def text(value: bytes | str | int) -> str:
 
 def json_value(value: Any) -> str:
     """Compact JSON for one field value."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return to_json(value).decode("utf-8")
 
 
-def encode_fields(document: Mapping[str, Any]) -> list[str]:
-    """``[field, json, field, json, ...]`` for HSET."""
-    flat: list[str] = []
+def encode_fields(document: Mapping[str, Any]) -> list[str | bytes]:
+    """``[field, json, field, json, ...]`` for HSET (values as UTF-8 JSON bytes)."""
+    flat: list[str | bytes] = []
     for name, value in document.items():
         flat.append(name)
-        flat.append(json_value(value))
+        flat.append(to_json(value))
     return flat
 
 
