@@ -12,7 +12,7 @@ Every event may carry ``meta``: a small flat mapping for who produced it (the Ce
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
@@ -148,22 +148,8 @@ PipelineEvent = Annotated[
     Field(discriminator="kind"),
 ]
 
-#: The event classes, one per kind.
-EVENT_TYPES = (
-    RunCreated,
-    RunStarted,
-    StepStarted,
-    StepProgress,
-    StepCached,
-    StepCompleted,
-    StepFailed,
-    StepGated,
-    RunSuspended,
-    RunResumed,
-    RunCompleted,
-    RunFailed,
-    RunCancelled,
-)
+#: The event classes, one per kind (read off the union, so the list is written once).
+EVENT_TYPES: tuple[type[CamelModel], ...] = get_args(get_args(PipelineEvent)[0])
 
 #: Kinds that end a run's log: nothing may be appended after one of them.
 TERMINAL_EVENT_KINDS = frozenset({"run-completed", "run-failed", "run-cancelled"})
