@@ -517,10 +517,11 @@ class RedisPipelineStateStore(PipelineStateStore):
     def _wait_for_release(self, run_id: str, wait_ms: float) -> None:
         # BLPOP wakes as soon as a release pushes; its timeout is capped by the caller at the
         # holder's remaining TTL and the poll interval, since nobody pushes when a holder dies.
-        timeout = wait_ms / 1000
-        if self._socket_timeout:
-            # A blocking read longer than the socket timeout would be reported as an outage.
-            timeout = min(timeout, self._socket_timeout / 2)
+        # Whole milliseconds, at least 10: Redis 6.2 truncates 0.001 s to 0 ms, which BLPOP reads
+        # as "block forever". At most half the socket timeout (1 s when the client's is unknown):
+        # a blocking read longer than the socket timeout would be reported as an outage.
+        ceiling = self._socket_timeout / 2 if self._socket_timeout else 1.0
+        timeout = min(max(10, round(wait_ms)) / 1000, ceiling)
         wake = self.keys.lock_wake(run_id)
         self._round_trip(lambda: self.client.blpop([wake], timeout=timeout))
 

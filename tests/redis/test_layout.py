@@ -472,3 +472,17 @@ def test_every_write_script_touches_one_cluster_slot() -> None:
             assert ids(store.list_runs(status="cancelled")) == ["r1"]
         finally:
             client.close()
+
+
+@pytest.mark.parametrize("backend", ["redis", "redis6"], indirect=True)
+def test_a_lock_waiter_asked_to_wait_one_millisecond_is_not_blocked_forever(
+    make_store: Any,
+) -> None:
+    # Redis 6.2 reads a BLPOP timeout of 0.001 s as 0 ms, i.e. "block forever": the store must
+    # never send such a timeout (regression: a waiter hung until the socket timed out).
+    store = make_store()
+    store.create({"runId": "r1", "pipelineId": "p"})
+    with store.lock("r1"):
+        started = time.monotonic()
+        store._wait_for_release("r1", 1.0)
+        assert time.monotonic() - started < 1.0
