@@ -126,6 +126,8 @@ class StepState(CamelModel):
     completed_at: UtcDatetime | None = None
     cache_key: str | None = None
     last_error: StepError | None = None
+    #: The Celery task id of the step's latest attempt (set by mpstate.celery).
+    task_id: str | None = None
 
 
 class PipelineRun(CamelModel):

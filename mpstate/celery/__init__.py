@@ -1,0 +1,27 @@
+"""Celery integration: step tasks that keep their run's state by themselves, and webhook resume.
+
+``MpState(app, store)`` binds a store to a Celery app; ``PipelineTask`` is the base class of step
+tasks; plain tasks published with a step identity get the same events through signal receivers.
+Needs ``pip install 'mpstate[celery]'``.
+"""
+
+from mpstate.celery.binding import RESOLVE_WEBHOOK, MpState
+from mpstate.celery.identity import ROLE, RUN_ID, STEP_ID, StepIdentity
+from mpstate.celery.results import StepResult
+from mpstate.celery.task import PipelineTask
+from mpstate.celery.webhook import PayloadAdapter, ProviderError, WebhookOutcome, default_adapter
+
+__all__ = [
+    "RESOLVE_WEBHOOK",
+    "ROLE",
+    "RUN_ID",
+    "STEP_ID",
+    "MpState",
+    "PayloadAdapter",
+    "PipelineTask",
+    "ProviderError",
+    "StepIdentity",
+    "StepResult",
+    "WebhookOutcome",
+    "default_adapter",
+]

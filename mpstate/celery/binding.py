@@ -1,0 +1,250 @@
+"""``MpState``: binds a store to a Celery app and runs pipelines on it.
+
+::
+
+    app = Celery("media", broker="redis://localhost:6379/0")
+    mp = MpState(app, RedisPipelineStateStore.from_url("redis://localhost/1"))
+    run = mp.start_run("product-photo", [
+        {"stepId": "generate", "operation": "image.generate", "inputs": {"prompt": "a bike"}},
+        {"stepId": "upscale", "operation": "image.upscale"},
+    ], tenant_id="acme", idempotency_key="order-42")
+
+Without a store argument the store comes from ``app.conf.mpstate_store_url`` (a Redis URL).
+Creating an ``MpState`` connects the signal receivers and registers ``mpstate.resolve_webhook``;
+``close()`` disconnects them.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+import weakref
+from collections.abc import Mapping, Sequence
+from hashlib import sha256
+from typing import Any
+
+from celery import Celery
+
+from mpstate.celery.hooks import StepHooks
+from mpstate.celery.identity import StepIdentity
+from mpstate.celery.lifecycle import StepLifecycle
+from mpstate.celery.signals import SignalReceivers
+from mpstate.celery.transitions import fail_step, resume_step, start_run
+from mpstate.celery.webhook import PayloadAdapter, WebhookOutcome, default_adapter
+from mpstate.errors import InvalidInputError, MpStateError
+from mpstate.events import EventMeta
+from mpstate.models import PipelineRun, PipelineRunStatus, StepState, StepStatus
+from mpstate.store import PipelineStateStore, check_id
+
+__all__ = ["MpState"]
+
+log = logging.getLogger("mpstate.celery")
+
+_BOUND: weakref.WeakKeyDictionary[Celery, MpState] = weakref.WeakKeyDictionary()
+
+#: Name of the webhook task every MpState registers.
+RESOLVE_WEBHOOK = "mpstate.resolve_webhook"
+
+
+class MpState:
+    """A store bound to a Celery app: signal hooks, step advancement, webhook resume."""
+
+    def __init__(self, app: Celery, store: PipelineStateStore | None = None) -> None:
+        if app in _BOUND:
+            raise MpStateError("this Celery app already has an MpState; close() it first")
+        conf = app.conf
+        if store is None:
+            url = conf.get("mpstate_store_url")
+            if not url:
+                raise InvalidInputError("pass a store, or set app.conf.mpstate_store_url")
+            from mpstate.redis import RedisPipelineStateStore  # noqa: PLC0415 - optional extra
+
+            store = RedisPipelineStateStore.from_url(url)
+        self.app = app
+        self.store = store
+        self.lifecycle = StepLifecycle(
+            store,
+            self._enqueue,
+            outage_window_s=float(conf.get("mpstate_outage_window_s", 60.0)),
+        )
+        self.hooks = StepHooks(self.lifecycle)
+        self.webhook_retry_interval_s = float(conf.get("mpstate_webhook_retry_interval_s", 2.0))
+        self.webhook_unknown_window_s = float(conf.get("mpstate_webhook_unknown_window_s", 300.0))
+        self._adapters: dict[str, PayloadAdapter] = {}
+        self._receivers = SignalReceivers(self)
+        self._receivers.connect()
+        self._register_tasks()
+        _BOUND[app] = self
+
+    @classmethod
+    def of(cls, app: Celery) -> MpState:
+        """The ``MpState`` bound to ``app``."""
+        try:
+            return _BOUND[app]
+        except KeyError:
+            raise MpStateError(f"no MpState is bound to Celery app {app.main!r}") from None
+
+    def close(self) -> None:
+        """Disconnect the signal receivers and unbind from the app."""
+        self._receivers.disconnect()
+        _BOUND.pop(self.app, None)
+
+    def reset_connections(self) -> None:
+        """Drop pooled Redis connections (called in each new prefork child)."""
+        client = getattr(self.store, "client", None)
+        pool = getattr(client, "connection_pool", None)
+        if pool is not None:
+            pool.reset()
+
+    # -- runs -------------------------------------------------------------------------------
+
+    def start_run(
+        self,
+        pipeline_id: str,
+        steps: Sequence[StepState | Mapping[str, Any]],
+        *,
+        tenant_id: str | None = None,
+        idempotency_key: str | None = None,
+        inputs: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
+        budget: Mapping[str, Any] | None = None,
+    ) -> PipelineRun:
+        """Create the run, log run-created and run-started, and enqueue its first step.
+
+        With an ``idempotency_key`` already used by a live run of the tenant, that run is
+        returned and nothing is enqueued. ``inputs`` are defaults for every step's inputs; a
+        step's ``operation`` is the name of the Celery task that runs it.
+        """
+        check_id(pipeline_id, "pipeline_id")
+        if isinstance(steps, str | bytes) or not steps:
+            raise InvalidInputError("a run needs at least one step")
+        defaults = dict(inputs or {})
+        step_states = []
+        for step in steps:
+            state = step if isinstance(step, StepState) else StepState.model_validate(dict(step))
+            step_states.append(state.model_copy(update={"inputs": {**defaults, **state.inputs}}))
+        definition = "\n".join(f"{s.step_id}\t{s.operation}" for s in step_states)
+        run = PipelineRun(
+            run_id=run_id or uuid.uuid4().hex,
+            pipeline_id=pipeline_id,
+            tenant_id=tenant_id,
+            idempotency_key=idempotency_key,
+            steps=step_states,
+            budget=dict(budget) if budget is not None else None,
+            pipeline_def_hash=sha256(definition.encode()).hexdigest()[:16],
+        )
+        stored, created = self.store.create_or_get(run)
+        if not created:
+            return stored
+        committed = self.lifecycle.apply(stored.run_id, start_run)
+        self._enqueue(committed.run, committed.run.steps[0])
+        return committed.run
+
+    def cancel_run(self, run_id: str, reason: str, *, terminate: bool = False) -> PipelineRun:
+        """Cancel the run in the store, then revoke its in-flight step task.
+
+        After the cancel commits, no transition applies to the run any more: a step still
+        running finishes without effect and no later step is enqueued. ``terminate=True`` also
+        kills the process executing the step (prefork workers).
+        """
+        run = self.store.cancel(run_id, reason)
+        for step in run.steps:
+            if step.status is StepStatus.RUNNING and step.task_id:
+                self.app.control.revoke(step.task_id, terminate=terminate)
+        return run
+
+    # -- webhooks ---------------------------------------------------------------------------
+
+    def register_adapter(self, provider: str, adapter: PayloadAdapter) -> None:
+        """Use ``adapter`` to read ``provider``'s webhook payloads."""
+        check_id(provider, "provider")
+        if not callable(adapter):
+            raise InvalidInputError("adapter must be callable")
+        self._adapters[provider] = adapter
+
+    def resolve(self, provider: str, job_id: str, payload: Mapping[str, Any]) -> str:
+        """Apply a provider callback to its run; returns what happened (for logs and tests).
+
+        ``"unknown"``: no run recorded this job (yet); ``"ignored"``: a duplicate or late callback;
+        ``"resumed"``: the step completed and the run advanced; ``"failed"``: the step failed.
+        """
+        outcome: WebhookOutcome = self._adapters.get(provider, default_adapter)(payload)
+        run = self.store.find_by_external_job_id(provider, job_id)
+        if run is None:
+            return "unknown"
+        step = _awaiting_step(run)
+        if step is None:
+            return "ignored"
+        meta: EventMeta = {"provider": provider, "jobId": job_id}
+        if outcome.status == "succeeded":
+            result = outcome.step_result()
+            committed = self.lifecycle.apply(
+                run.run_id,
+                lambda current: resume_step(
+                    current,
+                    step.step_id,
+                    artifact_ids=result.artifact_ids,
+                    cost_usd=result.cost_usd,
+                    meta=meta,
+                ),
+            )
+            return "resumed" if committed.changed else "ignored"
+        error = outcome.error or default_adapter({"status": "failed"}).error
+        assert error is not None
+        retry = error.retryable and step.attempts <= (step.max_retries or 0)
+        committed = self.lifecycle.apply(
+            run.run_id,
+            lambda current: _fail_awaiting(current, step.step_id, error, retry, meta),
+        )
+        if committed.changed and retry:
+            self._enqueue(committed.run, committed.run.step(step.step_id))
+        return "failed" if committed.changed else "ignored"
+
+    def _register_tasks(self) -> None:
+        mp = self
+
+        @self.app.task(  # type: ignore[untyped-decorator]
+            name=RESOLVE_WEBHOOK, bind=True, max_retries=None, shared=False
+        )
+        def resolve_webhook(self: Any, provider: str, job_id: str, payload: dict[str, Any]) -> str:
+            """Resolve a provider callback; an unknown job is retried for a bounded window."""
+            result = mp.resolve(provider, job_id, payload)
+            if result == "unknown":
+                waited = (self.request.retries or 0) * mp.webhook_retry_interval_s
+                if waited < mp.webhook_unknown_window_s:
+                    raise self.retry(countdown=mp.webhook_retry_interval_s)
+                log.warning(
+                    "webhook for unknown job %s/%s dropped after %.0f s", provider, job_id, waited
+                )
+                return "dropped"
+            return result
+
+        self.resolve_webhook = resolve_webhook
+
+    # -- enqueueing -------------------------------------------------------------------------
+
+    def _enqueue(self, run: PipelineRun, step: StepState) -> None:
+        identity = StepIdentity(run.run_id, step.step_id, is_step=True)
+        kwargs = dict(step.inputs)
+        task = self.app.tasks.get(step.operation)
+        if getattr(task, "mpstate_step_task", False):
+            kwargs.update(identity.kwargs())
+        self.app.send_task(step.operation, kwargs=kwargs, headers=identity.headers())
+
+
+def _awaiting_step(run: PipelineRun) -> StepState | None:
+    if run.status is not PipelineRunStatus.SUSPENDED or run.current_step_index >= len(run.steps):
+        return None
+    step = run.steps[run.current_step_index]
+    return step if step.status is StepStatus.RUNNING else None
+
+
+def _fail_awaiting(run: PipelineRun, step_id: str, error: Any, retry: bool, meta: EventMeta) -> Any:
+    transition = fail_step(
+        run, step_id, code=error.code, message=error.message, retryable=retry, meta=meta
+    )
+    if transition is None or not retry:
+        return transition
+    # The provider's failure is retryable: the step runs again as a new attempt.
+    patch = {**transition.patch, "status": PipelineRunStatus.RUNNING, "resumable": False}
+    return type(transition)(patch, transition.events)

@@ -1,0 +1,60 @@
+"""How a task message says which run and step it belongs to.
+
+A step's own task carries three message headers: ``mpstate_run_id``, ``mpstate_step_id`` and
+``mpstate_role = "step"``. Celery keeps headers across ``self.retry()`` and hands them to the worker
+as ``request.headers`` (and as request attributes). Every task a step publishes (chains, groups,
+callbacks) gets the run and step ids copied by a ``before_task_publish`` receiver with
+``mpstate_role = "child"``: attributable to its run, but not the step itself.
+
+Step tasks of ``PipelineTask`` also get the ids as kwargs (``mpstate_run_id``, ``mpstate_step_id``)
+so Flower can find them (``kwargs:mpstate_run_id=...``, it does not show headers); the task strips
+them before calling the body.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["ROLE", "RUN_ID", "STEP_ID", "StepIdentity", "identity_of"]
+
+RUN_ID = "mpstate_run_id"
+STEP_ID = "mpstate_step_id"
+ROLE = "mpstate_role"
+
+
+@dataclass(frozen=True, slots=True)
+class StepIdentity:
+    """The run and step a task message belongs to, and whether it is the step's own task."""
+
+    run_id: str
+    step_id: str
+    is_step: bool
+
+    def headers(self) -> dict[str, str]:
+        return {
+            RUN_ID: self.run_id,
+            STEP_ID: self.step_id,
+            ROLE: "step" if self.is_step else "child",
+        }
+
+    def kwargs(self) -> dict[str, str]:
+        return {RUN_ID: self.run_id, STEP_ID: self.step_id}
+
+
+def identity_of(request: Any) -> StepIdentity | None:
+    """The identity a task request carries in its headers, or None."""
+    headers: Mapping[str, Any] = getattr(request, "headers", None) or {}
+    run_id = headers.get(RUN_ID) or getattr(request, RUN_ID, None)
+    step_id = headers.get(STEP_ID) or getattr(request, STEP_ID, None)
+    if not (isinstance(run_id, str) and isinstance(step_id, str)):
+        return None
+    role = headers.get(ROLE) or getattr(request, ROLE, None)
+    return StepIdentity(run_id, step_id, is_step=role == "step")
+
+
+def strip_identity_kwargs(kwargs: MutableMapping[str, Any]) -> None:
+    """Remove the Flower-facing identity kwargs before the body sees them."""
+    kwargs.pop(RUN_ID, None)
+    kwargs.pop(STEP_ID, None)

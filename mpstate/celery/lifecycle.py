@@ -1,0 +1,110 @@
+"""``StepLifecycle``: the one place that applies step transitions to the store.
+
+Both entry points call it: ``PipelineTask``'s hooks and the signal receivers for plain tasks. Each
+transition reads the run, asks a pure function of ``mpstate.celery.transitions`` what to write,
+and commits the patch and its events together with ``expected_version``; on a version conflict it
+reads again and decides again. So of two workers racing to complete one step, exactly one commits
+the completion, and only that one enqueues the next step: advancement happens once.
+
+Store outages (``StateStoreUnavailableError``) are retried with exponential backoff for a bounded
+window (``outage_window_s``), then raised: a transition is never dropped silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from mpstate.celery.transitions import Transition
+from mpstate.errors import RunNotFoundError, StateStoreUnavailableError, VersionConflictError
+from mpstate.models import PipelineRun, StepState
+from mpstate.store import PipelineStateStore
+
+__all__ = ["Committed", "StepLifecycle"]
+
+log = logging.getLogger("mpstate.celery")
+
+Decide = Callable[[PipelineRun], Transition | None]
+Enqueue = Callable[[PipelineRun, StepState], None]
+
+#: Versions conflicts tolerated for one transition before giving up (each is another writer's
+#: successful commit, so this only trips under pathological contention).
+MAX_CONFLICTS = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """The run after a transition, and the transition if one was written (None: a no-op)."""
+
+    run: PipelineRun
+    transition: Transition | None
+
+    @property
+    def changed(self) -> bool:
+        return self.transition is not None
+
+
+class StepLifecycle:
+    """Applies transitions to one store and enqueues the next step after an advancing commit."""
+
+    def __init__(
+        self,
+        store: PipelineStateStore,
+        enqueue: Enqueue,
+        *,
+        outage_window_s: float = 60.0,
+    ) -> None:
+        self.store = store
+        self.enqueue = enqueue
+        self.outage_window_s = outage_window_s
+
+    def apply(self, run_id: str, decide: Decide) -> Committed:
+        """Decide on the current run and commit the result; retried on conflicts and outages."""
+        retrying = Retrying(
+            retry=retry_if_exception_type(StateStoreUnavailableError),
+            wait=wait_exponential_jitter(initial=0.05, max=5.0),
+            stop=stop_after_delay(self.outage_window_s),
+            reraise=True,
+            before_sleep=lambda state: log.warning(
+                "store unavailable while applying a transition to run %r (attempt %d); retrying",
+                run_id,
+                state.attempt_number,
+            ),
+        )
+        committed: Committed = retrying(self._apply_once, run_id, decide)
+        transition = committed.transition
+        if transition is not None and transition.next_step is not None:
+            self.enqueue(committed.run, transition.next_step)
+        return committed
+
+    def _apply_once(self, run_id: str, decide: Decide) -> Committed:
+        for conflicts in range(MAX_CONFLICTS):
+            run = self.store.get(run_id, include_events=False)
+            if run is None:
+                raise RunNotFoundError(run_id)
+            transition = decide(run)
+            if transition is None:
+                return Committed(run, None)
+            try:
+                result = self.store.commit(
+                    run_id,
+                    transition.patch or None,
+                    transition.events,
+                    expected_version=run.version,
+                )
+            except VersionConflictError:
+                # Another writer committed first: decide again on what it wrote.
+                time.sleep(random.uniform(0, 0.002 * min(conflicts, 10)))
+                continue
+            return Committed(result.run, transition)
+        raise VersionConflictError(run_id, expected=-1, actual=-1)

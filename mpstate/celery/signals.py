@@ -1,0 +1,173 @@
+"""Signal receivers: step events for plain tasks, identity propagation, prefork safety.
+
+Connected by ``MpState`` (never as an import side effect) and disconnected by ``MpState.close``.
+A receiver that fails logs the error with its traceback at ERROR level (Celery itself would only
+swallow it) and re-raises.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from celery import current_task, signals
+from celery.exceptions import WorkerLostError
+
+from mpstate.celery.hooks import StepHooks, request_meta
+from mpstate.celery.identity import RUN_ID, STEP_ID, StepIdentity, identity_of
+from mpstate.celery.results import as_step_result
+from mpstate.events import EventMeta
+
+if TYPE_CHECKING:
+    from mpstate.celery.binding import MpState
+
+__all__ = ["SignalReceivers"]
+
+log = logging.getLogger("mpstate.celery")
+
+#: Identities of requests received by this worker's main process, for failures reported there.
+_RECEIVED_LIMIT = 10_000
+
+
+def _is_step_task(task: Any) -> bool:
+    return bool(getattr(task, "mpstate_step_task", False))
+
+
+class SignalReceivers:
+    """The receivers of one ``MpState``; ``connect``/``disconnect`` them as a group."""
+
+    def __init__(self, mp: MpState) -> None:
+        self.mp = mp
+        self._received: OrderedDict[str, StepIdentity] = OrderedDict()
+        self._connected: list[tuple[Any, Callable[..., Any]]] = []
+
+    @property
+    def hooks(self) -> StepHooks:
+        return self.mp.hooks
+
+    def connect(self) -> None:
+        for signal, receiver in (
+            (signals.before_task_publish, self.before_task_publish),
+            (signals.task_received, self.task_received),
+            (signals.task_prerun, self.task_prerun),
+            (signals.task_success, self.task_success),
+            (signals.task_retry, self.task_retry),
+            (signals.task_failure, self.task_failure),
+            (signals.worker_process_init, self.worker_process_init),
+        ):
+            signal.connect(receiver, weak=False)
+            self._connected.append((signal, receiver))
+
+    def disconnect(self) -> None:
+        for signal, receiver in self._connected:
+            signal.disconnect(receiver)
+        self._connected.clear()
+
+    def _guarded(self, what: str, call: Callable[[], object]) -> None:
+        try:
+            call()
+        except Exception:
+            log.exception("mpstate: %s failed", what)
+            raise
+
+    # -- receivers --------------------------------------------------------------------------
+
+    def before_task_publish(self, headers: dict[str, Any] | None = None, **_: Any) -> None:
+        """Give every task a step publishes the step's run and step ids (as a child)."""
+        if headers is None or RUN_ID in headers:
+            return
+        task = current_task
+        identity = identity_of(task.request) if task else None
+        if identity is not None:
+            headers.update(StepIdentity(identity.run_id, identity.step_id, is_step=False).headers())
+
+    def task_received(self, request: Any = None, **_: Any) -> None:
+        identity = identity_of(request) if request is not None else None
+        if identity is not None and identity.is_step:
+            self._received[request.id] = identity
+            while len(self._received) > _RECEIVED_LIMIT:
+                self._received.popitem(last=False)
+
+    def task_prerun(self, task: Any = None, **_: Any) -> None:
+        if task is None or _is_step_task(task):
+            return
+        identity = identity_of(task.request)
+        if identity is None or not identity.is_step:
+            return
+        self._guarded(
+            "step-started for a plain task",
+            lambda: self.hooks.start(
+                identity, attempt=int(task.request.retries or 0), meta=request_meta(task.request)
+            ),
+        )
+
+    def task_success(self, sender: Any = None, result: Any = None, **_: Any) -> None:
+        if sender is None or _is_step_task(sender):
+            return
+        identity = identity_of(sender.request)
+        if identity is None or not identity.is_step:
+            return
+        self._guarded(
+            "step-completed for a plain task",
+            lambda: self.hooks.complete(
+                identity, as_step_result(result, strict=False), meta=request_meta(sender.request)
+            ),
+        )
+
+    def task_retry(
+        self, sender: Any = None, request: Any = None, reason: Any = None, **_: Any
+    ) -> None:
+        if sender is None or _is_step_task(sender):
+            return
+        identity = identity_of(request)
+        if identity is None or not identity.is_step:
+            return
+        exc = getattr(reason, "exc", None) or reason
+        self._guarded(
+            "step-failed (retrying) for a plain task",
+            lambda: self.hooks.fail(identity, exc, retryable=True, meta=request_meta(request)),
+        )
+
+    def task_failure(
+        self,
+        sender: Any = None,
+        task_id: str | None = None,
+        exception: BaseException | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **_: Any,
+    ) -> None:
+        if exception is None:
+            return
+        worker_lost = isinstance(exception, WorkerLostError)
+        if _is_step_task(sender) and not worker_lost:
+            return  # PipelineTask.on_failure handles its own failures
+        identity: StepIdentity | None
+        meta: EventMeta
+        if worker_lost:
+            # Reported in the main process: the request is the one received earlier here.
+            identity = self._received.pop(task_id or "", None) or _identity_from_kwargs(kwargs)
+            meta = {"taskId": task_id, "workerLost": True}
+        else:
+            identity = identity_of(sender.request) if sender is not None else None
+            meta = request_meta(sender.request) if sender is not None else {"taskId": task_id}
+        if identity is None or not identity.is_step:
+            return
+        self._guarded(
+            "step-failed for a task failure",
+            lambda: self.hooks.fail(identity, exception, retryable=False, meta=meta),
+        )
+
+    def worker_process_init(self, **_: Any) -> None:
+        """A new prefork child: drop connections inherited from the parent."""
+        self.mp.reset_connections()
+
+
+def _identity_from_kwargs(kwargs: dict[str, Any] | None) -> StepIdentity | None:
+    if not kwargs:
+        return None
+    run_id, step_id = kwargs.get(RUN_ID), kwargs.get(STEP_ID)
+    if isinstance(run_id, str) and isinstance(step_id, str):
+        return StepIdentity(run_id, step_id, is_step=True)
+    return None

@@ -1,0 +1,193 @@
+"""``PipelineTask``: the base class of step tasks that keep their run's state by themselves.
+
+::
+
+    @app.task(base=PipelineTask, bind=True, name="image.generate")
+    def generate(self, prompt: str) -> dict:
+        self.progress(50, message="rendering")
+        return {"artifactIds": ["img-1"], "costUsd": 0.04}
+
+The body receives the step's inputs as kwargs. Before it runs, the task logs step-started (the
+attempt is Celery's retry count) and skips the body (``Ignore``) when the run was cancelled or
+finished, or the step is done already. After it returns, the task logs step-completed (or
+step-cached) and enqueues the next step once. Retries log step-failed ``retryable=true``, the final
+failure step-failed ``retryable=false`` and run-failed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from celery import Task
+from celery.exceptions import Ignore
+
+from mpstate.celery.hooks import request_meta
+from mpstate.celery.identity import StepIdentity, identity_of, strip_identity_kwargs
+from mpstate.celery.results import StepResult, as_step_result
+from mpstate.events import EventMeta, StepProgress
+from mpstate.models import PipelineRun
+
+__all__ = ["PipelineTask"]
+
+
+class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type hints
+    """Base class for step tasks (``base=PipelineTask, bind=True``)."""
+
+    #: Marks the class for the signal receivers, which leave these tasks to their own hooks.
+    mpstate_step_task: ClassVar[bool] = True
+
+    # -- inside the body --------------------------------------------------------------------
+
+    @property
+    def identity(self) -> StepIdentity:
+        identity = identity_of(self.request)
+        if identity is None:
+            raise RuntimeError(f"task {self.name} was not started as a pipeline step")
+        return identity
+
+    @property
+    def run_id(self) -> str:
+        """The run this step belongs to."""
+        return self.identity.run_id
+
+    @property
+    def step_id(self) -> str:
+        """The step this task executes."""
+        return self.identity.step_id
+
+    @property
+    def attempt(self) -> int:
+        """The attempt, from 0: Celery's retry count."""
+        return int(self.request.retries or 0)
+
+    @property
+    def pipeline_run(self) -> PipelineRun:
+        """The run as it was when this attempt started."""
+        run: PipelineRun | None = getattr(self.request, "mpstate_run", None)
+        if run is None:
+            raise RuntimeError(f"task {self.name} was not started as a pipeline step")
+        return run
+
+    @property
+    def artifacts(self) -> dict[str, list[str]]:
+        """Artifact ids of the steps before this one, by step id."""
+        earlier = {}
+        for step in self.pipeline_run.steps:
+            if step.step_id == self.step_id:
+                break
+            earlier[step.step_id] = list(step.artifact_ids)
+        return earlier
+
+    def progress(
+        self,
+        pct: float,
+        eta_ms: int | None = None,
+        message: str | None = None,
+        cost_usd_accrued: float | None = None,
+    ) -> None:
+        """Log step-progress, and send it as a ``task-progress`` event (Flower shows PROGRESS)."""
+        event = StepProgress(
+            run_id=self.run_id,
+            step_id=self.step_id,
+            pct=pct,
+            eta_ms=eta_ms,
+            message=message,
+            cost_usd_accrued=cost_usd_accrued,
+            meta=self.event_meta(),
+        )
+        self.mpstate.store.append_event(self.run_id, event)
+        if not self.request.called_directly:
+            self.send_event("task-progress", pct=pct, run_id=self.run_id, step_id=self.step_id)
+
+    def cached(self, cache_key: str, artifact_ids: list[str]) -> StepResult:
+        """Return this from the body when a cache answered: the step is logged as step-cached."""
+        return StepResult(cache_key=cache_key, artifact_ids=list(artifact_ids))
+
+    def gate(self, gate_type: str, verdict: str, passed: bool) -> bool:
+        """Log step-gated; a rejection fails the run and ends the body (the task is IGNORED)."""
+        from mpstate.celery.transitions import gate_step  # noqa: PLC0415 - keeps imports light
+
+        meta = self.event_meta()
+        self.mpstate.lifecycle.apply(
+            self.run_id,
+            lambda run: gate_step(
+                run, self.step_id, gate_type=gate_type, verdict=verdict, passed=passed, meta=meta
+            ),
+        )
+        if not passed:
+            raise Ignore()
+        return True
+
+    def await_external(self, provider: str, job_id: str) -> StepResult:
+        """Record the provider's job id (findable before this returns) and suspend the run.
+
+        Return the result from the body: the step completes when ``mpstate.resolve_webhook`` is
+        called with this provider and job id.
+        """
+        from mpstate.celery.transitions import suspend_step  # noqa: PLC0415
+
+        meta = self.event_meta()
+        self.mpstate.lifecycle.apply(
+            self.run_id,
+            lambda run: suspend_step(
+                run, self.step_id, provider=provider, job_id=job_id, meta=meta
+            ),
+        )
+        return StepResult(suspended=True)
+
+    def retry(self, *args: Any, max_retries: int | None = None, **kwargs: Any) -> Any:
+        """``Task.retry``, with the step's ``max_retries`` as the default limit."""
+        if max_retries is None:
+            run: PipelineRun | None = getattr(self.request, "mpstate_run", None)
+            identity = identity_of(self.request)
+            if run is not None and identity is not None:
+                max_retries = run.step(identity.step_id).max_retries
+        if max_retries is not None:
+            kwargs["max_retries"] = max_retries
+        return super().retry(*args, **kwargs)
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    @property
+    def mpstate(self) -> Any:
+        from mpstate.celery.binding import MpState  # noqa: PLC0415 - circular at import time
+
+        return MpState.of(self.app)
+
+    def event_meta(self) -> EventMeta:
+        """What each event of this task records about it: task id, worker, redelivery."""
+        return request_meta(self.request)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        strip_identity_kwargs(kwargs)
+        identity = identity_of(self.request)
+        if identity is None or not identity.is_step:
+            return super().__call__(*args, **kwargs)
+        hooks = self.mpstate.hooks
+        run = hooks.start(identity, attempt=self.attempt, meta=self.event_meta())
+        if run is None:
+            raise Ignore()
+        self.request.mpstate_run = run
+        retval = super().__call__(*args, **kwargs)
+        hooks.complete(identity, as_step_result(retval, strict=True), meta=self.event_meta())
+        return (
+            retval.model_dump(mode="json", by_alias=True)
+            if isinstance(retval, StepResult)
+            else retval
+        )
+
+    def on_retry(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        identity = identity_of(self.request)
+        if identity is not None and identity.is_step:
+            self.mpstate.hooks.fail(identity, exc, retryable=True, meta=self.event_meta())
+        super().on_retry(exc, task_id, args, kwargs, einfo)
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        identity = identity_of(self.request)
+        if identity is not None and identity.is_step:
+            self.mpstate.hooks.fail(identity, exc, retryable=False, meta=self.event_meta())
+        super().on_failure(exc, task_id, args, kwargs, einfo)

@@ -1,0 +1,290 @@
+"""The step lifecycle as pure functions: given the run as stored, what one transition writes.
+
+Each function returns a ``Transition`` (a patch and the events to commit with it, atomically) or
+``None`` when the transition has already happened or must not happen (a duplicate delivery, a late
+result for a finished run). No I/O here: ``mpstate.celery.lifecycle`` reads the run, calls one of
+these, and commits the result with ``expected_version``, retrying on a version conflict, so every
+transition is decided on the run exactly as it was when committed.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mpstate.events import (
+    EventMeta,
+    PipelineEvent,
+    RunCompleted,
+    RunFailed,
+    RunResumed,
+    RunStarted,
+    RunSuspended,
+    StepCached,
+    StepCompleted,
+    StepFailed,
+    StepGated,
+    StepStarted,
+)
+from mpstate.fields import utc_now
+from mpstate.models import PipelineRun, PipelineRunStatus, StepError, StepState, StepStatus
+
+__all__ = [
+    "Transition",
+    "complete_step",
+    "fail_step",
+    "gate_step",
+    "resume_step",
+    "start_run",
+    "start_step",
+    "suspend_step",
+]
+
+_DONE_STEP = frozenset({StepStatus.COMPLETED, StepStatus.CACHED, StepStatus.FAILED})
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """What to commit: a run patch and the events logged with it."""
+
+    patch: dict[str, Any]
+    events: Sequence[PipelineEvent]
+    #: The step to enqueue once this transition is committed (advancement), if any.
+    next_step: StepState | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def _replace_step(run: PipelineRun, step: StepState) -> list[dict[str, Any]]:
+    return [
+        (step if s.step_id == step.step_id else s).model_dump(mode="json", by_alias=True)
+        for s in run.steps
+    ]
+
+
+def _index_of(run: PipelineRun, step_id: str) -> int:
+    for index, step in enumerate(run.steps):
+        if step.step_id == step_id:
+            return index
+    raise KeyError(step_id)
+
+
+def start_run(run: PipelineRun) -> Transition | None:
+    """pending -> running, logging run-started (once)."""
+    if run.status is not PipelineRunStatus.PENDING:
+        return None
+    return Transition(
+        {"status": PipelineRunStatus.RUNNING, "startedAt": utc_now()},
+        [RunStarted(run_id=run.run_id)],
+    )
+
+
+def start_step(
+    run: PipelineRun, step_id: str, *, attempt: int, task_id: str, meta: EventMeta
+) -> Transition | None:
+    """A task began executing a step: step-started for this attempt.
+
+    ``None`` when the run is finished or suspended, or the step is done: the body must not run.
+    A redelivery of the same task id and attempt is logged again with ``redelivered`` in meta
+    (a crashed worker's message came back); it never completes the step twice.
+    """
+    if run.is_terminal or run.status is PipelineRunStatus.SUSPENDED:
+        return None
+    step = run.step(step_id)
+    if step.status in _DONE_STEP or step.status is StepStatus.GATED:
+        return None
+    updated = step.model_copy(
+        update={
+            "status": StepStatus.RUNNING,
+            "attempts": max(step.attempts, attempt + 1),
+            "started_at": step.started_at or utc_now(),
+            "task_id": task_id,
+        }
+    )
+    patch: dict[str, Any] = {
+        "steps": _replace_step(run, updated),
+        "currentStepIndex": _index_of(run, step_id),
+    }
+    if run.status is PipelineRunStatus.PENDING:
+        patch["status"] = PipelineRunStatus.RUNNING
+        patch["startedAt"] = utc_now()
+    return Transition(
+        patch,
+        [StepStarted(run_id=run.run_id, step_id=step_id, attempt=attempt, meta=meta)],
+    )
+
+
+def complete_step(
+    run: PipelineRun,
+    step_id: str,
+    *,
+    artifact_ids: list[str],
+    cost_usd: float,
+    cache_key: str | None,
+    meta: EventMeta,
+) -> Transition | None:
+    """The step's task returned: step-completed (or step-cached), then advance or complete the run.
+
+    ``None`` for a finished run or a step already done: a duplicate or late result changes
+    nothing and enqueues nothing.
+    """
+    if run.is_terminal:
+        return None
+    step = run.step(step_id)
+    if step.status in _DONE_STEP:
+        return None
+    now = utc_now()
+    cached = cache_key is not None
+    updated = step.model_copy(
+        update={
+            "status": StepStatus.CACHED if cached else StepStatus.COMPLETED,
+            "artifact_ids": artifact_ids,
+            "cost_usd": cost_usd,
+            "cache_key": cache_key,
+            "completed_at": now,
+            "error": None,
+        }
+    )
+    total = round(run.cost_usd + cost_usd, 10)
+    event: PipelineEvent = (
+        StepCached(
+            run_id=run.run_id,
+            step_id=step_id,
+            cache_key=cache_key,
+            artifact_ids=artifact_ids,
+            meta=meta,
+        )
+        if cache_key is not None
+        else StepCompleted(
+            run_id=run.run_id,
+            step_id=step_id,
+            artifact_ids=artifact_ids,
+            cost_usd=cost_usd,
+            meta=meta,
+        )
+    )
+    index = _index_of(run, step_id)
+    patch: dict[str, Any] = {
+        "steps": _replace_step(run, updated),
+        "costUsd": total,
+        "currentStepIndex": index + 1,
+    }
+    if index + 1 >= len(run.steps):
+        patch.update(status=PipelineRunStatus.COMPLETED, completedAt=now)
+        return Transition(patch, [event, RunCompleted(run_id=run.run_id, total_cost_usd=total)])
+    if run.status is PipelineRunStatus.SUSPENDED:
+        patch["status"] = PipelineRunStatus.RUNNING
+    return Transition(patch, [event], next_step=run.steps[index + 1])
+
+
+def fail_step(
+    run: PipelineRun,
+    step_id: str,
+    *,
+    code: str,
+    message: str,
+    retryable: bool,
+    meta: EventMeta,
+) -> Transition | None:
+    """The step's attempt failed: step-failed; when it will not be retried, run-failed too."""
+    if run.is_terminal:
+        return None
+    step = run.step(step_id)
+    if step.status in _DONE_STEP:
+        return None
+    now = utc_now()
+    error = StepError(code=code, message=message, retryable=retryable, at=now)
+    updated = step.model_copy(
+        update={
+            "status": StepStatus.RUNNING if retryable else StepStatus.FAILED,
+            "last_error": error,
+            "error": None if retryable else message or code,
+            "completed_at": None if retryable else now,
+        }
+    )
+    events: list[PipelineEvent] = [
+        StepFailed(run_id=run.run_id, step_id=step_id, code=code, retryable=retryable, meta=meta)
+    ]
+    patch: dict[str, Any] = {"steps": _replace_step(run, updated)}
+    if not retryable:
+        reason = f"step {step_id} failed: {code}" + (f": {message}" if message else "")
+        patch.update(status=PipelineRunStatus.FAILED, error=reason, completedAt=now)
+        events.append(RunFailed(run_id=run.run_id, code=code, terminal_reason=reason))
+    return Transition(patch, events)
+
+
+def gate_step(
+    run: PipelineRun, step_id: str, *, gate_type: str, verdict: str, passed: bool, meta: EventMeta
+) -> Transition | None:
+    """A gate decided on the step: step-gated; a rejection fails the run (``gate-rejected``)."""
+    if run.is_terminal:
+        return None
+    step = run.step(step_id)
+    if step.status in _DONE_STEP:
+        return None
+    events: list[PipelineEvent] = [
+        StepGated(
+            run_id=run.run_id, step_id=step_id, gate_type=gate_type, verdict=verdict, meta=meta
+        )
+    ]
+    if passed:
+        return Transition({}, events)
+    now = utc_now()
+    reason = f"step {step_id} rejected by gate {gate_type}: {verdict}"
+    updated = step.model_copy(
+        update={"status": StepStatus.GATED, "error": reason, "completed_at": now}
+    )
+    events.append(RunFailed(run_id=run.run_id, code="gate-rejected", terminal_reason=reason))
+    patch = {
+        "steps": _replace_step(run, updated),
+        "status": PipelineRunStatus.FAILED,
+        "error": reason,
+        "completedAt": now,
+    }
+    return Transition(patch, events)
+
+
+def suspend_step(
+    run: PipelineRun, step_id: str, *, provider: str, job_id: str, meta: EventMeta
+) -> Transition | None:
+    """The step handed work to an external provider: record the job and suspend the run."""
+    if run.is_terminal:
+        return None
+    step = run.step(step_id)
+    if step.status in _DONE_STEP:
+        return None
+    token = secrets.token_urlsafe(16)
+    jobs = {**run.external_job_ids, provider: job_id}
+    return Transition(
+        {
+            "externalJobIds": jobs,
+            "status": PipelineRunStatus.SUSPENDED,
+            "resumeToken": token,
+            "resumable": True,
+        },
+        [RunSuspended(run_id=run.run_id, reason="webhook", resume_token=token, meta=meta)],
+    )
+
+
+def resume_step(
+    run: PipelineRun,
+    step_id: str,
+    *,
+    artifact_ids: list[str],
+    cost_usd: float,
+    meta: EventMeta,
+) -> Transition | None:
+    """A provider called back with the suspended step's result: run-resumed, step-completed, and
+    the next step (or run-completed), in one commit. ``None`` unless the run is suspended on that
+    step, so a duplicate or late callback changes nothing."""
+    if run.status is not PipelineRunStatus.SUSPENDED:
+        return None
+    completed = complete_step(
+        run, step_id, artifact_ids=artifact_ids, cost_usd=cost_usd, cache_key=None, meta=meta
+    )
+    if completed is None:
+        return None
+    resumed = RunResumed(run_id=run.run_id, from_step_id=step_id, meta=meta)
+    patch = {"status": PipelineRunStatus.RUNNING, "resumable": False, **completed.patch}
+    return Transition(patch, [resumed, *completed.events], next_step=completed.next_step)
