@@ -25,7 +25,7 @@ from typing import Any
 
 from celery import Celery
 
-from mpstate.celery.hooks import StepHooks
+from mpstate.celery.hooks import StepHooks, request_meta
 from mpstate.celery.identity import StepIdentity
 from mpstate.celery.lifecycle import StepLifecycle
 from mpstate.celery.signals import SignalReceivers
@@ -162,7 +162,14 @@ class MpState:
             raise InvalidInputError("adapter must be callable")
         self._adapters[provider] = adapter
 
-    def resolve(self, provider: str, job_id: str, payload: Mapping[str, Any]) -> str:
+    def resolve(
+        self,
+        provider: str,
+        job_id: str,
+        payload: Mapping[str, Any],
+        *,
+        meta: EventMeta | None = None,
+    ) -> str:
         """Apply a provider callback to its run; returns what happened (for logs and tests).
 
         ``"unknown"``: no run recorded this job (yet); ``"ignored"``: a duplicate or late callback;
@@ -175,7 +182,7 @@ class MpState:
         step = _awaiting_step(run)
         if step is None:
             return "ignored"
-        meta: EventMeta = {"provider": provider, "jobId": job_id}
+        meta = {**(meta or {}), "provider": provider, "jobId": job_id}
         if outcome.status == "succeeded":
             result = outcome.step_result()
             committed = self.lifecycle.apply(
@@ -208,7 +215,7 @@ class MpState:
         )
         def resolve_webhook(self: Any, provider: str, job_id: str, payload: dict[str, Any]) -> str:
             """Resolve a provider callback; an unknown job is retried for a bounded window."""
-            result = mp.resolve(provider, job_id, payload)
+            result = mp.resolve(provider, job_id, payload, meta=request_meta(self.request))
             if result == "unknown":
                 waited = (self.request.retries or 0) * mp.webhook_retry_interval_s
                 if waited < mp.webhook_unknown_window_s:

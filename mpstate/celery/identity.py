@@ -13,7 +13,7 @@ them before calling the body.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,7 +54,10 @@ def identity_of(request: Any) -> StepIdentity | None:
     return StepIdentity(run_id, step_id, is_step=role == "step")
 
 
-def strip_identity_kwargs(kwargs: MutableMapping[str, Any]) -> None:
-    """Remove the Flower-facing identity kwargs before the body sees them."""
-    kwargs.pop(RUN_ID, None)
-    kwargs.pop(STEP_ID, None)
+def without_identity_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The kwargs the body sees: a copy without the Flower-facing identity kwargs.
+
+    A copy, not an edit: ``request.kwargs`` is what ``self.retry()`` republishes, and the retried
+    message must keep the ids for Flower too.
+    """
+    return {key: value for key, value in kwargs.items() if key not in (RUN_ID, STEP_ID)}

@@ -22,7 +22,8 @@ from tenacity import (
     Retrying,
     retry_if_exception_type,
     stop_after_delay,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from mpstate.celery.transitions import Transition
@@ -72,7 +73,7 @@ class StepLifecycle:
         """Decide on the current run and commit the result; retried on conflicts and outages."""
         retrying = Retrying(
             retry=retry_if_exception_type(StateStoreUnavailableError),
-            wait=wait_exponential_jitter(initial=0.05, max=5.0),
+            wait=wait_exponential(multiplier=0.05, max=5.0) + wait_random(0, 0.05),
             stop=stop_after_delay(self.outage_window_s),
             reraise=True,
             before_sleep=lambda state: log.warning(

@@ -10,19 +10,21 @@
 The body receives the step's inputs as kwargs. Before it runs, the task logs step-started (the
 attempt is Celery's retry count) and skips the body (``Ignore``) when the run was cancelled or
 finished, or the step is done already. After it returns, the task logs step-completed (or
-step-cached) and enqueues the next step once. Retries log step-failed ``retryable=true``, the final
-failure step-failed ``retryable=false`` and run-failed.
+step-cached) and enqueues the next step once. Retries log step-failed ``retryable=true`` (from
+``retry``, before the retry is published), the final failure step-failed ``retryable=false`` and
+run-failed.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any, ClassVar
 
 from celery import Task
 from celery.exceptions import Ignore
 
 from mpstate.celery.hooks import request_meta
-from mpstate.celery.identity import StepIdentity, identity_of, strip_identity_kwargs
+from mpstate.celery.identity import StepIdentity, identity_of, without_identity_kwargs
 from mpstate.celery.results import StepResult, as_step_result
 from mpstate.events import EventMeta, StepProgress
 from mpstate.models import PipelineRun
@@ -35,6 +37,20 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type hints
 
     #: Marks the class for the signal receivers, which leave these tasks to their own hooks.
     mpstate_step_task: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Celery builds one subclass per decorated function, with ``__header__`` checking call
+        # arguments against the body's signature (``apply_async``, ``retry``). The identity
+        # kwargs are not the body's: check what the body will receive.
+        super().__init_subclass__(**kwargs)
+        header = cls.__dict__.get("__header__")
+        if isinstance(header, staticmethod):
+            check = header.__func__
+
+            def check_body_arguments(*args: Any, **call_kwargs: Any) -> Any:
+                return check(*args, **without_identity_kwargs(call_kwargs))
+
+            cls.__header__ = staticmethod(check_body_arguments)
 
     # -- inside the body --------------------------------------------------------------------
 
@@ -136,15 +152,26 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type hints
         return StepResult(suspended=True)
 
     def retry(self, *args: Any, max_retries: int | None = None, **kwargs: Any) -> Any:
-        """``Task.retry``, with the step's ``max_retries`` as the default limit."""
+        """``Task.retry``, with the step's ``max_retries`` as the default limit.
+
+        When a retry will be published, step-failed (``retryable=true``) is logged first: Celery
+        publishes the retry inside this call, and the next attempt may start, even finish, before
+        this attempt's ``on_retry`` runs. The retried message keeps the identity kwargs (the body
+        never saw them), so Flower finds every attempt of a step.
+        """
+        run: PipelineRun | None = getattr(self.request, "mpstate_run", None)
+        identity = identity_of(self.request)
+        if identity is None or not identity.is_step or run is None:
+            return super().retry(*args, max_retries=max_retries, **kwargs)
         if max_retries is None:
-            run: PipelineRun | None = getattr(self.request, "mpstate_run", None)
-            identity = identity_of(self.request)
-            if run is not None and identity is not None:
-                max_retries = run.step(identity.step_id).max_retries
-        if max_retries is not None:
-            kwargs["max_retries"] = max_retries
-        return super().retry(*args, **kwargs)
+            max_retries = run.step(identity.step_id).max_retries
+        limit = self.max_retries if max_retries is None else max_retries
+        if limit is None or self.attempt + 1 <= limit:
+            exc = kwargs.get("exc") or sys.exc_info()[1] or RuntimeError("retry requested")
+            self.mpstate.hooks.fail(identity, exc, retryable=True, meta=self.event_meta())
+        if not args and kwargs.get("kwargs") is None:
+            kwargs["kwargs"] = {**(self.request.kwargs or {}), **identity.kwargs()}
+        return super().retry(*args, max_retries=max_retries, **kwargs)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -159,10 +186,13 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type hints
         return request_meta(self.request)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        strip_identity_kwargs(kwargs)
+        kwargs = without_identity_kwargs(kwargs)
         identity = identity_of(self.request)
         if identity is None or not identity.is_step:
             return super().__call__(*args, **kwargs)
+        # Task.retry leaves the last limit on the (shared) task object and autoretry_for reuses
+        # it: start every attempt from the step's own max_retries instead.
+        self.__dict__.pop("override_max_retries", None)
         hooks = self.mpstate.hooks
         run = hooks.start(identity, attempt=self.attempt, meta=self.event_meta())
         if run is None:
@@ -175,14 +205,6 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type hints
             if isinstance(retval, StepResult)
             else retval
         )
-
-    def on_retry(
-        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
-    ) -> None:
-        identity = identity_of(self.request)
-        if identity is not None and identity.is_step:
-            self.mpstate.hooks.fail(identity, exc, retryable=True, meta=self.event_meta())
-        super().on_retry(exc, task_id, args, kwargs, einfo)
 
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any

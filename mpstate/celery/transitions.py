@@ -285,6 +285,9 @@ def resume_step(
     step, so a duplicate or late callback changes nothing."""
     if run.status is not PipelineRunStatus.SUSPENDED:
         return None
+    index = run.current_step_index
+    if index >= len(run.steps) or run.steps[index].step_id != step_id:
+        return None  # suspended on another step
     completed = complete_step(
         run, step_id, artifact_ids=artifact_ids, cost_usd=cost_usd, cache_key=None, meta=meta
     )
