@@ -1,4 +1,4 @@
-"""The store benchmark's harness works: a --quick run against its own server reports everything.
+"""The benchmarks' harnesses work: a --quick run against its own server reports everything.
 
 Timings are never checked here (the machine is shared and noisy); only that every operation was
 measured and the results file is complete.
@@ -62,3 +62,37 @@ def test_quick_benchmark_reports_every_operation(
     for key in ("redis_version", "python_version", "redis_py_version", "date"):
         assert result["machine"][key], key
     assert "raw EVALSHA" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_quick_celery_hooks_benchmark_reports_both_rates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT))
+    bench = importlib.import_module("benchmarks.celery_hooks")
+    output = tmp_path / "celery_hooks.json"
+
+    assert bench.main(["--quick", "--output", str(output)]) == 0
+
+    result = json.loads(output.read_text())
+    rows = {row["name"]: row for row in result["results"]}
+    assert set(rows) == {"bare", "hooks"}
+    for name, row in rows.items():
+        assert row["steps_per_s"] > 0, name
+        assert row["end_to_end_steps_per_s"] > 0, name
+        assert len(row["rounds"]) == result["config"]["rounds"], name
+        assert row["steps_measured"] > 0, name
+    hooks = rows["hooks"]
+    assert hooks["ratio_to_bare"] > 0
+    # Every step reads and commits its run at least once: the counters saw the store's calls.
+    assert hooks["store_round_trips_per_step_worker"] >= 1
+    assert hooks["evalsha_per_step"] >= 1
+    assert hooks["store_redis_commands_per_step"] > 0
+    assert rows["bare"]["store_round_trips_per_step"] == 0
+    assert [target["operation"] for target in result["targets"]] == ["hooks"]
+    assert result["breakdown"]["worker_us_per_step"]
+    for key in ("redis_version", "python_version", "celery_version", "date"):
+        assert result["machine"][key], key
+    out = capsys.readouterr().out
+    assert "x bare" in out
+    assert "PipelineTask no-op step" in out

@@ -1,5 +1,7 @@
 """The public API is exactly what ``mpstate.__all__`` names (pinned, as httpx does)."""
 
+from types import ModuleType
+
 import mpstate
 import mpstate.errors
 
@@ -11,10 +13,21 @@ def test_all_names_each_public_name_once_and_every_one_imports() -> None:
 
 
 def test_every_public_name_is_listed_in_all() -> None:
-    public = {name for name in vars(mpstate) if not name.startswith("_")}
-    modules = {"annotations", "TYPE_CHECKING", "Any", "changes", "errors", "events", "fields"}
-    modules |= {"filters", "memory", "models", "patches", "store", "redis", "testing"}
-    assert public - modules - set(mpstate.__all__) == set()
+    public = {
+        name
+        for name, value in vars(mpstate).items()
+        if not name.startswith("_") and not isinstance(value, ModuleType)
+    }
+    typing_names = {"annotations", "TYPE_CHECKING", "Any"}
+    assert public - typing_names - set(mpstate.__all__) == set()
+
+
+def test_the_celery_package_names_its_public_api() -> None:
+    import mpstate.celery  # noqa: PLC0415 - the optional extra, imported on purpose here
+
+    assert len(set(mpstate.celery.__all__)) == len(mpstate.celery.__all__)
+    for name in mpstate.celery.__all__:
+        assert getattr(mpstate.celery, name) is not None
 
 
 def test_every_error_derives_from_mpstate_error() -> None:

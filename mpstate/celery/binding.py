@@ -26,7 +26,7 @@ from typing import Any
 from celery import Celery
 
 from mpstate.celery.hooks import StepHooks, request_meta
-from mpstate.celery.identity import StepIdentity
+from mpstate.celery.identity import ATTEMPT_BASE, StepIdentity
 from mpstate.celery.lifecycle import StepLifecycle
 from mpstate.celery.signals import SignalReceivers
 from mpstate.celery.transitions import fail_step, resume_step, start_run
@@ -136,7 +136,7 @@ class MpState:
         stored, created = self.store.create_or_get(run)
         if not created:
             return stored
-        committed = self.lifecycle.apply(stored.run_id, start_run)
+        committed = self.lifecycle.apply(stored.run_id, start_run, known=stored)
         self._enqueue(committed.run, committed.run.steps[0])
         return committed.run
 
@@ -236,7 +236,8 @@ class MpState:
         task = self.app.tasks.get(step.operation)
         if getattr(task, "mpstate_step_task", False):
             kwargs.update(identity.kwargs())
-        self.app.send_task(step.operation, kwargs=kwargs, headers=identity.headers())
+        headers = {**identity.headers(), ATTEMPT_BASE: step.attempts}
+        self.app.send_task(step.operation, kwargs=kwargs, headers=headers)
 
 
 def _awaiting_step(run: PipelineRun) -> StepState | None:

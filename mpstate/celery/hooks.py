@@ -59,8 +59,18 @@ class StepHooks:
         )
         return committed.run if committed.changed else None
 
-    def complete(self, identity: StepIdentity, result: StepResult, *, meta: EventMeta) -> None:
-        """Log step-completed (or -cached) and advance, unless the step awaits a webhook."""
+    def complete(
+        self,
+        identity: StepIdentity,
+        result: StepResult,
+        *,
+        meta: EventMeta,
+        known: PipelineRun | None = None,
+    ) -> None:
+        """Log step-completed (or -cached) and advance, unless the step awaits a webhook.
+
+        ``known``: the run as step-started committed it, decided on without another read.
+        """
         if result.suspended:
             return
         committed = self.lifecycle.apply(
@@ -73,6 +83,7 @@ class StepHooks:
                 cache_key=result.cache_key,
                 meta=meta,
             ),
+            known=known,
         )
         if not committed.changed:
             log.info(

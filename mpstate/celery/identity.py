@@ -22,6 +22,9 @@ __all__ = ["ROLE", "RUN_ID", "STEP_ID", "StepIdentity", "identity_of"]
 RUN_ID = "mpstate_run_id"
 STEP_ID = "mpstate_step_id"
 ROLE = "mpstate_role"
+#: Attempts the step made before this message was enqueued (a step enqueued again after a
+#: provider's retryable failure); Celery's retry count restarts at 0 for a new message.
+ATTEMPT_BASE = "mpstate_attempt_base"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +55,13 @@ def identity_of(request: Any) -> StepIdentity | None:
         return None
     role = headers.get(ROLE) or getattr(request, ROLE, None)
     return StepIdentity(run_id, step_id, is_step=role == "step")
+
+
+def attempt_of(request: Any) -> int:
+    """The step attempt a request executes, from 0: attempts before its message plus retries."""
+    headers: Mapping[str, Any] = getattr(request, "headers", None) or {}
+    base = headers.get(ATTEMPT_BASE) or getattr(request, ATTEMPT_BASE, None) or 0
+    return int(base) + int(getattr(request, "retries", 0) or 0)
 
 
 def without_identity_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:

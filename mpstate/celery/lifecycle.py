@@ -69,8 +69,22 @@ class StepLifecycle:
         self.enqueue = enqueue
         self.outage_window_s = outage_window_s
 
-    def apply(self, run_id: str, decide: Decide) -> Committed:
-        """Decide on the current run and commit the result; retried on conflicts and outages."""
+    def apply(self, run_id: str, decide: Decide, *, known: PipelineRun | None = None) -> Committed:
+        """Decide on the current run and commit the result; retried on conflicts and outages.
+
+        ``known`` is the run as a previous commit returned it: the first decision is taken on it
+        without reading, and the run is read only if its version turns out to be stale.
+        """
+        try:
+            committed = self._apply_once(run_id, decide, known)
+        except StateStoreUnavailableError:
+            committed = self._apply_through_outage(run_id, decide)
+        transition = committed.transition
+        if transition is not None and transition.next_step is not None:
+            self.enqueue(committed.run, transition.next_step)
+        return committed
+
+    def _apply_through_outage(self, run_id: str, decide: Decide) -> Committed:
         retrying = Retrying(
             retry=retry_if_exception_type(StateStoreUnavailableError),
             wait=wait_exponential(multiplier=0.05, max=5.0) + wait_random(0, 0.05),
@@ -82,15 +96,13 @@ class StepLifecycle:
                 state.attempt_number,
             ),
         )
-        committed: Committed = retrying(self._apply_once, run_id, decide)
-        transition = committed.transition
-        if transition is not None and transition.next_step is not None:
-            self.enqueue(committed.run, transition.next_step)
+        committed: Committed = retrying(self._apply_once, run_id, decide, None)
         return committed
 
-    def _apply_once(self, run_id: str, decide: Decide) -> Committed:
+    def _apply_once(self, run_id: str, decide: Decide, known: PipelineRun | None) -> Committed:
         for conflicts in range(MAX_CONFLICTS):
-            run = self.store.get(run_id, include_events=False)
+            run = known if known is not None else self.store.get(run_id, include_events=False)
+            known = None
             if run is None:
                 raise RunNotFoundError(run_id)
             transition = decide(run)

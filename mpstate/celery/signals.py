@@ -8,6 +8,7 @@ swallow it) and re-raises.
 from __future__ import annotations
 
 import logging
+import sys
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,7 @@ from celery import current_task, signals
 from celery.exceptions import WorkerLostError
 
 from mpstate.celery.hooks import StepHooks, request_meta
-from mpstate.celery.identity import RUN_ID, STEP_ID, StepIdentity, identity_of
+from mpstate.celery.identity import RUN_ID, STEP_ID, StepIdentity, attempt_of, identity_of
 from mpstate.celery.results import as_step_result
 from mpstate.events import EventMeta
 
@@ -75,13 +76,28 @@ class SignalReceivers:
     # -- receivers --------------------------------------------------------------------------
 
     def before_task_publish(self, headers: dict[str, Any] | None = None, **_: Any) -> None:
-        """Give every task a step publishes the step's run and step ids (as a child)."""
-        if headers is None or RUN_ID in headers:
+        """Give every task a step publishes the step's run and step ids (as a child), and log a
+        plain step task's retry before the retry message leaves (its next attempt may finish
+        before ``task_retry`` fires)."""
+        if headers is None:
             return
         task = current_task
         identity = identity_of(task.request) if task else None
-        if identity is not None:
+        if identity is None:
+            return
+        if RUN_ID not in headers:
             headers.update(StepIdentity(identity.run_id, identity.step_id, is_step=False).headers())
+        elif identity.is_step and not _is_step_task(task) and _is_retry_of(headers, task.request):
+            exc = sys.exc_info()[1]
+            if exc is None:
+                return  # retry(exc=...) outside an except block: task_retry has the exception
+            task.request.mpstate_retry_logged = True
+            self._guarded(
+                "step-failed (retrying) for a plain task",
+                lambda: self.hooks.fail(
+                    identity, exc, retryable=True, meta=request_meta(task.request)
+                ),
+            )
 
     def task_received(self, request: Any = None, **_: Any) -> None:
         identity = identity_of(request) if request is not None else None
@@ -99,7 +115,7 @@ class SignalReceivers:
         self._guarded(
             "step-started for a plain task",
             lambda: self.hooks.start(
-                identity, attempt=int(task.request.retries or 0), meta=request_meta(task.request)
+                identity, attempt=attempt_of(task.request), meta=request_meta(task.request)
             ),
         )
 
@@ -122,7 +138,11 @@ class SignalReceivers:
         if sender is None or _is_step_task(sender):
             return
         identity = identity_of(request)
-        if identity is None or not identity.is_step:
+        if (
+            identity is None
+            or not identity.is_step
+            or getattr(request, "mpstate_retry_logged", False)
+        ):
             return
         exc = getattr(reason, "exc", None) or reason
         self._guarded(
@@ -162,6 +182,11 @@ class SignalReceivers:
     def worker_process_init(self, **_: Any) -> None:
         """A new prefork child: drop connections inherited from the parent."""
         self.mp.reset_connections()
+
+
+def _is_retry_of(headers: dict[str, Any], request: Any) -> bool:
+    """Whether a message being published is the retry of the request's own task."""
+    return headers.get("id") == request.id and headers.get("retries") == (request.retries or 0) + 1
 
 
 def _identity_from_kwargs(kwargs: dict[str, Any] | None) -> StepIdentity | None:

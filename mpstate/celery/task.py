@@ -24,7 +24,12 @@ from celery import Task
 from celery.exceptions import Ignore
 
 from mpstate.celery.hooks import request_meta
-from mpstate.celery.identity import StepIdentity, identity_of, without_identity_kwargs
+from mpstate.celery.identity import (
+    StepIdentity,
+    attempt_of,
+    identity_of,
+    without_identity_kwargs,
+)
 from mpstate.celery.results import StepResult, as_step_result
 from mpstate.events import EventMeta, StepProgress
 from mpstate.models import PipelineRun
@@ -73,8 +78,8 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type hints
 
     @property
     def attempt(self) -> int:
-        """The attempt, from 0: Celery's retry count."""
-        return int(self.request.retries or 0)
+        """The attempt, from 0, counted across every message of the step (retries included)."""
+        return attempt_of(self.request)
 
     @property
     def pipeline_run(self) -> PipelineRun:
@@ -166,6 +171,9 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type hints
         if max_retries is None:
             max_retries = run.step(identity.step_id).max_retries
         limit = self.max_retries if max_retries is None else max_retries
+        if limit is not None:
+            # The limit counts every attempt of the step; Celery counts this message's retries.
+            max_retries = max(0, limit - (self.attempt - int(self.request.retries or 0)))
         if limit is None or self.attempt + 1 <= limit:
             exc = kwargs.get("exc") or sys.exc_info()[1] or RuntimeError("retry requested")
             self.mpstate.hooks.fail(identity, exc, retryable=True, meta=self.event_meta())
@@ -199,7 +207,10 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type hints
             raise Ignore()
         self.request.mpstate_run = run
         retval = super().__call__(*args, **kwargs)
-        hooks.complete(identity, as_step_result(retval, strict=True), meta=self.event_meta())
+        # Decided on the run as step-started left it: read again only if something changed it.
+        known = None if self.request.mpstate_run is not run else run
+        result = as_step_result(retval, strict=True)
+        hooks.complete(identity, result, meta=self.event_meta(), known=known)
         return (
             retval.model_dump(mode="json", by_alias=True)
             if isinstance(retval, StepResult)

@@ -85,9 +85,8 @@ def start_step(
 ) -> Transition | None:
     """A task began executing a step: step-started for this attempt.
 
-    ``attempt`` is Celery's retry count of this task id. A step enqueued again under a new task id
-    (a provider's retryable failure) continues from the attempts already recorded, so attempts
-    never repeat. ``None`` when the run is finished or suspended, or the step is done: the body
+    ``attempt`` counts from 0 across every message of the step (``identity.attempt_of``).
+    ``None`` when the run is finished or suspended, or the step is done: the body
     must not run. A redelivery of the same task id and attempt is logged again with
     ``redelivered`` in meta (a crashed worker's message came back); it never completes the step
     twice.
@@ -97,8 +96,6 @@ def start_step(
     step = run.step(step_id)
     if step.status in _DONE_STEP or step.status is StepStatus.GATED:
         return None
-    if step.task_id is not None and step.task_id != task_id:
-        attempt += step.attempts
     updated = step.model_copy(
         update={
             "status": StepStatus.RUNNING,

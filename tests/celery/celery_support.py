@@ -1,0 +1,267 @@
+"""Helpers for the Celery integration tests: a real broker, a real worker, a real store.
+
+``Harness`` bundles one test's Celery app (its own ``main`` name and queue), the
+``RedisPipelineStateStore`` under the test's prefix, the ``MpState`` bound to them, and the
+in-thread workers started for the test. Everything waits by polling the store (or the record of
+finished tasks) with a deadline: there are no fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import redis
+from celery import Celery, signals
+from celery.contrib.testing.worker import start_worker
+
+from mpstate import RedisPipelineStateStore
+from mpstate.celery import MpState
+from mpstate.events import PipelineEvent
+from mpstate.models import PipelineRun
+from mpstate.redis.keys import RedisKeys
+
+T = TypeVar("T")
+
+RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
+
+#: Longest any single wait in these tests may take, in seconds.
+DEADLINE = 20.0
+
+
+def rabbitmq_available() -> bool:
+    """True when something accepts TCP connections on RabbitMQ's port on loopback."""
+    try:
+        with socket.create_connection(("127.0.0.1", 5672), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = DEADLINE, what: str = "") -> T:
+    """Poll ``predicate`` until it returns something truthy; fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+        time.sleep(0.03)
+
+
+def assert_never(predicate: Callable[[], object], duration: float, what: str = "") -> None:
+    """Poll ``predicate`` for ``duration`` seconds and fail as soon as it becomes truthy."""
+    deadline = time.monotonic() + duration
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            raise AssertionError(f"unexpected: {what or predicate} -> {value!r}")
+        time.sleep(0.03)
+
+
+def delete_prefix(client: redis.Redis, prefix: str) -> None:
+    """Delete the store keys under ``prefix`` (SCAN, never FLUSH)."""
+    keys = list(client.scan_iter(match=RedisKeys(prefix).pattern(), count=1000))
+    for start in range(0, len(keys), 500):
+        client.delete(*keys[start : start + 500])
+
+
+# -- reading a run's log ---------------------------------------------------------------------------
+
+
+def kinds(run: PipelineRun) -> list[tuple[str, str | None]]:
+    """The log as (kind, step id) pairs."""
+    return [(event.kind, getattr(event, "step_id", None)) for event in run.events]
+
+
+def step_events(run: PipelineRun, step_id: str, kind: str | None = None) -> list[PipelineEvent]:
+    return [
+        event
+        for event in run.events
+        if getattr(event, "step_id", None) == step_id and (kind is None or event.kind == kind)
+    ]
+
+
+def events_of(run: PipelineRun, kind: str) -> list[PipelineEvent]:
+    return [event for event in run.events if event.kind == kind]
+
+
+def assert_seqs_contiguous(run: PipelineRun) -> None:
+    assert [event.seq for event in run.events] == list(range(1, len(run.events) + 1))
+
+
+# -- what the worker did ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Finished:
+    """One task execution as task_postrun reported it."""
+
+    name: str
+    task_id: str
+    state: str
+    retval: Any
+    headers: dict[str, Any]
+
+
+@dataclass
+class Harness:
+    """One test's app, store, MpState and workers."""
+
+    app: Celery
+    store: RedisPipelineStateStore
+    mp: MpState
+    client: redis.Redis
+    queue: str
+    prefix: str
+    broker_url: str
+    stack: ExitStack
+    finished: list[Finished] = field(default_factory=list)
+    latches: dict[str, threading.Event] = field(default_factory=dict)
+
+    # -- workers ----------------------------------------------------------------------------
+
+    def start_worker(self, pool: str = "solo", concurrency: int = 1) -> None:
+        """Start a real worker thread consuming this test's queue (stopped at teardown)."""
+        self.stack.enter_context(
+            start_worker(
+                self.app,
+                pool=pool,
+                concurrency=concurrency,
+                perform_ping_check=False,
+                shutdown_timeout=20,
+                hostname=f"{self.app.main}@localhost",
+                queues=[self.queue],
+            )
+        )
+        # Anything a test still holds is released before the worker is asked to stop.
+        self.stack.callback(self.release_all)
+
+    def latch(self, name: str) -> threading.Event:
+        """A named event a task can wait on (every latch is set at teardown)."""
+        return self.latches.setdefault(name, threading.Event())
+
+    def release_all(self) -> None:
+        for event in self.latches.values():
+            event.set()
+
+    # -- the store --------------------------------------------------------------------------
+
+    def run(self, run_id: str) -> PipelineRun:
+        return self.store.require(run_id)
+
+    def wait_terminal(self, run_id: str, timeout: float = DEADLINE) -> PipelineRun:
+        return wait_for(
+            lambda: (run := self.run(run_id)).is_terminal and run,
+            timeout,
+            f"run {run_id} to finish",
+        )
+
+    def wait_status(self, run_id: str, status: str, timeout: float = DEADLINE) -> PipelineRun:
+        return wait_for(
+            lambda: (run := self.run(run_id)).status == status and run,
+            timeout,
+            f"run {run_id} to be {status}",
+        )
+
+    def wait_event(
+        self, run_id: str, kind: str, step_id: str | None = None, timeout: float = DEADLINE
+    ) -> PipelineEvent:
+        def found() -> PipelineEvent | None:
+            for event in self.run(run_id).events:
+                if event.kind == kind and (
+                    step_id is None or getattr(event, "step_id", None) == step_id
+                ):
+                    return event
+            return None
+
+        return wait_for(found, timeout, f"{kind} {step_id or ''} in run {run_id}")
+
+    # -- finished tasks ---------------------------------------------------------------------
+
+    def finished_tasks(self, name: str | None = None, task_id: str | None = None) -> list[Finished]:
+        return [
+            f
+            for f in list(self.finished)
+            if (name is None or f.name == name) and (task_id is None or f.task_id == task_id)
+        ]
+
+    def wait_finished(
+        self,
+        task_id: str,
+        states: Iterable[str] = ("SUCCESS", "FAILURE", "IGNORED", "REJECTED"),
+        timeout: float = DEADLINE,
+    ) -> Finished:
+        wanted = set(states)
+        return wait_for(
+            lambda: next(
+                (f for f in self.finished_tasks(task_id=task_id) if f.state in wanted), None
+            ),
+            timeout,
+            f"task {task_id} to end in {sorted(wanted)}",
+        )
+
+
+HarnessFactory = Callable[..., Harness]
+
+
+@contextmanager
+def harness(broker_url: str, store_url: str, prefix: str, **conf: Any) -> Iterator[Harness]:
+    """Build a harness; on exit stop its workers, close MpState and delete what it wrote."""
+    name = f"mpstate-test-{uuid.uuid4().hex[:10]}"
+    queue = f"{prefix}-q"
+    app = Celery(name, broker=broker_url, set_as_current=False)
+    app.conf.update(
+        task_default_queue=queue,
+        task_acks_late=True,
+        task_ignore_result=True,
+        worker_hijack_root_logger=False,
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+        mpstate_webhook_retry_interval_s=0.2,
+        **conf,
+    )
+    store = RedisPipelineStateStore.from_url(store_url, prefix=prefix)
+    client = redis.Redis.from_url(store_url)
+    with ExitStack() as stack:
+        mp = MpState(app, store)
+        h = Harness(app, store, mp, client, queue, prefix, broker_url, stack)
+
+        def on_postrun(
+            sender: Any = None,
+            task_id: str | None = None,
+            retval: Any = None,
+            state: str | None = None,
+            **_: Any,
+        ) -> None:
+            if sender is not None and sender.app is app:
+                headers = dict(getattr(sender.request, "headers", None) or {})
+                h.finished.append(
+                    Finished(sender.name, task_id or "", state or "", retval, headers)
+                )
+
+        signals.task_postrun.connect(on_postrun, weak=False)
+        stack.callback(_cleanup, h, on_postrun)
+        yield h
+        # ExitStack unwinds in reverse: workers stop (latches released first), then cleanup.
+
+
+def _cleanup(h: Harness, on_postrun: Callable[..., None]) -> None:
+    signals.task_postrun.disconnect(on_postrun)
+    h.mp.close()
+    try:
+        with h.app.connection_for_write() as conn:
+            conn.default_channel.queue_delete(h.queue)
+    except Exception:  # the broker went away: nothing left to tidy
+        pass
+    delete_prefix(h.client, h.prefix)
+    h.store.close()
+    h.client.close()
+    h.app.close()

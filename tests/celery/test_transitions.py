@@ -1,0 +1,384 @@
+"""The pure step transitions of ``mpstate.celery.transitions`` (no Celery, no I/O).
+
+Each transition is decided on a run and, to chain them, committed to an in-memory store: the
+store only carries the state from one decision to the next.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from mpstate import InMemoryPipelineStateStore, PipelineRun
+from mpstate.celery.identity import ATTEMPT_BASE, attempt_of
+from mpstate.celery.transitions import (
+    Transition,
+    complete_step,
+    fail_step,
+    gate_step,
+    resume_step,
+    start_run,
+    start_step,
+    suspend_step,
+)
+from mpstate.models import PipelineRunStatus, StepStatus
+
+META = {"taskId": "t-1"}
+
+
+class Runs:
+    """A run in an in-memory store, moved along by committing transitions."""
+
+    def __init__(self, steps: tuple[str, ...] = ("a", "b", "c")) -> None:
+        self.store = InMemoryPipelineStateStore()
+        self.run_id = "r1"
+        self.store.create(
+            {
+                "runId": self.run_id,
+                "pipelineId": "p",
+                "steps": [{"stepId": s, "operation": f"op.{s}"} for s in steps],
+            }
+        )
+
+    @property
+    def run(self) -> PipelineRun:
+        return self.store.require(self.run_id)
+
+    def apply(self, transition: Transition | None) -> PipelineRun:
+        assert transition is not None
+        self.store.commit(self.run_id, transition.patch or None, transition.events)
+        return self.run
+
+    def started(self) -> PipelineRun:
+        return self.apply(start_run(self.run))
+
+    def start(self, step: str, attempt: int = 0, task_id: str = "t-1") -> PipelineRun:
+        return self.apply(
+            start_step(self.run, step, attempt=attempt, task_id=task_id, meta={"taskId": task_id})
+        )
+
+    def complete(self, step: str, cost: float = 0.0, artifacts: list[str] | None = None) -> Any:
+        return complete_step(
+            self.run,
+            step,
+            artifact_ids=artifacts or [f"{step}-1"],
+            cost_usd=cost,
+            cache_key=None,
+            meta=META,
+        )
+
+    def run_through(self, *steps: str, cost: float = 0.1) -> PipelineRun:
+        for step in steps:
+            self.start(step)
+            self.apply(self.complete(step, cost))
+        return self.run
+
+
+def kinds_of(transition: Transition | None) -> list[str]:
+    assert transition is not None
+    return [event.kind for event in transition.events]
+
+
+# -- start_run / start_step ------------------------------------------------------------------------
+
+
+def test_start_run_moves_a_pending_run_to_running_once() -> None:
+    runs = Runs()
+    transition = start_run(runs.run)
+    assert kinds_of(transition) == ["run-started"]
+    run = runs.apply(transition)
+    assert run.status is PipelineRunStatus.RUNNING
+    assert run.started_at is not None
+    assert start_run(run) is None
+
+
+def test_start_step_marks_the_step_running_with_its_task_and_logs_the_attempt() -> None:
+    runs = Runs()
+    runs.started()
+    transition = start_step(runs.run, "a", attempt=0, task_id="t-1", meta=META)
+    assert kinds_of(transition) == ["step-started"]
+    assert transition.events[0].attempt == 0
+    assert transition.events[0].meta == META
+    run = runs.apply(transition)
+    step = run.step("a")
+    assert (step.status, step.attempts, step.task_id) == (StepStatus.RUNNING, 1, "t-1")
+    assert step.started_at is not None
+    assert run.current_step_index == 0
+
+
+def test_a_retry_of_the_same_task_counts_one_more_attempt() -> None:
+    runs = Runs()
+    runs.started()
+    runs.start("a", attempt=0)
+    run = runs.start("a", attempt=1)
+    assert run.step("a").attempts == 2
+    assert [e.attempt for e in run.events if e.kind == "step-started"] == [0, 1]
+
+
+def test_a_redelivery_of_the_same_attempt_is_logged_again_but_counts_no_new_attempt() -> None:
+    runs = Runs()
+    runs.started()
+    runs.start("a", attempt=0, task_id="t-1")
+    run = runs.start("a", attempt=0, task_id="t-1")
+    assert run.step("a").attempts == 1
+    assert [e.attempt for e in run.events if e.kind == "step-started"] == [0, 0]
+
+
+def test_start_step_records_the_attempt_it_is_given_and_the_latest_task_id() -> None:
+    runs = Runs()
+    runs.started()
+    runs.start("a", attempt=0, task_id="t-1")
+    run = runs.start("a", attempt=1, task_id="t-2")  # enqueued again: attempt 1 (see attempt_of)
+    assert run.step("a").attempts == 2
+    assert run.step("a").task_id == "t-2"
+    assert [e.attempt for e in run.events if e.kind == "step-started"] == [0, 1]
+
+
+def test_the_attempt_counts_the_attempts_before_the_message_plus_its_celery_retries() -> None:
+    # A step enqueued again (a provider's retryable failure) carries the attempts it already made
+    # in a header; Celery's retry count restarts at 0 for the new message and survives in it.
+    first = SimpleNamespace(headers={}, retries=0)
+    re_enqueued = SimpleNamespace(headers={ATTEMPT_BASE: 1}, retries=0)
+    its_retry = SimpleNamespace(headers={ATTEMPT_BASE: 1}, retries=1)
+    assert [attempt_of(r) for r in (first, re_enqueued, its_retry)] == [0, 1, 2]
+
+
+def test_start_step_returns_none_for_a_finished_run() -> None:
+    runs = Runs()
+    runs.started()
+    runs.store.cancel(runs.run_id, "stop")
+    assert start_step(runs.run, "a", attempt=0, task_id="t-1", meta=META) is None
+
+
+def test_start_step_returns_none_for_a_suspended_run() -> None:
+    runs = Runs()
+    runs.started()
+    runs.start("a")
+    runs.apply(suspend_step(runs.run, "a", provider="vid", job_id="j1", meta=META))
+    assert start_step(runs.run, "b", attempt=0, task_id="t-2", meta=META) is None
+
+
+@pytest.mark.parametrize("how", ["completed", "failed", "gated"])
+def test_start_step_returns_none_for_a_step_that_is_done(how: str) -> None:
+    runs = Runs()
+    runs.started()
+    runs.start("a")
+    if how == "completed":
+        runs.apply(runs.complete("a"))
+        run = runs.run
+    else:
+        decided = (
+            fail_step(runs.run, "a", code="E", message="", retryable=False, meta=META)
+            if how == "failed"
+            else gate_step(runs.run, "a", gate_type="q", verdict="no", passed=False, meta=META)
+        )
+        run = runs.apply(decided)
+        # Decide on the done step as if the run were still live.
+        run = run.model_copy(update={"status": PipelineRunStatus.RUNNING})
+    assert start_step(run, "a", attempt=1, task_id="t-1", meta=META) is None
+
+
+# -- complete_step ---------------------------------------------------------------------------------
+
+
+def test_completing_a_middle_step_advances_to_the_next_step_and_adds_its_cost() -> None:
+    runs = Runs()
+    runs.started()
+    runs.start("a")
+    transition = runs.complete("a", cost=0.25, artifacts=["img-1"])
+    assert kinds_of(transition) == ["step-completed"]
+    assert transition.next_step is not None and transition.next_step.step_id == "b"
+    run = runs.apply(transition)
+    step = run.step("a")
+    assert (step.status, step.artifact_ids, step.cost_usd) == (
+        StepStatus.COMPLETED,
+        ["img-1"],
+        0.25,
+    )
+    assert step.completed_at is not None
+    assert run.cost_usd == 0.25
+    assert run.current_step_index == 1
+    assert run.status is PipelineRunStatus.RUNNING
+
+
+def test_completing_the_last_step_completes_the_run_with_the_total_cost() -> None:
+    runs = Runs()
+    runs.started()
+    runs.run_through("a", "b", cost=0.1)
+    runs.start("c")
+    transition = runs.complete("c", cost=0.2)
+    assert kinds_of(transition) == ["step-completed", "run-completed"]
+    assert transition.next_step is None
+    assert transition.events[1].total_cost_usd == pytest.approx(0.4)
+    run = runs.apply(transition)
+    assert run.status is PipelineRunStatus.COMPLETED
+    assert run.completed_at is not None
+    assert run.cost_usd == pytest.approx(0.4)
+
+
+def test_a_cached_result_logs_step_cached_and_marks_the_step_cached() -> None:
+    runs = Runs()
+    runs.started()
+    runs.start("a")
+    transition = complete_step(
+        runs.run, "a", artifact_ids=["c-1"], cost_usd=0.0, cache_key="k", meta=META
+    )
+    assert kinds_of(transition) == ["step-cached"]
+    assert (transition.events[0].cache_key, transition.events[0].artifact_ids) == ("k", ["c-1"])
+    run = runs.apply(transition)
+    assert (run.step("a").status, run.step("a").cache_key) == (StepStatus.CACHED, "k")
+
+
+def test_a_duplicate_completion_returns_none() -> None:
+    runs = Runs()
+    runs.started()
+    runs.start("a")
+    runs.apply(runs.complete("a", cost=0.1))
+    assert runs.complete("a", cost=0.1) is None
+
+
+def test_a_late_completion_for_a_finished_run_returns_none() -> None:
+    runs = Runs()
+    runs.started()
+    runs.start("a")
+    runs.store.cancel(runs.run_id, "stop")
+    assert runs.complete("a") is None
+
+
+# -- fail_step -------------------------------------------------------------------------------------
+
+
+def test_a_retryable_failure_logs_step_failed_only_and_keeps_the_step_running() -> None:
+    runs = Runs()
+    runs.started()
+    runs.start("a")
+    transition = fail_step(runs.run, "a", code="Busy", message="later", retryable=True, meta=META)
+    assert kinds_of(transition) == ["step-failed"]
+    assert transition.events[0].retryable is True
+    run = runs.apply(transition)
+    assert run.status is PipelineRunStatus.RUNNING
+    step = run.step("a")
+    assert step.status is StepStatus.RUNNING
+    assert step.last_error is not None
+    assert (step.last_error.code, step.last_error.retryable) == ("Busy", True)
+    assert step.error is None
+
+
+def test_a_final_failure_fails_the_step_and_the_run_with_the_reason() -> None:
+    runs = Runs()
+    runs.started()
+    runs.start("a")
+    transition = fail_step(runs.run, "a", code="Bad", message="no", retryable=False, meta=META)
+    assert kinds_of(transition) == ["step-failed", "run-failed"]
+    assert transition.events[1].code == "Bad"
+    run = runs.apply(transition)
+    assert run.status is PipelineRunStatus.FAILED
+    assert run.error == "step a failed: Bad: no"
+    assert run.step("a").status is StepStatus.FAILED
+    assert fail_step(run, "a", code="Bad", message="", retryable=False, meta=META) is None
+
+
+def test_a_failure_after_the_step_completed_returns_none() -> None:
+    runs = Runs()
+    runs.started()
+    runs.start("a")
+    runs.apply(runs.complete("a"))
+    assert fail_step(runs.run, "a", code="E", message="", retryable=False, meta=META) is None
+
+
+# -- gates -----------------------------------------------------------------------------------------
+
+
+def test_a_passed_gate_logs_step_gated_and_changes_nothing_else() -> None:
+    runs = Runs()
+    runs.started()
+    runs.start("a")
+    transition = gate_step(runs.run, "a", gate_type="q", verdict="ok", passed=True, meta=META)
+    assert kinds_of(transition) == ["step-gated"]
+    assert transition.patch == {}
+    assert runs.apply(transition).step("a").status is StepStatus.RUNNING
+
+
+def test_a_rejecting_gate_fails_the_run_as_gate_rejected() -> None:
+    runs = Runs()
+    runs.started()
+    runs.start("a")
+    transition = gate_step(runs.run, "a", gate_type="q", verdict="blurry", passed=False, meta=META)
+    assert kinds_of(transition) == ["step-gated", "run-failed"]
+    assert transition.events[1].code == "gate-rejected"
+    run = runs.apply(transition)
+    assert run.status is PipelineRunStatus.FAILED
+    assert run.step("a").status is StepStatus.GATED
+    assert gate_step(run, "a", gate_type="q", verdict="x", passed=True, meta=META) is None
+
+
+# -- suspend / resume ------------------------------------------------------------------------------
+
+
+def suspended_on_b() -> Runs:
+    runs = Runs()
+    runs.started()
+    runs.run_through("a", cost=0.1)
+    runs.start("b")
+    runs.apply(suspend_step(runs.run, "b", provider="vid", job_id="j1", meta=META))
+    return runs
+
+
+def test_suspending_records_the_job_and_a_resume_token() -> None:
+    runs = suspended_on_b()
+    run = runs.run
+    assert run.status is PipelineRunStatus.SUSPENDED
+    assert run.external_job_ids == {"vid": "j1"}
+    assert run.resumable is True
+    (event,) = [e for e in run.events if e.kind == "run-suspended"]
+    assert event.reason == "webhook"
+    assert event.resume_token == run.resume_token
+
+
+def test_resuming_completes_the_step_and_advances_in_one_transition() -> None:
+    runs = suspended_on_b()
+    transition = resume_step(runs.run, "b", artifact_ids=["v-1"], cost_usd=0.5, meta=META)
+    assert kinds_of(transition) == ["run-resumed", "step-completed"]
+    assert transition.events[0].from_step_id == "b"
+    assert transition.next_step is not None and transition.next_step.step_id == "c"
+    run = runs.apply(transition)
+    assert run.status is PipelineRunStatus.RUNNING
+    assert run.resumable is False
+    assert run.step("b").artifact_ids == ["v-1"]
+    assert run.cost_usd == pytest.approx(0.6)
+
+
+def test_resuming_the_last_step_completes_the_run() -> None:
+    runs = Runs(steps=("a", "b"))
+    runs.started()
+    runs.run_through("a", cost=0.1)
+    runs.start("b")
+    runs.apply(suspend_step(runs.run, "b", provider="vid", job_id="j1", meta=META))
+    transition = resume_step(runs.run, "b", artifact_ids=["v-1"], cost_usd=0.5, meta=META)
+    assert kinds_of(transition) == ["run-resumed", "step-completed", "run-completed"]
+    assert transition.events[2].total_cost_usd == pytest.approx(0.6)
+    assert runs.apply(transition).status is PipelineRunStatus.COMPLETED
+
+
+def test_a_duplicate_resume_returns_none() -> None:
+    runs = suspended_on_b()
+    runs.apply(resume_step(runs.run, "b", artifact_ids=["v-1"], cost_usd=0.5, meta=META))
+    assert resume_step(runs.run, "b", artifact_ids=["v-1"], cost_usd=0.5, meta=META) is None
+
+
+def test_resume_returns_none_unless_the_run_is_suspended_on_that_step() -> None:
+    runs = suspended_on_b()
+    assert resume_step(runs.run, "c", artifact_ids=["x"], cost_usd=0.0, meta=META) is None
+    assert resume_step(runs.run, "a", artifact_ids=["x"], cost_usd=0.0, meta=META) is None
+
+
+def test_suspend_returns_none_for_a_finished_run_or_a_done_step() -> None:
+    runs = Runs()
+    runs.started()
+    runs.start("a")
+    runs.apply(runs.complete("a"))
+    assert suspend_step(runs.run, "a", provider="vid", job_id="j", meta=META) is None
+    runs.store.cancel(runs.run_id, "stop")
+    assert suspend_step(runs.run, "b", provider="vid", job_id="j", meta=META) is None
