@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -72,3 +73,35 @@ def test_a_step_that_finishes_while_the_store_is_down_completes_once_it_is_back(
     assert [e.step_id for e in events_of(run, "step-completed")] == ["s", "n"]
     assert [e.kind for e in run.events].count("run-completed") == 1
     assert run.cost_usd == 0.25
+
+
+def test_a_hook_that_cannot_record_a_transition_logs_the_error_instead_of_swallowing_it(
+    redis_url: str, prefix: str, store_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A plain task's events are written by signal receivers, whose exceptions Celery would only
+    # swallow: with the store down past the outage window, mpstate logs the failure itself.
+    with harness(redis_url, store_server.url, prefix, mpstate_outage_window_s=0.2) as h:
+        release = threading.Event()
+
+        @h.app.task(bind=True, shared=False, name="outage.plain")
+        def plain(self: Any) -> dict[str, Any]:
+            release.wait(20)
+            return {"artifactIds": ["p-1"]}
+
+        h.start_worker()
+        run = h.mp.start_run("outage", [{"stepId": "p", "operation": "outage.plain"}])
+        h.wait_event(run.run_id, "step-started", "p")
+        store_server.stop()
+        with caplog.at_level(logging.ERROR, logger="mpstate.celery"):
+            release.set()
+            wait_for(lambda: h.finished_tasks("outage.plain"), what="the plain task to end")
+            wait_for(
+                lambda: any(
+                    "step-completed for a plain task failed" in r.message for r in caplog.records
+                ),
+                what="the error to be logged",
+            )
+        [record] = [r for r in caplog.records if "step-completed for a plain task" in r.message]
+        assert record.exc_info is not None
+        assert record.exc_info[0] is StateStoreUnavailableError
+        store_server.start()

@@ -22,7 +22,8 @@ from celery_support import (
     wait_for,
 )
 
-from mpstate.celery import RESOLVE_WEBHOOK, PipelineTask
+from mpstate import InvalidInputError
+from mpstate.celery import RESOLVE_WEBHOOK, PipelineTask, WebhookOutcome
 from mpstate.models import PipelineRunStatus, StepStatus
 
 SUCCEEDED = {"status": "succeeded", "artifactIds": ["vid-1", "vid-2"], "costUsd": 0.5}
@@ -281,3 +282,29 @@ def test_the_step_event_a_webhook_logs_names_a_celery_task(h: Harness) -> None:
     assert (completed.meta.get("provider"), completed.meta.get("jobId")) == ("vidgen", job_id)
     # Like every other step event, it names a Celery task: the step's, or the webhook's.
     assert completed.meta.get("taskId") in {run.step("render").task_id, webhook.id}
+
+
+def test_a_registered_adapter_reads_its_providers_own_payload_shape(h: Harness) -> None:
+    def vidgen_adapter(payload: Any) -> WebhookOutcome:
+        if payload.get("state") != "done":
+            raise InvalidInputError(f"vidgen payload without a final state: {payload!r}")
+        video = payload["video"]
+        return WebhookOutcome(status="succeeded", artifact_ids=[video["id"]], cost_usd=video["usd"])
+
+    h.mp.register_adapter("vidgen", vidgen_adapter)
+    define_video_tasks(h, [])
+    h.start_worker()
+    job_id = new_job_id()
+    run = start_video_run(h, job_id)
+    h.wait_status(run.run_id, "suspended")
+
+    # A payload its adapter refuses fails the webhook task and leaves the run as it was.
+    refused = h.mp.resolve_webhook.delay("vidgen", job_id, {"state": "rendering"})
+    assert h.wait_finished(refused.id).state == "FAILURE"
+    assert h.run(run.run_id).status is PipelineRunStatus.SUSPENDED
+
+    h.mp.resolve_webhook.delay("vidgen", job_id, {"state": "done", "video": {"id": "v9", "usd": 2}})
+    run = h.wait_terminal(run.run_id)
+    assert run.status is PipelineRunStatus.COMPLETED
+    [completed] = step_events(run, "render", "step-completed")
+    assert (completed.artifact_ids, completed.cost_usd) == (["v9"], 2.0)
