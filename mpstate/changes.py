@@ -46,6 +46,9 @@ class Refusal(IntEnum):
     STALE_FENCE = -5
     INVALID_TRANSITION = -6
     LOG_ENDED = -7
+    #: Internal to the Redis backend: the status index keys were built for another tenant; the
+    #: store rebuilds them and tries again, so this never reaches a caller.
+    WRONG_TENANT_KEYS = -8
 
 
 @dataclass(frozen=True, slots=True)

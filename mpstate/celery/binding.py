@@ -29,8 +29,8 @@ from mpstate.celery.hooks import StepHooks, request_meta
 from mpstate.celery.identity import ATTEMPT_BASE, StepIdentity
 from mpstate.celery.lifecycle import StepLifecycle
 from mpstate.celery.signals import SignalReceivers
-from mpstate.celery.transitions import fail_step, resume_step, start_run
-from mpstate.celery.webhook import PayloadAdapter, WebhookOutcome, default_adapter
+from mpstate.celery.transitions import fail_awaiting_step, resume_step, start_run
+from mpstate.celery.webhook import PayloadAdapter, ProviderError, WebhookOutcome, default_adapter
 from mpstate.errors import InvalidInputError, MpStateError
 from mpstate.events import EventMeta
 from mpstate.models import PipelineRun, PipelineRunStatus, StepState, StepStatus
@@ -41,6 +41,9 @@ __all__ = ["MpState"]
 log = logging.getLogger("mpstate.celery")
 
 _BOUND: weakref.WeakKeyDictionary[Celery, MpState] = weakref.WeakKeyDictionary()
+
+#: Celery's default ``Task.max_retries``, for a step whose task is not registered here.
+_CELERY_MAX_RETRIES = 3
 
 #: Name of the webhook task every MpState registers.
 RESOLVE_WEBHOOK = "mpstate.resolve_webhook"
@@ -137,7 +140,8 @@ class MpState:
         if not created:
             return stored
         committed = self.lifecycle.apply(stored.run_id, start_run, known=stored)
-        self._enqueue(committed.run, committed.run.steps[0])
+        if committed.changed:  # not if the run was cancelled between create and start
+            self._enqueue(committed.run, committed.run.steps[0])
         return committed.run
 
     def cancel_run(self, run_id: str, reason: str, *, terminate: bool = False) -> PipelineRun:
@@ -194,27 +198,35 @@ class MpState:
                     cost_usd=result.cost_usd,
                     meta=meta,
                 ),
+                known=run,
             )
             return "resumed" if committed.changed else "ignored"
-        error = outcome.error or default_adapter({"status": "failed"}).error
-        assert error is not None
-        retry = error.retryable and step.attempts <= (step.max_retries or 0)
+        error = outcome.error or ProviderError()
+        task = self.app.tasks.get(step.operation)
+        default_max_retries = task.max_retries if task is not None else _CELERY_MAX_RETRIES
         committed = self.lifecycle.apply(
             run.run_id,
-            lambda current: _fail_awaiting(current, step.step_id, error, retry, meta),
+            lambda current: fail_awaiting_step(
+                current,
+                step.step_id,
+                code=error.code,
+                message=error.message,
+                retryable=error.retryable,
+                default_max_retries=default_max_retries,
+                meta=meta,
+            ),
+            known=run,
         )
-        if committed.changed and retry:
-            self._enqueue(committed.run, committed.run.step(step.step_id))
         return "failed" if committed.changed else "ignored"
 
     def _register_tasks(self) -> None:
-        mp = self
-
         @self.app.task(  # type: ignore[untyped-decorator]
             name=RESOLVE_WEBHOOK, bind=True, max_retries=None, shared=False
         )
         def resolve_webhook(self: Any, provider: str, job_id: str, payload: dict[str, Any]) -> str:
             """Resolve a provider callback; an unknown job is retried for a bounded window."""
+            # The MpState bound now (Celery keeps the first registration of a task name).
+            mp = MpState.of(self.app)
             result = mp.resolve(provider, job_id, payload, meta=request_meta(self.request))
             if result == "unknown":
                 waited = (self.request.retries or 0) * mp.webhook_retry_interval_s
@@ -245,14 +257,3 @@ def _awaiting_step(run: PipelineRun) -> StepState | None:
         return None
     step = run.steps[run.current_step_index]
     return step if step.status is StepStatus.RUNNING else None
-
-
-def _fail_awaiting(run: PipelineRun, step_id: str, error: Any, retry: bool, meta: EventMeta) -> Any:
-    transition = fail_step(
-        run, step_id, code=error.code, message=error.message, retryable=retry, meta=meta
-    )
-    if transition is None or not retry:
-        return transition
-    # The provider's failure is retryable: the step runs again as a new attempt.
-    patch = {**transition.patch, "status": PipelineRunStatus.RUNNING, "resumable": False}
-    return type(transition)(patch, transition.events)

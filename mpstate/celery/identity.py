@@ -46,9 +46,18 @@ class StepIdentity:
         return {RUN_ID: self.run_id, STEP_ID: self.step_id}
 
 
+def _headers_of(request: Any) -> Mapping[str, Any]:
+    # A task's request context has ``headers``; the worker's ``Request`` (task_received, main
+    # process) keeps the message headers in ``request_dict``.
+    headers = getattr(request, "headers", None)
+    if not headers:
+        headers = getattr(request, "request_dict", None)
+    return headers if isinstance(headers, Mapping) else {}
+
+
 def identity_of(request: Any) -> StepIdentity | None:
     """The identity a task request carries in its headers, or None."""
-    headers: Mapping[str, Any] = getattr(request, "headers", None) or {}
+    headers = _headers_of(request)
     run_id = headers.get(RUN_ID) or getattr(request, RUN_ID, None)
     step_id = headers.get(STEP_ID) or getattr(request, STEP_ID, None)
     if not (isinstance(run_id, str) and isinstance(step_id, str)):
@@ -59,7 +68,7 @@ def identity_of(request: Any) -> StepIdentity | None:
 
 def attempt_of(request: Any) -> int:
     """The step attempt a request executes, from 0: attempts before its message plus retries."""
-    headers: Mapping[str, Any] = getattr(request, "headers", None) or {}
+    headers = _headers_of(request)
     base = headers.get(ATTEMPT_BASE) or getattr(request, ATTEMPT_BASE, None) or 0
     return int(base) + int(getattr(request, "retries", 0) or 0)
 

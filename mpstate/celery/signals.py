@@ -91,13 +91,12 @@ class SignalReceivers:
             exc = sys.exc_info()[1]
             if exc is None:
                 return  # retry(exc=...) outside an except block: task_retry has the exception
-            task.request.mpstate_retry_logged = True
+            meta = request_meta(task.request)
             self._guarded(
                 "step-failed (retrying) for a plain task",
-                lambda: self.hooks.fail(
-                    identity, exc, retryable=True, meta=request_meta(task.request)
-                ),
+                lambda: self.hooks.fail(identity, exc, retryable=True, meta=meta),
             )
+            task.request.mpstate_retry_logged = True  # only once it is written
 
     def task_received(self, request: Any = None, **_: Any) -> None:
         identity = identity_of(request) if request is not None else None
@@ -161,17 +160,20 @@ class SignalReceivers:
         if exception is None:
             return
         worker_lost = isinstance(exception, WorkerLostError)
-        if _is_step_task(sender) and not worker_lost:
-            return  # PipelineTask.on_failure handles its own failures
-        identity: StepIdentity | None
+        # A lost worker never reaches the task's own on_failure, whatever the request stack holds.
+        identity = None if worker_lost or sender is None else identity_of(sender.request)
         meta: EventMeta
-        if worker_lost:
-            # Reported in the main process: the request is the one received earlier here.
-            identity = self._received.pop(task_id or "", None) or _identity_from_kwargs(kwargs)
-            meta = {"taskId": task_id, "workerLost": True}
+        if identity is not None:
+            if _is_step_task(sender):
+                return  # PipelineTask.on_failure, which saw the same request, logged it
+            meta = request_meta(sender.request)
         else:
-            identity = identity_of(sender.request) if sender is not None else None
-            meta = request_meta(sender.request) if sender is not None else {"taskId": task_id}
+            # Reported by the worker's main process with no request context (a lost worker, a
+            # hard time limit, Reject): the request is the one this process received earlier.
+            identity = self._received.pop(task_id or "", None) or _identity_from_kwargs(kwargs)
+            meta = {"taskId": task_id}
+            if worker_lost:
+                meta["workerLost"] = True
         if identity is None or not identity.is_step:
             return
         self._guarded(

@@ -31,10 +31,20 @@ from mpstate.celery.identity import (
     without_identity_kwargs,
 )
 from mpstate.celery.results import StepResult, as_step_result
+from mpstate.celery.transitions import gate_step, may_retry, suspend_step
 from mpstate.events import EventMeta, StepProgress
 from mpstate.models import PipelineRun
 
 __all__ = ["PipelineTask"]
+
+
+class _SeenRun:
+    """The run as a step attempt last wrote it, shared by the attempt's request contexts."""
+
+    __slots__ = ("run",)
+
+    def __init__(self, run: PipelineRun) -> None:
+        self.run = run
 
 
 class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type hints
@@ -83,11 +93,15 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type hints
 
     @property
     def pipeline_run(self) -> PipelineRun:
-        """The run as it was when this attempt started."""
-        run: PipelineRun | None = getattr(self.request, "mpstate_run", None)
-        if run is None:
+        """The run as this attempt last wrote it (at its start, or after ``gate``)."""
+        seen = self._seen()
+        if seen is None:
             raise RuntimeError(f"task {self.name} was not started as a pipeline step")
-        return run
+        return seen.run
+
+    def _seen(self) -> _SeenRun | None:
+        seen: _SeenRun | None = getattr(self.request, "mpstate_seen", None)
+        return seen
 
     @property
     def artifacts(self) -> dict[str, list[str]]:
@@ -126,15 +140,16 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type hints
 
     def gate(self, gate_type: str, verdict: str, passed: bool) -> bool:
         """Log step-gated; a rejection fails the run and ends the body (the task is IGNORED)."""
-        from mpstate.celery.transitions import gate_step  # noqa: PLC0415 - keeps imports light
-
         meta = self.event_meta()
-        self.mpstate.lifecycle.apply(
+        committed = self.mpstate.lifecycle.apply(
             self.run_id,
             lambda run: gate_step(
                 run, self.step_id, gate_type=gate_type, verdict=verdict, passed=passed, meta=meta
             ),
         )
+        seen = self._seen()
+        if seen is not None:
+            seen.run = committed.run
         if not passed:
             raise Ignore()
         return True
@@ -145,8 +160,6 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type hints
         Return the result from the body: the step completes when ``mpstate.resolve_webhook`` is
         called with this provider and job id.
         """
-        from mpstate.celery.transitions import suspend_step  # noqa: PLC0415
-
         meta = self.event_meta()
         self.mpstate.lifecycle.apply(
             self.run_id,
@@ -164,17 +177,18 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type hints
         this attempt's ``on_retry`` runs. The retried message keeps the identity kwargs (the body
         never saw them), so Flower finds every attempt of a step.
         """
-        run: PipelineRun | None = getattr(self.request, "mpstate_run", None)
+        seen = self._seen()
         identity = identity_of(self.request)
-        if identity is None or not identity.is_step or run is None:
+        if identity is None or not identity.is_step or seen is None:
             return super().retry(*args, max_retries=max_retries, **kwargs)
-        if max_retries is None:
-            max_retries = run.step(identity.step_id).max_retries
-        limit = self.max_retries if max_retries is None else max_retries
+        step = seen.run.step(identity.step_id)
+        if max_retries is not None:
+            step = step.model_copy(update={"max_retries": max_retries})
+        limit = step.max_retries if step.max_retries is not None else self.max_retries
         if limit is not None:
             # The limit counts every attempt of the step; Celery counts this message's retries.
             max_retries = max(0, limit - (self.attempt - int(self.request.retries or 0)))
-        if limit is None or self.attempt + 1 <= limit:
+        if may_retry(step, self.attempt + 1, self.max_retries):
             exc = kwargs.get("exc") or sys.exc_info()[1] or RuntimeError("retry requested")
             self.mpstate.hooks.fail(identity, exc, retryable=True, meta=self.event_meta())
         if not args and kwargs.get("kwargs") is None:
@@ -205,12 +219,12 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type hints
         run = hooks.start(identity, attempt=self.attempt, meta=self.event_meta())
         if run is None:
             raise Ignore()
-        self.request.mpstate_run = run
+        # A holder, not the run: the body's request context is a copy of this one, and what the
+        # body writes (gate) must be seen here, so completion decides without reading.
+        seen = self.request.mpstate_seen = _SeenRun(run)
         retval = super().__call__(*args, **kwargs)
-        # Decided on the run as step-started left it: read again only if something changed it.
-        known = None if self.request.mpstate_run is not run else run
         result = as_step_result(retval, strict=True)
-        hooks.complete(identity, result, meta=self.event_meta(), known=known)
+        hooks.complete(identity, result, meta=self.event_meta(), known=seen.run)
         return (
             retval.model_dump(mode="json", by_alias=True)
             if isinstance(retval, StepResult)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from mpstate.events import (
@@ -34,8 +34,10 @@ from mpstate.models import PipelineRun, PipelineRunStatus, StepError, StepState,
 __all__ = [
     "Transition",
     "complete_step",
+    "fail_awaiting_step",
     "fail_step",
     "gate_step",
+    "may_retry",
     "resume_step",
     "start_run",
     "start_step",
@@ -53,7 +55,6 @@ class Transition:
     events: Sequence[PipelineEvent]
     #: The step to enqueue once this transition is committed (advancement), if any.
     next_step: StepState | None = None
-    notes: dict[str, Any] = field(default_factory=dict)
 
 
 def _replace_step(run: PipelineRun, step: StepState) -> list[dict[str, Any]]:
@@ -293,3 +294,40 @@ def resume_step(
     resumed = RunResumed(run_id=run.run_id, from_step_id=step_id, meta=meta)
     patch = {"status": PipelineRunStatus.RUNNING, "resumable": False, **completed.patch}
     return Transition(patch, [resumed, *completed.events], next_step=completed.next_step)
+
+
+def may_retry(step: StepState, attempts_made: int, default_max_retries: int | None) -> bool:
+    """Whether a step that has made ``attempts_made`` attempts may make another.
+
+    The limit is the step's ``max_retries``, else the task's default (Celery's 3); None: no limit.
+    """
+    limit = step.max_retries if step.max_retries is not None else default_max_retries
+    return limit is None or attempts_made <= limit
+
+
+def fail_awaiting_step(
+    run: PipelineRun,
+    step_id: str,
+    *,
+    code: str,
+    message: str,
+    retryable: bool,
+    default_max_retries: int | None,
+    meta: EventMeta,
+) -> Transition | None:
+    """A provider reported the suspended step's job failed: step-failed, then either the step
+    runs again (a retryable failure within its retry limit: re-enqueued by the commit's winner)
+    or run-failed. ``None`` unless the run is still suspended on that step, so of concurrent or
+    repeated failure callbacks exactly one applies."""
+    if run.status is not PipelineRunStatus.SUSPENDED:
+        return None
+    index = run.current_step_index
+    if index >= len(run.steps) or run.steps[index].step_id != step_id:
+        return None
+    step = run.steps[index]
+    retry = retryable and may_retry(step, step.attempts, default_max_retries)
+    failed = fail_step(run, step_id, code=code, message=message, retryable=retry, meta=meta)
+    if failed is None or not retry:
+        return failed
+    patch = {**failed.patch, "status": PipelineRunStatus.RUNNING, "resumable": False}
+    return Transition(patch, failed.events, next_step=step)

@@ -10,6 +10,7 @@ number of pipelined round trips.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from collections import OrderedDict
@@ -43,6 +44,8 @@ from mpstate.store import LockAttempt, PipelineStateStore, StoreOptions
 
 __all__ = ["RedisPipelineStateStore"]
 
+log = logging.getLogger("mpstate.redis")
+
 T = TypeVar("T")
 
 _STATUSES = tuple(PipelineRunStatus)
@@ -51,9 +54,6 @@ _STATUS_JSON = tuple(json_value(status.value) for status in _STATUSES)
 _OPERATION_TTL_MS = 10 * 60 * 1000
 #: Run id -> tenant entries kept to build a status change's index keys in one round trip.
 _TENANT_CACHE_SIZE = 10_000
-
-#: commit_run's answer when the tenant status index keys were built for another tenant.
-_WRONG_TENANT_KEYS = -8
 
 _UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
@@ -296,7 +296,7 @@ class RedisPipelineStateStore(PipelineStateStore):
                 return Applied(decode_run(reply[2]), (), changed=False)
             if code == 2:
                 return self._replayed(run_id, text(reply[1]))
-            if code == _WRONG_TENANT_KEYS:
+            if code == Refusal.WRONG_TENANT_KEYS:
                 # The index keys were built for another tenant: rebuild them and try again.
                 stored_tenant = _json_str(text(reply[1]))
                 keys[9:15] = self._tenant_status_keys(stored_tenant, run_key)
@@ -327,7 +327,9 @@ class RedisPipelineStateStore(PipelineStateStore):
             *_STATUS_JSON,
             "1" if run.idempotency_key else "0",
         ]
-        self._script(self._scripts.index_run, keys, args)
+        answer = int(self._script(self._scripts.index_run, keys, args))
+        if answer != 1:  # 0: the run expired meanwhile; -8 cannot happen for a decoded run
+            log.info("re-indexing run %r answered %d", run.run_id, answer)
 
     def _refusal(self, change: RunChange, refusal: Refusal, reply: Sequence[Any]) -> Exception:
         detail = text(reply[1]) if len(reply) > 1 else None

@@ -12,10 +12,19 @@ from typing import Any
 import pytest
 
 from mpstate import InMemoryPipelineStateStore, PipelineRun
-from mpstate.celery.identity import ATTEMPT_BASE, attempt_of
+from mpstate.celery.identity import (
+    ATTEMPT_BASE,
+    ROLE,
+    RUN_ID,
+    STEP_ID,
+    StepIdentity,
+    attempt_of,
+    identity_of,
+)
 from mpstate.celery.transitions import (
     Transition,
     complete_step,
+    fail_awaiting_step,
     fail_step,
     gate_step,
     resume_step,
@@ -382,3 +391,41 @@ def test_suspend_returns_none_for_a_finished_run_or_a_done_step() -> None:
     assert suspend_step(runs.run, "a", provider="vid", job_id="j", meta=META) is None
     runs.store.cancel(runs.run_id, "stop")
     assert suspend_step(runs.run, "b", provider="vid", job_id="j", meta=META) is None
+
+
+def test_a_provider_failure_applies_once_however_often_it_is_delivered() -> None:
+    # Concurrent deliveries each read the suspended run; after the first commit the run is
+    # running again, and deciding on it must give nothing (no second step-failed, no re-enqueue).
+    runs = Runs()
+    runs.started()
+    runs.start("a")
+    runs.apply(suspend_step(runs.run, "a", provider="vid", job_id="j1", meta=META))
+    suspended = runs.run
+
+    def failure(run: PipelineRun) -> Any:
+        return fail_awaiting_step(
+            run,
+            "a",
+            code="PROVIDER_TIMEOUT",
+            message="",
+            retryable=True,
+            default_max_retries=3,
+            meta=META,
+        )
+
+    first = failure(suspended)
+    assert first is not None and first.next_step is not None
+    assert first.next_step.step_id == "a"
+    runs.apply(first)
+    assert failure(runs.run) is None
+    assert [e.kind for e in runs.run.events].count("step-failed") == 1
+
+
+def test_a_worker_request_is_read_for_its_identity_from_the_message_headers() -> None:
+    # task_received hands over the worker's Request: the message headers are in request_dict.
+    request = SimpleNamespace(
+        request_dict={"id": "t1", RUN_ID: "r1", STEP_ID: "s1", ROLE: "step", ATTEMPT_BASE: 2},
+        retries=1,
+    )
+    assert identity_of(request) == StepIdentity("r1", "s1", is_step=True)
+    assert attempt_of(request) == 3

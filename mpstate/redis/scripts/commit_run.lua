@@ -86,9 +86,7 @@ if ARGV[12] == '1' then
   redis.call('HSET', run, '_ended', '1')
 end
 redis.call('PEXPIRE', run, ttl)
-if n_events > 0 then
-  redis.call('PEXPIRE', KEYS[2], ttl)
-end
+redis.call('PEXPIRE', KEYS[2], ttl)
 
 local first_job = 4
 if status_changes then
