@@ -68,6 +68,8 @@ class RunChange:
     bump_version: bool = True
     #: Whether the caller needs the run back (``append_event`` only needs the seq).
     returns_run: bool = True
+    #: A caller-chosen id that makes retrying this exact change safe (see ``commit``).
+    operation_id: str | None = None
 
     @property
     def document(self) -> dict[str, Any]:

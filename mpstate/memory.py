@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from mpstate.changes import Applied, Refusal, RunChange, refusal_error
@@ -19,6 +20,9 @@ from mpstate.models import PipelineRun
 from mpstate.store import LockAttempt, PipelineStateStore, StoreOptions
 
 __all__ = ["InMemoryPipelineStateStore"]
+
+#: Operation ids remembered for retried commits (the newest ones).
+_OPERATIONS_KEPT = 10_000
 
 
 @dataclass(slots=True)
@@ -43,6 +47,8 @@ class _State:
     runs: dict[str, _StoredRun] = field(default_factory=dict)
     idempotency: dict[tuple[str | None, str], str] = field(default_factory=dict)
     jobs: dict[tuple[str, str], str] = field(default_factory=dict)
+    #: (run id, operation id) -> seqs of commits made with an operation id, newest last.
+    operations: OrderedDict[tuple[str, str], tuple[int, ...]] = field(default_factory=OrderedDict)
 
     def __post_init__(self) -> None:
         self.released = threading.Condition(self.mutex)
@@ -110,6 +116,9 @@ class InMemoryPipelineStateStore(PipelineStateStore):
                 or (change.tenant is not None and run.tenant_id != change.tenant)
             ):
                 raise refusal_error(Refusal.NOT_FOUND, change.run_id)
+            operation = (change.run_id, change.operation_id) if change.operation_id else None
+            if operation is not None and operation in state.operations:
+                return Applied(run.model_copy(deep=True), state.operations[operation])
             if change.fence is not None and change.fence != stored.fence:
                 raise refusal_error(
                     Refusal.STALE_FENCE,
@@ -136,7 +145,12 @@ class InMemoryPipelineStateStore(PipelineStateStore):
                 )
             if change.events and stored.log_ended:
                 raise refusal_error(Refusal.LOG_ENDED, change.run_id, status=run.status)
-            return self._write(stored, change)
+            applied = self._write(stored, change)
+            if operation is not None:
+                state.operations[operation] = applied.seqs
+                while len(state.operations) > _OPERATIONS_KEPT:
+                    state.operations.popitem(last=False)
+            return applied
 
     def _write(self, stored: _StoredRun, change: RunChange) -> Applied:
         run = stored.run

@@ -311,11 +311,16 @@ class PipelineStateStore(ABC):
         *,
         expected_version: int | None = None,
         fence: int | None = None,
+        operation_id: str | None = None,
     ) -> CommitResult:
         """Apply a patch and append events as one atomic write: both happen or neither.
 
         This is the transition primitive: the run's version goes up by one and the events get
         consecutive seqs (returned in ``CommitResult.seqs``). Same guards as ``update``.
+
+        ``operation_id`` makes retrying this exact commit safe after an outage that hid whether
+        it was applied: a commit whose id was already applied (within 10 minutes) is not applied
+        again; it returns the seqs it got then and the run as it is now.
         """
         check_id(run_id, "run_id")
         validated_patch = validate_patch(patch) if patch is not None else None
@@ -329,6 +334,7 @@ class PipelineStateStore(ABC):
             expected_version=self._check_version(expected_version),
             fence=self._check_fence(fence),
             tenant=self._tenant,
+            operation_id=None if operation_id is None else check_id(operation_id, "operation_id"),
         )
         applied = self._apply(change)
         assert applied.run is not None

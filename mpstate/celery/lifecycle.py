@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ from tenacity import (
 )
 
 from mpstate.celery.transitions import Transition
+from mpstate.changes import CommitResult
 from mpstate.errors import RunNotFoundError, StateStoreUnavailableError, VersionConflictError
 from mpstate.models import PipelineRun, StepState
 from mpstate.store import PipelineStateStore
@@ -85,7 +87,11 @@ class StepLifecycle:
         return committed
 
     def _apply_through_outage(self, run_id: str, decide: Decide) -> Committed:
-        retrying = Retrying(
+        committed: Committed = self._outage_retrying(run_id)(self._apply_once, run_id, decide, None)
+        return committed
+
+    def _outage_retrying(self, run_id: str) -> Retrying:
+        return Retrying(
             retry=retry_if_exception_type(StateStoreUnavailableError),
             wait=wait_exponential(multiplier=0.05, max=5.0) + wait_random(0, 0.05),
             stop=stop_after_delay(self.outage_window_s),
@@ -96,8 +102,6 @@ class StepLifecycle:
                 state.attempt_number,
             ),
         )
-        committed: Committed = retrying(self._apply_once, run_id, decide, None)
-        return committed
 
     def _apply_once(self, run_id: str, decide: Decide, known: PipelineRun | None) -> Committed:
         for conflicts in range(MAX_CONFLICTS):
@@ -109,15 +113,26 @@ class StepLifecycle:
             if transition is None:
                 return Committed(run, None)
             try:
-                result = self.store.commit(
-                    run_id,
-                    transition.patch or None,
-                    transition.events,
-                    expected_version=run.version,
-                )
+                result = self._commit(run_id, run, transition)
             except VersionConflictError:
                 # Another writer committed first: decide again on what it wrote.
                 time.sleep(random.uniform(0, 0.002 * min(conflicts, 10)))
                 continue
             return Committed(result.run, transition)
         raise VersionConflictError(run_id, expected=-1, actual=-1)
+
+    def _commit(self, run_id: str, run: PipelineRun, transition: Transition) -> CommitResult:
+        """Commit one decision, retrying the very same commit (same operation id) through an
+        outage: if an attempt was applied but its reply lost, the retry reports it as applied,
+        so the transition, and the advancement it carries, is not mistaken for a duplicate."""
+        operation_id = uuid.uuid4().hex
+        for attempt in self._outage_retrying(run_id):
+            with attempt:
+                return self.store.commit(
+                    run_id,
+                    transition.patch or None,
+                    transition.events,
+                    expected_version=run.version,
+                    operation_id=operation_id,
+                )
+        raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover

@@ -38,7 +38,7 @@ from mpstate.redis.codec import (
     run_document,
     text,
 )
-from mpstate.redis.keys import RedisKeys
+from mpstate.redis.keys import RedisKeys, escape_id
 from mpstate.redis.scripts import load_scripts
 from mpstate.store import LockAttempt, PipelineStateStore, StoreOptions
 
@@ -246,7 +246,8 @@ class RedisPipelineStateStore(PipelineStateStore):
         run_id = change.run_id
         run_key = k.run(run_id)
         new_status = change.new_status
-        keys = [run_key, k.events(run_id), k.operation(run_id, _operation_id())]
+        operation = escape_id(change.operation_id) if change.operation_id else _operation_id()
+        keys = [run_key, k.events(run_id), k.operation(run_id, operation)]
         tenant_hint: str | None = None
         if new_status is not None:
             # Moving between status indexes: the script needs every status's keys, for the

@@ -583,3 +583,20 @@ def test_concurrent_commits_get_distinct_contiguous_seqs(store: PipelineStateSto
         mine = [e for e in stored.events if e.seq in own]
         assert all(isinstance(e, StepProgress) and e.step_id == f"w{i}" for e in mine)
         assert len(mine) == per_commit
+
+
+def test_a_commit_retried_with_its_operation_id_is_applied_once_and_reports_its_seqs(
+    store: PipelineStateStore,
+) -> None:
+    store.create({"runId": "r1", "pipelineId": "p"})
+    events = [{"kind": "run-started", "runId": "r1"}]
+    first = store.commit("r1", {"error": "x"}, events, expected_version=1, operation_id="op-1")
+    # The same commit again, as after an outage that hid whether it was applied: its
+    # expected_version is stale now, yet it is recognised and not applied a second time.
+    again = store.commit("r1", {"error": "x"}, events, expected_version=1, operation_id="op-1")
+    assert first.seqs == again.seqs == (2,)
+    assert again.run.version == first.run.version == 2
+    assert [e.kind for e in store.list_events("r1")] == ["run-created", "run-started"]
+    # Another operation id is another commit, checked against the version as usual.
+    with pytest.raises(VersionConflictError):
+        store.commit("r1", {"error": "y"}, expected_version=1, operation_id="op-2")
