@@ -47,7 +47,6 @@ import cProfile
 import dataclasses
 import gc
 import io
-import json
 import os
 import pstats
 import statistics
@@ -69,6 +68,7 @@ from celery.contrib.testing.worker import start_worker
 import mpstate.celery.hooks as hooks_module
 import mpstate.redis.store as redis_store_module
 import mpstate.store as store_module
+from benchmarks.harness import write_results
 from benchmarks.store import machine_info
 from mpstate.celery import MpState, PipelineTask
 from mpstate.models import PipelineRunStatus
@@ -856,11 +856,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "targets": [target],
         "table": table,
         "notes": footer,
-        "duration_seconds": round(time.perf_counter() - started, 1),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.output} ({result['duration_seconds']:.0f} s in all)")
+    write_results(args.output, result, started)
     return 0
 
 

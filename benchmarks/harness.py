@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import gc
 import itertools
+import json
 import statistics
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -285,3 +287,11 @@ def measure_lock_handoff(
     if not samples:
         raise RuntimeError("no lock hand-off between two threads was observed")
     return HandOff(samples, len(records))
+
+
+def write_results(path: Path, result: dict[str, Any], started: float) -> None:
+    """Write a benchmark's JSON (with its duration) and say where."""
+    result["duration_seconds"] = round(time.perf_counter() - started, 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {path} ({result['duration_seconds']:.0f} s in all)")

@@ -22,7 +22,6 @@ import argparse
 import cProfile
 import dataclasses
 import itertools
-import json
 import os
 import platform
 import pstats
@@ -47,6 +46,7 @@ from benchmarks.harness import (
     measure_lock_handoff,
     one_connection_client,
     percentile,
+    write_results,
 )
 from benchmarks.workload import (
     bulk_create,
@@ -632,11 +632,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "targets": targets,
         "table": table,
         "notes": footer,
-        "duration_seconds": round(time.perf_counter() - started, 1),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.output} ({result['duration_seconds']:.0f} s in all)")
+    write_results(args.output, result, started)
     return 0
 
 

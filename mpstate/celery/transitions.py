@@ -64,6 +64,14 @@ def _replace_step(run: PipelineRun, step: StepState) -> list[dict[str, Any]]:
     ]
 
 
+def _open_step(run: PipelineRun, step_id: str) -> StepState | None:
+    """The step, unless the run is finished or the step is done: nothing applies to it then."""
+    if run.is_terminal:
+        return None
+    step = run.step(step_id)
+    return None if step.status in _DONE_STEP else step
+
+
 def _index_of(run: PipelineRun, step_id: str) -> int:
     for index, step in enumerate(run.steps):
         if step.step_id == step_id:
@@ -132,10 +140,8 @@ def complete_step(
     ``None`` for a finished run or a step already done: a duplicate or late result changes
     nothing and enqueues nothing.
     """
-    if run.is_terminal:
-        return None
-    step = run.step(step_id)
-    if step.status in _DONE_STEP:
+    step = _open_step(run, step_id)
+    if step is None:
         return None
     now = utc_now()
     cached = cache_key is not None
@@ -191,10 +197,8 @@ def fail_step(
     meta: EventMeta,
 ) -> Transition | None:
     """The step's attempt failed: step-failed; when it will not be retried, run-failed too."""
-    if run.is_terminal:
-        return None
-    step = run.step(step_id)
-    if step.status in _DONE_STEP:
+    step = _open_step(run, step_id)
+    if step is None:
         return None
     now = utc_now()
     error = StepError(code=code, message=message, retryable=retryable, at=now)
@@ -221,10 +225,8 @@ def gate_step(
     run: PipelineRun, step_id: str, *, gate_type: str, verdict: str, passed: bool, meta: EventMeta
 ) -> Transition | None:
     """A gate decided on the step: step-gated; a rejection fails the run (``gate-rejected``)."""
-    if run.is_terminal:
-        return None
-    step = run.step(step_id)
-    if step.status in _DONE_STEP:
+    step = _open_step(run, step_id)
+    if step is None:
         return None
     events: list[PipelineEvent] = [
         StepGated(
@@ -252,10 +254,8 @@ def suspend_step(
     run: PipelineRun, step_id: str, *, provider: str, job_id: str, meta: EventMeta
 ) -> Transition | None:
     """The step handed work to an external provider: record the job and suspend the run."""
-    if run.is_terminal:
-        return None
-    step = run.step(step_id)
-    if step.status in _DONE_STEP:
+    step = _open_step(run, step_id)
+    if step is None:
         return None
     token = secrets.token_urlsafe(16)
     jobs = {**run.external_job_ids, provider: job_id}
