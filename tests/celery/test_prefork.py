@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from celery_support import Harness, HarnessFactory, assert_seqs_contiguous, events_of, kinds
 
-from mpstate.models import PipelineRunStatus, StepStatus
+from mpstate.models import PipelineRun, PipelineRunStatus, StepStatus
 
 HERE = Path(__file__).parent
 
@@ -92,16 +92,21 @@ def prefork_worker(make_harness: HarnessFactory, redis_url: str) -> Iterator[Sta
         log.unlink(missing_ok=True)
 
 
+def run_to_the_end(h: Harness, log: Path) -> PipelineRun:
+    """Start the pipeline and wait for its end; on a timeout, show the worker's log."""
+    run = h.mp.start_run("prefork", STEPS)
+    try:
+        return h.wait_terminal(run.run_id, timeout=25)
+    except AssertionError:
+        print(log.read_text(errors="replace")[-4000:])
+        raise
+
+
 def test_a_step_whose_pool_child_is_killed_is_redelivered_and_the_run_completes(
     h: Harness, prefork_worker: StartWorker
 ) -> None:
     log = prefork_worker(h, reject_on_worker_lost=True)
-    run = h.mp.start_run("prefork", STEPS)
-    try:
-        run = h.wait_terminal(run.run_id, timeout=25)
-    except AssertionError:
-        print(log.read_text(errors="replace")[-4000:])
-        raise
+    run = run_to_the_end(h, log)
 
     assert h.client.exists(f"{h.prefix}:crashed:{run.step('crash').task_id}")
     assert run.status is PipelineRunStatus.COMPLETED, run.error
@@ -135,12 +140,7 @@ def test_without_reject_on_worker_lost_a_killed_pool_child_fails_the_step_and_th
     h: Harness, prefork_worker: StartWorker
 ) -> None:
     log = prefork_worker(h, reject_on_worker_lost=False)
-    run = h.mp.start_run("prefork", STEPS)
-    try:
-        run = h.wait_terminal(run.run_id, timeout=25)
-    except AssertionError:
-        print(log.read_text(errors="replace")[-4000:])
-        raise
+    run = run_to_the_end(h, log)
 
     assert run.status is PipelineRunStatus.FAILED
     assert kinds(run) == [

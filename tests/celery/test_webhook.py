@@ -24,7 +24,7 @@ from celery_support import (
 
 from mpstate import InvalidInputError
 from mpstate.celery import RESOLVE_WEBHOOK, PipelineTask, WebhookOutcome
-from mpstate.models import PipelineRunStatus, StepStatus
+from mpstate.models import PipelineRun, PipelineRunStatus, StepStatus
 
 SUCCEEDED = {"status": "succeeded", "artifactIds": ["vid-1", "vid-2"], "costUsd": 0.5}
 
@@ -76,19 +76,27 @@ def new_job_id() -> str:
     return f"job-{uuid.uuid4().hex[:10]}"
 
 
+def deliver_before_the_job_is_recorded(
+    h: Harness, seen: list[dict[str, Any]], *, concurrency: int
+) -> tuple[PipelineRun, str, Any]:
+    """Start a video run whose render step holds before recording its job, and deliver the
+    job's success callback while it holds: the callback is retried (its job is unknown yet).
+    Returns the run, the job id and the early delivery's result."""
+    define_video_tasks(h, seen)
+    h.start_worker(pool="threads", concurrency=concurrency)
+    job_id = new_job_id()
+    run = start_video_run(h, job_id, hold=True)
+    h.wait_event(run.run_id, "step-started", "render")
+    early = h.mp.resolve_webhook.delay("vidgen", job_id, SUCCEEDED)
+    h.wait_finished(early.id, states=["RETRY"])
+    return run, job_id, early
+
+
 def test_a_webhook_delivered_five_times_at_once_and_once_early_resumes_the_run_exactly_once(
     h: Harness,
 ) -> None:
     seen: list[dict[str, Any]] = []
-    define_video_tasks(h, seen)
-    h.start_worker(pool="threads", concurrency=4)
-    job_id = new_job_id()
-    run = start_video_run(h, job_id, hold=True)
-    h.wait_event(run.run_id, "step-started", "render")
-
-    # Delivered while the step still runs and has not recorded the job: retried later.
-    early = h.mp.resolve_webhook.delay("vidgen", job_id, SUCCEEDED)
-    h.wait_finished(early.id, states=["RETRY"])
+    run, job_id, early = deliver_before_the_job_is_recorded(h, seen, concurrency=4)
     assert h.run(run.run_id).status is PipelineRunStatus.RUNNING
 
     h.latch("render").set()
@@ -134,14 +142,7 @@ def test_a_webhook_that_arrives_before_the_job_is_recorded_is_retried_until_it_r
     h: Harness,
 ) -> None:
     seen: list[dict[str, Any]] = []
-    define_video_tasks(h, seen)
-    h.start_worker(pool="threads", concurrency=2)
-    job_id = new_job_id()
-    run = start_video_run(h, job_id, hold=True)
-    h.wait_event(run.run_id, "step-started", "render")
-
-    early = h.mp.resolve_webhook.delay("vidgen", job_id, SUCCEEDED)
-    h.wait_finished(early.id, states=["RETRY"])
+    run, _, early = deliver_before_the_job_is_recorded(h, seen, concurrency=2)
     h.latch("render").set()
     run = h.wait_terminal(run.run_id)
 
