@@ -22,6 +22,7 @@ from mpstate.errors import (
     StaleFenceError,
     StateStoreUnavailableError,
     VersionConflictError,
+    WebhookSignatureError,
 )
 from mpstate.events import (
     PipelineEvent,
@@ -96,6 +97,7 @@ __all__ = [
     "StepState",
     "StepStatus",
     "VersionConflictError",
+    "WebhookSignatureError",
     "parse_event",
 ]
 

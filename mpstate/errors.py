@@ -13,7 +13,8 @@
     │   └── StaleFenceError                      a write carried an outdated lock fence
     ├── LockNotOwnedError                        release/extend of a lock you no longer hold
     ├── InvalidTransitionError                   e.g. cancelling a completed run
-    └── StateStoreUnavailableError               Redis refused, reset or timed out (cause chained)
+    ├── StateStoreUnavailableError               Redis refused, reset or timed out (cause chained)
+    └── WebhookSignatureError                    a callback's signature is missing, wrong or stale
 
 Callers that only care whether "something about mpstate" failed catch ``MpStateError``; code
 that retries on contention catches ``RunInProgressError``; code that retries on outages catches
@@ -35,6 +36,7 @@ __all__ = [
     "StaleFenceError",
     "StateStoreUnavailableError",
     "VersionConflictError",
+    "WebhookSignatureError",
 ]
 
 
@@ -134,3 +136,7 @@ class InvalidTransitionError(MpStateError):
 
 class StateStoreUnavailableError(MpStateError):
     """The backing store could not be reached; the operation may be retried."""
+
+
+class WebhookSignatureError(MpStateError):
+    """A provider callback is not signed with a current secret, or its timestamp is stale."""

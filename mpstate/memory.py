@@ -44,6 +44,8 @@ class _State:
 
     mutex: threading.RLock = field(default_factory=threading.RLock)
     released: threading.Condition = field(init=False)
+    #: Notified whenever an event is appended, for ``follow_events``.
+    appended: threading.Condition = field(init=False)
     runs: dict[str, _StoredRun] = field(default_factory=dict)
     idempotency: dict[tuple[str | None, str], str] = field(default_factory=dict)
     jobs: dict[tuple[str, str], str] = field(default_factory=dict)
@@ -52,6 +54,7 @@ class _State:
 
     def __post_init__(self) -> None:
         self.released = threading.Condition(self.mutex)
+        self.appended = threading.Condition(self.mutex)
 
 
 class InMemoryPipelineStateStore(PipelineStateStore):
@@ -164,6 +167,8 @@ class InMemoryPipelineStateStore(PipelineStateStore):
             seq = len(stored.events) + 1
             stored.events.append(event.model_copy(update={"seq": seq}))
             seqs.append(seq)
+        if seqs:
+            self._state.appended.notify_all()
         for job in run.external_jobs():
             self._state.jobs[job] = run.run_id
         return Applied(run.model_copy(deep=True) if change.returns_run else None, tuple(seqs))
@@ -185,6 +190,14 @@ class InMemoryPipelineStateStore(PipelineStateStore):
                 return None
             end = None if limit is None else since_seq + limit
             return [event.model_copy() for event in stored.events[since_seq:end]]
+
+    def _wait_for_events(self, run_id: str, since_seq: int, wait_s: float) -> list[PipelineEvent]:
+        with self._state.mutex:
+            events = self._read_events(run_id, since_seq, None)
+            if not events:
+                self._state.appended.wait(wait_s)
+                events = self._read_events(run_id, since_seq, None)
+            return events or []
 
     def _select(self, run_filter: RunFilter) -> list[PipelineRun]:
         with self._state.mutex:

@@ -50,6 +50,9 @@ log = logging.getLogger("mpstate.store")
 
 T = TypeVar("T")
 
+#: Longest one backend wait of ``follow_events``; the run's existence is checked between waits.
+_FOLLOW_WAIT_S = 1.0
+
 #: Most events one commit may append.
 MAX_EVENTS_PER_COMMIT = 100
 
@@ -259,6 +262,38 @@ class PipelineStateStore(ABC):
         if events is None:
             raise RunNotFoundError(run_id)
         return events
+
+    def follow_events(
+        self, run_id: str, since_seq: int = 0, *, timeout_s: float | None = None
+    ) -> Iterator[PipelineEvent]:
+        """Events with ``seq > since_seq``, then each new one as it is appended (a live feed).
+
+        The feed replays the log from ``since_seq`` and then blocks in the backend until an
+        event is appended (Redis: ``XREAD BLOCK`` on the run's stream), so a quiet run costs one
+        short read per wait, never a read of the whole log. It ends after the run's terminal
+        event, or when ``timeout_s`` passes (a suspended run can wait hours for a webhook).
+        Raises ``RunNotFoundError`` for a missing run, also when it expires while followed.
+        """
+        check_id(run_id, "run_id")
+        _check_int(since_seq, "since_seq", minimum=0)
+        if timeout_s is not None and (
+            isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or timeout_s < 0
+        ):
+            raise InvalidInputError(f"timeout_s must be a number >= 0, not {timeout_s!r}")
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        events = self.list_events(run_id, since_seq)
+        while True:
+            for event in events:
+                yield event
+                if event.kind in TERMINAL_EVENT_KINDS:
+                    return
+                since_seq = event.seq
+            remaining = _FOLLOW_WAIT_S if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            events = self._wait_for_events(run_id, since_seq, min(remaining, _FOLLOW_WAIT_S))
+            if not events:  # a quiet wait: make sure the run is still there
+                events = self.list_events(run_id, since_seq)
 
     def list_runs(
         self,
@@ -509,6 +544,13 @@ class PipelineStateStore(ABC):
         self, run_id: str, since_seq: int, limit: int | None
     ) -> list[PipelineEvent] | None:
         """Events after ``since_seq``; None when the run does not exist."""
+
+    @abstractmethod
+    def _wait_for_events(self, run_id: str, since_seq: int, wait_s: float) -> list[PipelineEvent]:
+        """Block until an event after ``since_seq`` exists or ``wait_s`` passes; return new ones.
+
+        May return early with nothing (the caller checks and waits again).
+        """
 
     @abstractmethod
     def _select(self, run_filter: RunFilter) -> list[PipelineRun]:

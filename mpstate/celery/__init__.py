@@ -5,7 +5,7 @@ tasks; plain tasks published with a step identity get the same events through si
 Needs ``pip install 'mpstate[celery]'``.
 """
 
-from mpstate.celery.binding import RESOLVE_WEBHOOK, MpState
+from mpstate.celery.binding import RESOLVE_WEBHOOK, MpState, revoke_running_steps
 from mpstate.celery.identity import ROLE, RUN_ID, STEP_ID, StepIdentity
 from mpstate.celery.results import StepResult
 from mpstate.celery.task import PipelineTask
@@ -24,4 +24,5 @@ __all__ = [
     "StepResult",
     "WebhookOutcome",
     "default_adapter",
+    "revoke_running_steps",
 ]

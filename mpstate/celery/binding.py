@@ -36,7 +36,7 @@ from mpstate.events import EventMeta
 from mpstate.models import PipelineRun, PipelineRunStatus, StepState, StepStatus
 from mpstate.store import PipelineStateStore, check_id
 
-__all__ = ["MpState"]
+__all__ = ["MpState", "revoke_running_steps"]
 
 log = logging.getLogger("mpstate.celery")
 
@@ -152,9 +152,7 @@ class MpState:
         kills the process executing the step (prefork workers).
         """
         run = self.store.cancel(run_id, reason)
-        for step in run.steps:
-            if step.status is StepStatus.RUNNING and step.task_id:
-                self.app.control.revoke(step.task_id, terminate=terminate)
+        revoke_running_steps(self.app, run, terminate=terminate)
         return run
 
     # -- webhooks ---------------------------------------------------------------------------
@@ -250,6 +248,20 @@ class MpState:
             kwargs.update(identity.kwargs())
         headers = {**identity.headers(), ATTEMPT_BASE: step.attempts}
         self.app.send_task(step.operation, kwargs=kwargs, headers=headers)
+
+
+def revoke_running_steps(app: Celery, run: PipelineRun, *, terminate: bool = False) -> list[str]:
+    """Revoke the Celery task of each running step of ``run``; returns the revoked task ids.
+
+    For a run already cancelled in the store: a revoked message is dropped by the workers, and
+    ``terminate=True`` also kills a prefork child executing it.
+    """
+    task_ids = [
+        step.task_id for step in run.steps if step.status is StepStatus.RUNNING and step.task_id
+    ]
+    for task_id in task_ids:
+        app.control.revoke(task_id, terminate=terminate)
+    return task_ids
 
 
 def _awaiting_step(run: PipelineRun) -> StepState | None:

@@ -396,6 +396,15 @@ class RedisPipelineStateStore(PipelineStateStore):
         exists, entries = self._pipeline(read, transaction=True)
         return decode_events(entries) if exists else None
 
+    def _wait_for_events(self, run_id: str, since_seq: int, wait_s: float) -> list[PipelineEvent]:
+        # XREAD BLOCK holds one pooled connection for the wait; it must end before the socket
+        # timeout, and Redis reads a block of 0 ms as "forever".
+        ceiling = self._socket_timeout / 2 if self._socket_timeout else 1.0
+        block_ms = max(10, round(min(wait_s, ceiling) * 1000))
+        key = self.keys.events(run_id)
+        reply = self._round_trip(lambda: self.client.xread({key: f"0-{since_seq}"}, block=block_ms))
+        return decode_events(reply[0][1]) if reply else []
+
     def _find_job(self, provider: str, job_id: str) -> PipelineRun | None:
         run_id = self._round_trip(lambda: self.client.get(self.keys.job(provider, job_id)))
         return None if run_id is None else self._load(text(run_id), include_events=False)
