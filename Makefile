@@ -16,14 +16,14 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python examples/quickstart.py $(ARGS)
+	$(BIN)/python -m celery_app.demo $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check mpstate tests benchmarks examples
-	$(BIN)/ruff format --check mpstate tests benchmarks examples
+	$(BIN)/ruff check mpstate celery_app tests benchmarks examples
+	$(BIN)/ruff format --check mpstate celery_app tests benchmarks examples
 	$(BIN)/mypy
 
 bench: $(STAMP)

@@ -287,7 +287,7 @@ class PipelineStateStore(ABC):
                 yield event
                 if event.kind in TERMINAL_EVENT_KINDS:
                     return
-                since_seq = event.seq
+                since_seq = event.seq or since_seq
             remaining = _FOLLOW_WAIT_S if deadline is None else deadline - time.monotonic()
             if remaining <= 0:
                 return

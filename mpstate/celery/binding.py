@@ -164,6 +164,10 @@ class MpState:
             raise InvalidInputError("adapter must be callable")
         self._adapters[provider] = adapter
 
+    def adapter_for(self, provider: str) -> PayloadAdapter:
+        """The adapter that reads ``provider``'s payloads (``default_adapter`` if none is set)."""
+        return self._adapters.get(provider, default_adapter)
+
     def resolve(
         self,
         provider: str,
@@ -177,7 +181,7 @@ class MpState:
         ``"unknown"``: no run recorded this job (yet); ``"ignored"``: a duplicate or late callback;
         ``"resumed"``: the step completed and the run advanced; ``"failed"``: the step failed.
         """
-        outcome: WebhookOutcome = self._adapters.get(provider, default_adapter)(payload)
+        outcome: WebhookOutcome = self.adapter_for(provider)(payload)
         run = self.store.find_by_external_job_id(provider, job_id)
         if run is None:
             return "unknown"

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 
 from mpstate.celery.results import StepResult
@@ -31,7 +31,13 @@ class ProviderError(CamelModel):
 
 
 class WebhookOutcome(CamelModel):
-    """A provider job's outcome: a step result when it succeeded, an error when it failed."""
+    """A provider job's outcome: a step result when it succeeded, an error when it failed.
+
+    Fields it does not know (the job id, the provider's own timestamps) are ignored: providers
+    add fields over time, and a callback must not be refused for that.
+    """
+
+    model_config = ConfigDict(extra="ignore")
 
     status: Literal["succeeded", "failed"]
     artifact_ids: list[str] = Field(default_factory=list)

@@ -402,8 +402,14 @@ class RedisPipelineStateStore(PipelineStateStore):
         ceiling = self._socket_timeout / 2 if self._socket_timeout else 1.0
         block_ms = max(10, round(min(wait_s, ceiling) * 1000))
         key = self.keys.events(run_id)
-        reply = self._round_trip(lambda: self.client.xread({key: f"0-{since_seq}"}, block=block_ms))
-        return decode_events(reply[0][1]) if reply else []
+        reply: Any = self._round_trip(
+            lambda: self.client.xread({key: f"0-{since_seq}"}, block=block_ms)
+        )
+        if not reply:
+            return []
+        # RESP2 answers [[key, entries]], RESP3 {key: entries}.
+        entries = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
+        return decode_events(entries)
 
     def _find_job(self, provider: str, job_id: str) -> PipelineRun | None:
         run_id = self._round_trip(lambda: self.client.get(self.keys.job(provider, job_id)))

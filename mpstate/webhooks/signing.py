@@ -18,12 +18,14 @@ import hmac
 import time
 from collections.abc import Mapping, Sequence
 
-from mpstate.errors import WebhookSignatureError
+from mpstate.errors import InvalidInputError, WebhookSignatureError
+from mpstate.store import check_id
 
 __all__ = [
     "DEFAULT_TOLERANCE_S",
     "SIGNATURE_HEADER",
     "TIMESTAMP_HEADER",
+    "parse_secrets",
     "sign",
     "signed_headers",
     "verify",
@@ -86,3 +88,20 @@ def verify(
     ):
         raise WebhookSignatureError("signature does not match")
     return timestamp
+
+
+def parse_secrets(spec: str) -> dict[str, list[str]]:
+    """``"video=s1,video=s0,image=s2"`` -> ``{"video": ["s1", "s0"], "image": ["s2"]}``.
+
+    The environment form of the per-provider secrets; a provider named twice has both secrets
+    (rotation). Raises ``InvalidInputError`` on a malformed entry.
+    """
+    secrets: dict[str, list[str]] = {}
+    for entry in (part.strip() for part in spec.split(",")):
+        if not entry:
+            continue
+        provider, sep, secret = entry.partition("=")
+        if not sep or not provider.strip() or not secret:
+            raise InvalidInputError(f"webhook secret {entry.split('=')[0]!r}: use provider=secret")
+        secrets.setdefault(check_id(provider.strip(), "provider"), []).append(secret)
+    return secrets

@@ -1,0 +1,140 @@
+"""``make demo``: the product-photo pipeline end to end, live in the terminal.
+
+With no arguments everything runs in this process on embedded defaults: an in-memory broker and
+store, a Celery worker thread, the webhook receiver and the simulated video provider on loopback
+HTTP. ``--redis URL`` puts the broker and the store on that Redis (keys under ``mpstate-demo``),
+and ``--runs N`` starts several runs at once (repeated prompts hit the generation cache).
+Exits 0 when every run completed, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from contextlib import ExitStack
+
+import click
+from rich.console import Console
+from rich.live import Live
+
+from celery_app.application import create_app, store_for
+from celery_app.display import RunBoard
+from celery_app.embedded import bind_loopback, serving, url_of, worker_thread
+from celery_app.pipelines import start_product_photo
+from celery_app.provider import ProviderBehaviour, provider_app
+from celery_app.settings import Settings
+from mpstate import PipelineRun
+from mpstate.celery import MpState
+from mpstate.models import PipelineRunStatus
+from mpstate.webhooks import parse_secrets, webhook_app
+
+PROMPTS = ["a red bicycle on a white background", "a ceramic mug, studio light"]
+
+#: Seconds between two runs' starts, so a repeated prompt finds the first run's image cached.
+STAGGER_S = 0.6
+
+
+@click.command(help=__doc__)
+@click.option("--redis", "redis_url", metavar="URL", help="Broker and store on this Redis.")
+@click.option("--runs", default=1, show_default=True, type=click.IntRange(1, 50))
+@click.option("--seed", default=4, show_default=True, help="Seed of the provider's behaviour.")
+@click.option("--failure-rate", default=0.3, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--duplicate-rate", default=0.5, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--provider-delay", default=1.0, show_default=True, type=click.FloatRange(0, 60))
+@click.option("--timeout", default=90.0, show_default=True, help="Seconds before giving up.")
+def main(
+    redis_url: str | None,
+    runs: int,
+    seed: int,
+    failure_rate: float,
+    duplicate_rate: float,
+    provider_delay: float,
+    timeout: float,
+) -> None:
+    console = Console(highlight=False)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    receiver_sock, provider_sock = bind_loopback(), bind_loopback()
+    overrides: dict[str, object] = {
+        "receiver_url": url_of(receiver_sock),
+        "provider_url": url_of(provider_sock),
+    }
+    if redis_url:
+        overrides |= {"broker_url": redis_url, "store_url": redis_url}
+        overrides |= {"prefix": "mpstate-demo", "queue": "mpstate-demo"}
+    else:
+        overrides |= {"broker_url": "memory://", "store_url": "memory://"}
+    settings = Settings.from_env({}, **overrides)
+    store = store_for(settings)
+    app = create_app(settings, store)
+    behaviour = ProviderBehaviour(
+        secret=settings.secret_for("video"),
+        delay_s=provider_delay,
+        duplicate_rate=duplicate_rate,
+        failure_rate=failure_rate,
+        seed=seed,
+    )
+    where = f"Redis at {redis_url}" if redis_url else "memory (nothing to install or start)"
+    console.print(f"[bold]mpstate demo[/bold]: product-photo x{runs}, broker and store in {where}")
+    console.print(
+        f"receiver {settings.receiver_url}  ·  simulated video provider {settings.provider_url}"
+        f"  (delay {provider_delay:.1f} s, duplicates {duplicate_rate:.0%}, "
+        f"failures {failure_rate:.0%}, seed {seed})\n"
+    )
+    board = RunBoard(store, console)
+    with ExitStack() as stack:
+        stack.enter_context(serving(provider_app(behaviour), provider_sock))
+        secrets = parse_secrets(settings.webhook_secrets)
+        stack.enter_context(serving(webhook_app(app, secrets), receiver_sock))
+        stack.enter_context(worker_thread(app, concurrency=min(8, max(2, runs))))
+        live = None
+        if console.is_terminal:
+            live = stack.enter_context(Live(board.render(), console=console, refresh_per_second=8))
+        deadline = time.monotonic() + timeout
+        for index in range(runs):
+            if index:
+                time.sleep(STAGGER_S)
+            run = start_product_photo(
+                MpState.of(app), PROMPTS[index % len(PROMPTS)], tenant_id=settings.tenant_id
+            )
+            board.follow(run, timeout_s=max(0.0, deadline - time.monotonic()))
+        while not board.all_done():
+            if live is not None:
+                live.update(board.render())
+            time.sleep(0.1)
+        if live is not None:
+            live.update(board.render())
+    if live is None:
+        console.print()
+        console.print(board.render())
+    finished = board.runs()
+    _summarise(console, finished, settings, redis_url)
+    sys.exit(0 if all(r.status is PipelineRunStatus.COMPLETED for r in finished) else 1)
+
+
+def _summarise(
+    console: Console, runs: list[PipelineRun], settings: Settings, redis_url: str | None
+) -> None:
+    completed = sum(r.status is PipelineRunStatus.COMPLETED for r in runs)
+    total = sum(r.cost_usd for r in runs)
+    console.print(f"[bold]{completed}/{len(runs)} run(s) completed[/bold], total cost ${total:.3f}")
+    first = runs[0].run_id
+    if redis_url:
+        target = f"--redis-url {redis_url} --prefix {settings.prefix}"
+        console.print("Look at it:")
+        console.print(f"  mpstate {target} runs show {first}")
+        console.print(f"  mpstate {target} events {first}")
+        console.print(f"  mpstate {target} runs list --tenant {settings.tenant_id}")
+    else:
+        console.print(
+            "These runs lived in memory and are gone. To keep them and look at them with the CLI:"
+        )
+        console.print('  make demo ARGS="--redis redis://localhost:6379/0"')
+        console.print(
+            f"  .venv/bin/mpstate --redis-url redis://localhost:6379/0 --prefix mpstate-demo "
+            f"runs list --tenant {settings.tenant_id}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""The demo's live view: one line per step (progress bar, status, attempts, cost) per run.
+
+Each run is followed through the store's live feed (``follow_events``); after each event the run
+record is read again, so the table shows the stored truth, and the event adds what the record
+does not keep (progress, the latest note). On a terminal the view redraws in place; otherwise
+(CI logs, pipes) each event is printed as a line and the tables once at the end.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from rich.console import Console, Group, RenderableType
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from mpstate import (
+    PipelineEvent,
+    PipelineRun,
+    PipelineStateStore,
+    RunCancelled,
+    RunFailed,
+    RunResumed,
+    RunSuspended,
+    StepCached,
+    StepCompleted,
+    StepFailed,
+    StepGated,
+    StepProgress,
+    StepStarted,
+)
+from mpstate.models import StepStatus
+
+__all__ = ["RunBoard", "describe"]
+
+_STATUS_STYLE = {
+    "pending": "dim",
+    "running": "yellow",
+    "suspended": "cyan",
+    "completed": "green",
+    "cached": "green",
+    "gated": "red",
+    "failed": "red",
+    "cancelled": "magenta",
+}
+
+
+def describe(event: PipelineEvent) -> str:
+    """What an event says, in a few words, for the step's note column and the log lines."""
+    match event:
+        case StepStarted():
+            return f"attempt {event.attempt} started"
+        case StepProgress():
+            return event.message or f"{event.pct:.0f}%"
+        case StepCached():
+            return f"cache hit {event.cache_key}"
+        case StepCompleted():
+            return f"done: {', '.join(event.artifact_ids)}"
+        case StepFailed():
+            return f"failed {event.code} ({'will retry' if event.retryable else 'final'})"
+        case StepGated():
+            return f"{event.gate_type} gate: {event.verdict}"
+        case RunSuspended():
+            return f"waiting for {event.reason}"
+        case RunResumed():
+            return f"resumed by webhook at {event.from_step_id}"
+        case RunFailed():
+            return f"{event.code}: {event.terminal_reason}"
+        case RunCancelled():
+            return f"cancelled: {event.reason}"
+        case _:
+            return event.kind
+
+
+@dataclass
+class _RunView:
+    run: PipelineRun
+    pct: dict[str, float] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+    events: int = 0
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+    error: str | None = None
+
+
+class RunBoard:
+    """Follows runs in threads and renders them as tables."""
+
+    def __init__(self, store: PipelineStateStore, console: Console) -> None:
+        self.store = store
+        self.console = console
+        self.live_lines = not console.is_terminal
+        self._views: dict[str, _RunView] = {}
+        self._mutex = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    def follow(self, run: PipelineRun, timeout_s: float) -> None:
+        """Start following ``run`` until it ends or ``timeout_s`` passes."""
+        with self._mutex:
+            self._views[run.run_id] = _RunView(run)
+        thread = threading.Thread(
+            target=self._follow, args=(run.run_id, timeout_s), name=f"follow-{run.run_id}"
+        )
+        thread.start()
+        self._threads.append(thread)
+
+    def all_done(self) -> bool:
+        return all(not thread.is_alive() for thread in self._threads)
+
+    def runs(self) -> list[PipelineRun]:
+        with self._mutex:
+            return [view.run for view in self._views.values()]
+
+    def _follow(self, run_id: str, timeout_s: float) -> None:
+        try:
+            for event in self.store.follow_events(run_id, timeout_s=timeout_s):
+                run = self.store.require(run_id, include_events=False)
+                with self._mutex:
+                    view = self._views[run_id]
+                    view.run = run
+                    view.events += 1
+                    step_id = getattr(event, "step_id", None)
+                    if step_id is None and run.current_step_index < len(run.steps):
+                        step_id = run.steps[run.current_step_index].step_id
+                    if isinstance(event, StepProgress):
+                        view.pct[event.step_id] = event.pct
+                    if step_id is not None:
+                        view.notes[step_id] = describe(event)
+                if self.live_lines:
+                    self.console.print(
+                        f"{run_id}  #{event.seq:<3} {event.kind:<15} "
+                        f"{getattr(event, 'step_id', '') or '':<9} {describe(event)}",
+                        highlight=False,
+                    )
+        except Exception as exc:  # shown in the view; the demo exits non-zero
+            with self._mutex:
+                self._views[run_id].error = f"{type(exc).__name__}: {exc}"
+        finally:
+            with self._mutex:
+                self._views[run_id].finished = time.monotonic()
+
+    # -- rendering --------------------------------------------------------------------------
+
+    def render(self) -> RenderableType:
+        with self._mutex:
+            return Group(*(self._render_run(view) for view in self._views.values()))
+
+    def _render_run(self, view: _RunView) -> RenderableType:
+        run = view.run
+        table = Table(
+            title=Text.assemble(
+                (f"{run.pipeline_id} ", "bold"),
+                (run.run_id, "dim"),
+                "  ",
+                (run.status.value, _STATUS_STYLE.get(run.status.value, "")),
+            ),
+            title_justify="left",
+            expand=False,
+        )
+        for column, justify in (
+            ("step", "left"),
+            ("operation", "left"),
+            ("progress", "left"),
+            ("status", "left"),
+            ("attempts", "right"),
+            ("cost", "right"),
+            ("last event", "left"),
+        ):
+            table.add_column(column, justify=justify)  # type: ignore[arg-type]
+        for step in run.steps:
+            done = step.status in (StepStatus.COMPLETED, StepStatus.CACHED)
+            pct = 100.0 if done else view.pct.get(step.step_id, 0.0)
+            table.add_row(
+                step.step_id,
+                step.operation,
+                ProgressBar(total=100, completed=pct, width=20),
+                Text(step.status.value, style=_STATUS_STYLE.get(step.status.value, "")),
+                str(step.attempts),
+                f"${step.cost_usd:.3f}",
+                view.notes.get(step.step_id, ""),
+            )
+        elapsed = (view.finished or time.monotonic()) - view.started
+        footer = Text.assemble(
+            ("total ", "bold"),
+            f"${run.cost_usd:.3f}",
+            f"  ·  {view.events} events  ·  version {run.version}  ·  {elapsed:.1f} s",
+        )
+        if view.error:
+            footer.append(f"\n{view.error}", style="red")
+        return Group(table, footer, Text(""))

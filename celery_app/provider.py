@@ -1,0 +1,172 @@
+"""A simulated video provider: accepts jobs, then calls the receiver back, signed, after a delay.
+
+It behaves like the real ones the receiver must survive: the callback comes later over real
+HTTP, signed with the provider's secret (``mpstate.webhooks.signing``), sometimes twice at once,
+sometimes reporting a (retryable) failure, and it retries its own delivery when the receiver is
+down. Run it standalone with ``python -m celery_app.provider`` (docker-compose does).
+
+``POST /jobs`` ``{"callbackUrl": ..., "input": {...}}`` -> 202 ``{"jobId": ...}``;
+``GET /stats`` counts jobs, callbacks, duplicates and failures; ``GET /healthz``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from mpstate.webhooks import signed_headers
+
+__all__ = ["ProviderBehaviour", "provider_app", "submit_job"]
+
+log = logging.getLogger("celery_app.provider")
+
+
+class ProviderBehaviour(BaseModel):
+    """How the simulated provider misbehaves (rates are probabilities per job)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    secret: str = Field(min_length=1)
+    delay_s: float = Field(default=1.0, ge=0)
+    duplicate_rate: float = Field(default=0.3, ge=0, le=1)
+    failure_rate: float = Field(default=0.2, ge=0, le=1)
+    cost_usd: float = Field(default=0.5, ge=0)
+    seed: int | None = None
+
+
+class _Job(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    callback_url: HttpUrl = Field(alias="callbackUrl")
+    input: dict[str, Any] = Field(default_factory=dict)
+
+
+@dataclass
+class ProviderStats:
+    jobs: int = 0
+    callbacks_sent: int = 0
+    duplicates_sent: int = 0
+    failures_sent: int = 0
+    delivery_errors: int = 0
+    job_ids: list[str] = field(default_factory=list)
+
+
+class _ReceiverUnavailableError(Exception):
+    """The receiver answered 5xx or 429: deliver again later."""
+
+
+def provider_app(behaviour: ProviderBehaviour) -> Starlette:
+    """The provider as an ASGI app."""
+    rng = random.Random(behaviour.seed)
+    stats = ProviderStats()
+    pending: set[asyncio.Task[None]] = set()
+
+    async def submit(request: Request) -> JSONResponse:
+        try:
+            job = _Job.model_validate(json.loads(await request.body()))
+        except (ValueError, ValidationError) as exc:
+            return JSONResponse({"error": f"bad job: {exc}"}, status_code=400)
+        job_id = f"vid-{uuid.uuid4().hex[:12]}"
+        stats.jobs += 1
+        stats.job_ids.append(job_id)
+        failed = rng.random() < behaviour.failure_rate
+        copies = 2 if rng.random() < behaviour.duplicate_rate else 1
+        payload = _outcome(job_id, failed, behaviour.cost_usd)
+        task = asyncio.create_task(
+            _call_back(str(job.callback_url), payload, copies, behaviour, stats)
+        )
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+        return JSONResponse({"jobId": job_id}, status_code=202)
+
+    async def show_stats(_: Request) -> JSONResponse:
+        return JSONResponse({**asdict(stats), "pending": len(pending)})
+
+    async def health(_: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    return Starlette(
+        routes=[
+            Route("/jobs", submit, methods=["POST"]),
+            Route("/stats", show_stats, methods=["GET"]),
+            Route("/healthz", health, methods=["GET"]),
+        ]
+    )
+
+
+def _outcome(job_id: str, failed: bool, cost_usd: float) -> dict[str, Any]:
+    if failed:
+        return {
+            "jobId": job_id,
+            "status": "failed",
+            "error": {
+                "code": "RENDER_FARM_BUSY",
+                "message": "no render capacity, submit again",
+                "retryable": True,
+            },
+        }
+    return {"jobId": job_id, "status": "succeeded", "artifactIds": [job_id], "costUsd": cost_usd}
+
+
+async def _call_back(
+    url: str,
+    payload: dict[str, Any],
+    copies: int,
+    behaviour: ProviderBehaviour,
+    stats: ProviderStats,
+) -> None:
+    await asyncio.sleep(behaviour.delay_s)
+    body = json.dumps(payload).encode()
+    async with httpx.AsyncClient(timeout=10.0) as client:
+        # Duplicates arrive concurrently, as a provider retrying on a slow answer sends them.
+        results = await asyncio.gather(
+            *(_deliver(client, url, body, behaviour.secret) for _ in range(copies)),
+            return_exceptions=True,
+        )
+    for result in results:
+        if isinstance(result, BaseException):
+            stats.delivery_errors += 1
+            log.warning("callback for %s to %s not delivered: %r", payload["jobId"], url, result)
+        else:
+            stats.callbacks_sent += 1
+    stats.duplicates_sent += copies - 1
+    stats.failures_sent += payload["status"] == "failed"
+
+
+async def _deliver(client: httpx.AsyncClient, url: str, body: bytes, secret: str) -> None:
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception_type((httpx.TransportError, _ReceiverUnavailableError)),
+        stop=stop_after_attempt(8),
+        wait=wait_exponential(multiplier=0.2, max=5),
+        reraise=True,
+    ):
+        with attempt:
+            headers = {"Content-Type": "application/json", **signed_headers(secret, body)}
+            response = await client.post(url, content=body, headers=headers)
+            if response.status_code >= 500 or response.status_code == 429:
+                raise _ReceiverUnavailableError(f"receiver answered {response.status_code}")
+            response.raise_for_status()
+
+
+def submit_job(provider_url: str, callback_url: str, job_input: dict[str, Any]) -> str:
+    """Submit a job to the provider; returns the job id a step hands to ``await_external``."""
+    response = httpx.post(
+        f"{provider_url.rstrip('/')}/jobs",
+        json={"callbackUrl": callback_url, "input": job_input},
+        timeout=10.0,
+    )
+    response.raise_for_status()
+    return str(response.json()["jobId"])

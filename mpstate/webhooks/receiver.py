@@ -1,0 +1,215 @@
+"""The HTTP webhook receiver: verify a provider's callback, enqueue its resolution, answer 202.
+
+::
+
+    app = webhook_app(celery_app, {"video": "s3cret"})   # an ASGI app (Starlette)
+    # standalone: mpstate webhooks serve --secret video=s3cret --broker-url redis://...
+    # mounted:    Mount("/hooks", app=app) in your own Starlette / FastAPI application
+
+``POST /webhooks/{provider}`` answers:
+
+- 202 ``{"status": "accepted", "taskId": ...}`` once ``mpstate.resolve_webhook`` is published;
+- 401 when the signature is missing or wrong or the timestamp is outside the replay window
+  (checked before the body is parsed: unauthenticated bytes are never decoded);
+- 400 when the body is not a JSON object, has no usable job id, or the provider's payload adapter
+  refuses it; 404 for a provider with no secret; 413 for a body over ``max_body_bytes``;
+- 503 with ``Retry-After`` when the broker cannot take the message (the provider retries).
+
+The receiver never touches the store: a callback is resolved by the worker that runs
+``mpstate.resolve_webhook``, which absorbs duplicates and early deliveries. A callback replayed
+inside the window is therefore harmless (it is resolved as a duplicate). ``GET /healthz`` answers
+200 while the process serves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from celery import Celery
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from mpstate.celery.binding import RESOLVE_WEBHOOK, MpState
+from mpstate.celery.webhook import PayloadAdapter, default_adapter
+from mpstate.errors import InvalidInputError, MpStateError, WebhookSignatureError
+from mpstate.fields import ensure_storable
+from mpstate.store import check_id
+from mpstate.webhooks.signing import DEFAULT_TOLERANCE_S, verify
+
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "webhook_app"]
+
+log = logging.getLogger("mpstate.webhooks")
+
+#: Largest callback body accepted (provider payloads are small; artifacts travel by reference).
+DEFAULT_MAX_BODY_BYTES = 256 * 1024
+
+#: How long a provider should wait before retrying a callback the broker could not take.
+_RETRY_AFTER_S = 5
+
+#: Publishing is retried briefly, then the provider is asked to retry (503).
+_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2}
+
+Secrets = Mapping[str, str | Sequence[str]]
+
+
+class _RefusedError(Exception):
+    """An answer other than 202, with its status and a message for the provider."""
+
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.headers = dict(headers or {})
+
+
+def webhook_app(
+    celery_app: Celery,
+    secrets: Secrets,
+    *,
+    tolerance_s: float = DEFAULT_TOLERANCE_S,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    job_id_field: str = "jobId",
+) -> Starlette:
+    """An ASGI app receiving provider callbacks and publishing them to ``celery_app``'s broker.
+
+    ``secrets`` maps each provider to its signing secret (or several, during a rotation).
+    Payloads are checked with the adapter registered on the app's ``MpState`` for the provider
+    when one is bound, else with ``default_adapter``; the job id is ``payload[job_id_field]``.
+    """
+    table = _check_secrets(secrets)
+    if (
+        isinstance(max_body_bytes, bool)
+        or not isinstance(max_body_bytes, int)
+        or max_body_bytes < 1
+    ):
+        raise InvalidInputError(
+            f"max_body_bytes must be a positive integer, not {max_body_bytes!r}"
+        )
+    if (
+        not isinstance(tolerance_s, int | float)
+        or isinstance(tolerance_s, bool)
+        or tolerance_s <= 0
+    ):
+        raise InvalidInputError(f"tolerance_s must be a positive number, not {tolerance_s!r}")
+    check_id(job_id_field, "job_id_field")
+
+    def adapter_for(provider: str) -> PayloadAdapter:
+        try:
+            return MpState.of(celery_app).adapter_for(provider)
+        except MpStateError:  # no MpState in this process: the receiver only publishes
+            return default_adapter
+
+    async def receive(request: Request) -> JSONResponse:
+        provider = request.path_params["provider"]
+        try:
+            provider_secrets = table.get(provider)
+            if provider_secrets is None:
+                raise _RefusedError(
+                    404, f"no webhook secret is configured for provider {provider!r}"
+                )
+            body = await _read_body(request, max_body_bytes)
+            try:
+                verify(provider_secrets, request.headers, body, tolerance_s=tolerance_s)
+            except WebhookSignatureError as exc:
+                raise _RefusedError(401, str(exc)) from exc
+            payload = _parse_payload(body)
+            job_id = _job_id(payload, job_id_field)
+            _check_adapter(adapter_for(provider), payload)
+            task_id = await run_in_threadpool(_publish, celery_app, provider, job_id, payload)
+        except _RefusedError as refused:
+            if refused.status >= 500:
+                log.warning("webhook from %s not accepted: %s", provider, refused)
+            return JSONResponse(
+                {"error": str(refused)}, status_code=refused.status, headers=refused.headers
+            )
+        return JSONResponse({"status": "accepted", "taskId": task_id}, status_code=202)
+
+    async def health(_: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok", "providers": sorted(table)})
+
+    return Starlette(
+        routes=[
+            Route("/webhooks/{provider}", receive, methods=["POST"]),
+            Route("/healthz", health, methods=["GET"]),
+        ]
+    )
+
+
+def _check_secrets(secrets: Secrets) -> dict[str, list[str]]:
+    if not isinstance(secrets, Mapping) or not secrets:
+        raise InvalidInputError("configure at least one provider secret (provider -> secret)")
+    table = {}
+    for provider, value in secrets.items():
+        check_id(provider, "provider")
+        values = [value] if isinstance(value, str) else list(value)
+        if not values or not all(isinstance(v, str) and v for v in values):
+            raise InvalidInputError(f"provider {provider!r} needs a non-empty secret")
+        table[provider] = values
+    return table
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise _RefusedError(413, f"body is larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _RefusedError(413, f"body is larger than {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect as exc:
+        raise _RefusedError(400, "the client disconnected before the body was read") from exc
+    return b"".join(chunks)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _parse_payload(body: bytes) -> dict[str, Any]:
+    try:
+        payload = json.loads(body.decode("utf-8"), parse_constant=_refuse_constant)
+        ensure_storable(payload, "payload")
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise _RefusedError(400, f"body is not valid JSON: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise _RefusedError(400, "body must be a JSON object")
+    return payload
+
+
+def _job_id(payload: Mapping[str, Any], field: str) -> str:
+    try:
+        return check_id(payload.get(field), f"payload field {field!r}")
+    except InvalidInputError as exc:
+        raise _RefusedError(400, str(exc)) from exc
+
+
+def _check_adapter(adapter: Callable[[Mapping[str, Any]], Any], payload: Mapping[str, Any]) -> None:
+    try:
+        adapter(payload)
+    except (ValueError, TypeError, LookupError) as exc:  # InvalidInputError is a ValueError
+        raise _RefusedError(400, f"payload refused: {exc}") from exc
+
+
+def _publish(celery_app: Celery, provider: str, job_id: str, payload: dict[str, Any]) -> str:
+    try:
+        result = celery_app.send_task(
+            RESOLVE_WEBHOOK,
+            args=(provider, job_id, payload),
+            retry=True,
+            retry_policy=_PUBLISH_RETRY_POLICY,
+        )
+    except Exception as exc:  # kombu and the transports raise many types for "broker down"
+        log.warning("could not publish %s for %s/%s: %r", RESOLVE_WEBHOOK, provider, job_id, exc)
+        raise _RefusedError(
+            503, "the broker is unavailable; retry later", {"Retry-After": str(_RETRY_AFTER_S)}
+        ) from exc
+    return str(result.id)
