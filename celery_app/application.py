@@ -26,6 +26,14 @@ def store_for(settings: Settings) -> PipelineStateStore:
     return RedisPipelineStateStore.from_url(settings.store_url, prefix=settings.prefix)
 
 
+def _transport_options(settings: Settings) -> dict[str, float]:
+    options: dict[str, float] = {"visibility_timeout": settings.visibility_timeout_s}
+    if settings.broker_url.startswith("memory://"):
+        # kombu's in-memory transport polls its queues (every second by default).
+        options["polling_interval"] = 0.01
+    return options
+
+
 def create_app(settings: Settings, store: PipelineStateStore | None = None) -> Celery:
     """A Celery app configured as a production pipeline app should be, with mpstate bound."""
     app = Celery("celery_app", broker=settings.broker_url, set_as_current=False)
@@ -35,7 +43,7 @@ def create_app(settings: Settings, store: PipelineStateStore | None = None) -> C
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        broker_transport_options=_transport_options(settings),
         broker_connection_retry_on_startup=True,
         # Run state lives in mpstate; Celery's result backend is not needed.
         task_ignore_result=True,

@@ -4,7 +4,8 @@ With no arguments everything runs in this process on embedded defaults: an in-me
 store, a Celery worker thread, the webhook receiver and the simulated video provider on loopback
 HTTP. ``--redis URL`` puts the broker and the store on that Redis (keys under ``mpstate-demo``),
 and ``--runs N`` starts several runs at once (repeated prompts hit the generation cache).
-Exits 0 when every run completed, 1 otherwise.
+``--deployed`` starts nothing: it submits runs to the deployment the ``MPSTATE_*`` environment
+describes (docker-compose.yml) and follows them. Exits 0 when every run completed, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import time
 from contextlib import ExitStack
 
 import click
+import httpx
 from rich.console import Console
 from rich.live import Live
+from rich.logging import RichHandler
 
 from celery_app.application import create_app, store_for
 from celery_app.display import RunBoard
@@ -37,6 +40,7 @@ STAGGER_S = 0.6
 
 @click.command(help=__doc__)
 @click.option("--redis", "redis_url", metavar="URL", help="Broker and store on this Redis.")
+@click.option("--deployed", is_flag=True, help="Use the deployment in MPSTATE_* instead.")
 @click.option("--runs", default=1, show_default=True, type=click.IntRange(1, 50))
 @click.option("--seed", default=4, show_default=True, help="Seed of the provider's behaviour.")
 @click.option("--failure-rate", default=0.3, show_default=True, type=click.FloatRange(0, 1))
@@ -45,6 +49,7 @@ STAGGER_S = 0.6
 @click.option("--timeout", default=90.0, show_default=True, help="Seconds before giving up.")
 def main(
     redis_url: str | None,
+    deployed: bool,
     runs: int,
     seed: int,
     failure_rate: float,
@@ -53,40 +58,40 @@ def main(
     timeout: float,
 ) -> None:
     console = Console(highlight=False)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    receiver_sock, provider_sock = bind_loopback(), bind_loopback()
-    overrides: dict[str, object] = {
-        "receiver_url": url_of(receiver_sock),
-        "provider_url": url_of(provider_sock),
-    }
-    if redis_url:
-        overrides |= {"broker_url": redis_url, "store_url": redis_url}
-        overrides |= {"prefix": "mpstate-demo", "queue": "mpstate-demo"}
+    # Through the console, so warnings print above the live view instead of tearing it.
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(name)s: %(message)s",
+        handlers=[RichHandler(console=console, show_path=False, show_time=False)],
+    )
+    if deployed:
+        settings = Settings.from_env()
+        receiver_sock = provider_sock = None
     else:
-        overrides |= {"broker_url": "memory://", "store_url": "memory://"}
-    settings = Settings.from_env({}, **overrides)
+        receiver_sock, provider_sock = bind_loopback(), bind_loopback()
+        settings = _embedded_settings(redis_url, url_of(receiver_sock), url_of(provider_sock))
     store = store_for(settings)
     app = create_app(settings, store)
-    behaviour = ProviderBehaviour(
-        secret=settings.secret_for("video"),
-        delay_s=provider_delay,
-        duplicate_rate=duplicate_rate,
-        failure_rate=failure_rate,
-        seed=seed,
-    )
-    where = f"Redis at {redis_url}" if redis_url else "memory (nothing to install or start)"
-    console.print(f"[bold]mpstate demo[/bold]: product-photo x{runs}, broker and store in {where}")
-    console.print(
-        f"receiver {settings.receiver_url}  ·  simulated video provider {settings.provider_url}"
-        f"  (delay {provider_delay:.1f} s, duplicates {duplicate_rate:.0%}, "
-        f"failures {failure_rate:.0%}, seed {seed})\n"
-    )
+    console.print(f"[bold]mpstate demo[/bold]: product-photo x{runs} on {_where(settings)}")
     board = RunBoard(store, console)
     with ExitStack() as stack:
-        stack.enter_context(serving(provider_app(behaviour), provider_sock))
-        secrets = parse_secrets(settings.webhook_secrets)
-        stack.enter_context(serving(webhook_app(app, secrets), receiver_sock))
-        stack.enter_context(worker_thread(app, concurrency=min(8, max(2, runs))))
+        if receiver_sock is not None and provider_sock is not None:
+            behaviour = ProviderBehaviour(
+                secret=settings.secret_for("video"),
+                delay_s=provider_delay,
+                duplicate_rate=duplicate_rate,
+                failure_rate=failure_rate,
+                seed=seed,
+            )
+            console.print(
+                f"receiver {settings.receiver_url}  ·  simulated video provider "
+                f"{settings.provider_url} (delay {provider_delay:.1f} s, duplicates "
+                f"{duplicate_rate:.0%}, failures {failure_rate:.0%}, seed {seed})\n"
+            )
+            stack.enter_context(serving(provider_app(behaviour), provider_sock))
+            secrets = parse_secrets(settings.webhook_secrets)
+            stack.enter_context(serving(webhook_app(app, secrets), receiver_sock))
+            stack.enter_context(worker_thread(app, concurrency=min(8, max(2, runs))))
         live = None
         if console.is_terminal:
             live = stack.enter_context(Live(board.render(), console=console, refresh_per_second=8))
@@ -104,23 +109,46 @@ def main(
             time.sleep(0.1)
         if live is not None:
             live.update(board.render())
+        if provider_sock is not None:
+            provider_stats = httpx.get(f"{settings.provider_url}/stats", timeout=5).json()
     if live is None:
         console.print()
         console.print(board.render())
     finished = board.runs()
-    _summarise(console, finished, settings, redis_url)
+    if provider_sock is not None:
+        console.print(
+            f"video provider: {provider_stats['jobs']} job(s), "
+            f"{provider_stats['callbacks_sent']} signed callback(s) delivered, of which "
+            f"{provider_stats['duplicates_sent']} duplicate(s) (absorbed: no event) and "
+            f"{provider_stats['failures_sent']} failure(s) (the step was retried)"
+        )
+    _summarise(console, finished, settings)
     sys.exit(0 if all(r.status is PipelineRunStatus.COMPLETED for r in finished) else 1)
 
 
-def _summarise(
-    console: Console, runs: list[PipelineRun], settings: Settings, redis_url: str | None
-) -> None:
+def _embedded_settings(redis_url: str | None, receiver_url: str, provider_url: str) -> Settings:
+    overrides: dict[str, object] = {"receiver_url": receiver_url, "provider_url": provider_url}
+    if redis_url:
+        overrides |= {"broker_url": redis_url, "store_url": redis_url}
+        overrides |= {"prefix": "mpstate-demo", "queue": "mpstate-demo"}
+    else:
+        overrides |= {"broker_url": "memory://localhost/", "store_url": "memory://"}
+    return Settings.from_env({}, **overrides)
+
+
+def _where(settings: Settings) -> str:
+    if settings.store_url.startswith("memory://"):
+        return "an in-memory broker and store (nothing to install or start)"
+    return f"broker {settings.broker_url}, store {settings.store_url}"
+
+
+def _summarise(console: Console, runs: list[PipelineRun], settings: Settings) -> None:
     completed = sum(r.status is PipelineRunStatus.COMPLETED for r in runs)
     total = sum(r.cost_usd for r in runs)
     console.print(f"[bold]{completed}/{len(runs)} run(s) completed[/bold], total cost ${total:.3f}")
     first = runs[0].run_id
-    if redis_url:
-        target = f"--redis-url {redis_url} --prefix {settings.prefix}"
+    if not settings.store_url.startswith("memory://"):
+        target = f"--redis-url {settings.store_url} --prefix {settings.prefix}"
         console.print("Look at it:")
         console.print(f"  mpstate {target} runs show {first}")
         console.print(f"  mpstate {target} events {first}")

@@ -160,16 +160,13 @@ class RunBoard:
             title_justify="left",
             expand=False,
         )
-        for column, justify in (
-            ("step", "left"),
-            ("operation", "left"),
-            ("progress", "left"),
-            ("status", "left"),
-            ("attempts", "right"),
-            ("cost", "right"),
-            ("last event", "left"),
-        ):
-            table.add_column(column, justify=justify)  # type: ignore[arg-type]
+        table.add_column("step")
+        table.add_column("operation")
+        table.add_column("progress")
+        table.add_column("status")
+        table.add_column("attempts", justify="right")
+        table.add_column("cost", justify="right")
+        table.add_column("last event", no_wrap=True, overflow="ellipsis", max_width=36)
         for step in run.steps:
             done = step.status in (StepStatus.COMPLETED, StepStatus.CACHED)
             pct = 100.0 if done else view.pct.get(step.step_id, 0.0)

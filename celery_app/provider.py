@@ -19,7 +19,9 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import click
 import httpx
+import uvicorn
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -27,6 +29,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from celery_app.settings import Settings
 from mpstate.webhooks import signed_headers
 
 __all__ = ["ProviderBehaviour", "provider_app", "submit_job"]
@@ -170,3 +173,28 @@ def submit_job(provider_url: str, callback_url: str, job_input: dict[str, Any]) 
     )
     response.raise_for_status()
     return str(response.json()["jobId"])
+
+
+@click.command()
+@click.option("--host", envvar="PROVIDER_HOST", default="127.0.0.1", show_default=True)
+@click.option("--port", envvar="PROVIDER_PORT", default=8001, show_default=True, type=int)
+@click.option("--delay", envvar="PROVIDER_DELAY_S", default=2.0, show_default=True, type=float)
+@click.option("--duplicate-rate", envvar="PROVIDER_DUPLICATE_RATE", default=0.3, show_default=True)
+@click.option("--failure-rate", envvar="PROVIDER_FAILURE_RATE", default=0.2, show_default=True)
+@click.option("--seed", envvar="PROVIDER_SEED", type=int, default=None)
+def main(
+    host: str, port: int, delay: float, duplicate_rate: float, failure_rate: float, seed: int | None
+) -> None:
+    """Serve the simulated video provider; its secret is MPSTATE_WEBHOOK_SECRETS' "video"."""
+    behaviour = ProviderBehaviour(
+        secret=Settings.from_env().secret_for("video"),
+        delay_s=delay,
+        duplicate_rate=duplicate_rate,
+        failure_rate=failure_rate,
+        seed=seed,
+    )
+    uvicorn.run(provider_app(behaviour), host=host, port=port, log_level="info")
+
+
+if __name__ == "__main__":
+    main()
