@@ -1,0 +1,56 @@
+"""Click parameter types of the CLI: ``WHEN``, a moment given as ISO-8601 or as "that long ago".
+
+Operators ask for "the last two hours" far more often than for a timestamp, so ``2h`` is
+accepted wherever a time is.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+import click
+
+__all__ = ["WHEN", "When"]
+
+if TYPE_CHECKING:
+    _DatetimeParam = click.ParamType[datetime]
+else:  # ParamType is generic only since click 8.2; the extra allows 8.1
+    _DatetimeParam = click.ParamType
+
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_RELATIVE = re.compile(r"(\d+)\s*([smhdw])")
+
+
+class When(_DatetimeParam):
+    """ISO-8601 (naive means UTC, as in the store) or ``<n><s|m|h|d|w>`` meaning that long ago."""
+
+    name = "when"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        text = str(value).strip()
+        relative = _RELATIVE.fullmatch(text)
+        if relative:
+            amount, unit = relative.groups()
+            try:
+                return datetime.now(UTC) - timedelta(**{_UNITS[unit]: int(amount)})
+            except OverflowError:
+                self.fail(f"{text!r} is too long ago", param, ctx)
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            self.fail(
+                f"{text!r} is neither ISO-8601 (2024-05-01T12:00:00Z) "
+                "nor a duration like 30m, 2h or 7d",
+                param,
+                ctx,
+            )
+        return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+WHEN = When()
