@@ -3,7 +3,8 @@
 Each run is followed through the store's live feed (``follow_events``); after each event the run
 record is read again, so the table shows the stored truth, and the event adds what the record
 does not keep (progress, the latest note). On a terminal the view redraws in place; otherwise
-(CI logs, pipes) each event is printed as a line and the tables once at the end.
+(CI logs, pipes) each event is printed as the line ``mpstate events`` prints, and the tables once
+at the end.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from mpstate import (
     StepProgress,
     StepStarted,
 )
+from mpstate.cli.event_lines import event_line
 from mpstate.models import StepStatus
 
 __all__ = ["RunBoard", "describe"]
@@ -129,12 +131,8 @@ class RunBoard:
                         view.pct[event.step_id] = event.pct
                     if step_id is not None:
                         view.notes[step_id] = describe(event)
-                if self.live_lines:
-                    self.console.print(
-                        f"{run_id}  #{event.seq:<3} {event.kind:<15} "
-                        f"{getattr(event, 'step_id', '') or '':<9} {describe(event)}",
-                        highlight=False,
-                    )
+                if self.live_lines:  # the same line `mpstate events` prints
+                    self.console.print(Text(f"{run_id[:8]} ") + event_line(event), soft_wrap=True)
         except Exception as exc:  # shown in the view; the demo exits non-zero
             with self._mutex:
                 self._views[run_id].error = f"{type(exc).__name__}: {exc}"
