@@ -15,6 +15,7 @@ from typing import Any
 
 import uvicorn
 from celery import Celery
+from celery.app.trace import setup_worker_optimizations
 
 __all__ = ["bind_loopback", "serving", "url_of", "worker_thread"]
 
@@ -61,12 +62,15 @@ def worker_thread(
 ) -> Iterator[Any]:
     """A real Celery worker (threads pool) consuming in this process until the block ends."""
     ready = threading.Event()
-    # The threads pool traces each task on the process's default app: make it this one.
+    hostname = f"embedded@{socket.gethostname()}"
+    # The threads pool traces each task on the process's default app, and reports the worker
+    # name set up here (``celery worker`` does both at start): make them this app and worker.
     app.set_default()
+    setup_worker_optimizations(app, hostname)
     worker = app.WorkController(
         pool_cls="threads",
         concurrency=concurrency,
-        hostname=f"embedded@{socket.gethostname()}",
+        hostname=hostname,
         queues=queues or [app.conf.task_default_queue],
         without_heartbeat=True,
         without_mingle=True,
