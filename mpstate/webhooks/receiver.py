@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import anyio
+import anyio.to_thread
 from celery import Celery
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -49,8 +51,8 @@ log = logging.getLogger("mpstate.webhooks")
 #: Largest callback body accepted (provider payloads are small; artifacts travel by reference).
 DEFAULT_MAX_BODY_BYTES = 256 * 1024
 
-#: How long a provider should wait before retrying a callback the broker could not take.
-_RETRY_AFTER_S = 5
+#: Asks the provider to wait before retrying a callback the broker could not take.
+_RETRY_AFTER = {"Retry-After": "5"}
 
 #: Publishing is retried briefly, then the provider is asked to retry (503).
 _PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2}
@@ -74,6 +76,7 @@ def webhook_app(
     tolerance_s: float = DEFAULT_TOLERANCE_S,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     job_id_field: str = "jobId",
+    publish_timeout_s: float = 10.0,
 ) -> Starlette:
     """An ASGI app receiving provider callbacks and publishing them to ``celery_app``'s broker.
 
@@ -93,10 +96,18 @@ def webhook_app(
     if (
         not isinstance(tolerance_s, int | float)
         or isinstance(tolerance_s, bool)
-        or tolerance_s <= 0
+        or not 0 < tolerance_s < math.inf
     ):
         raise InvalidInputError(f"tolerance_s must be a positive number, not {tolerance_s!r}")
     check_id(job_id_field, "job_id_field")
+    if (
+        not isinstance(publish_timeout_s, int | float)
+        or isinstance(publish_timeout_s, bool)
+        or not 0 < publish_timeout_s < math.inf
+    ):
+        raise InvalidInputError(
+            f"publish_timeout_s must be a positive number, not {publish_timeout_s!r}"
+        )
 
     def adapter_for(provider: str) -> PayloadAdapter:
         try:
@@ -120,7 +131,9 @@ def webhook_app(
             payload = _parse_payload(body)
             job_id = _job_id(payload, job_id_field)
             _check_adapter(adapter_for(provider), payload)
-            task_id = await run_in_threadpool(_publish, celery_app, provider, job_id, payload)
+            task_id = await _publish_within(
+                publish_timeout_s, celery_app, provider, job_id, payload
+            )
         except _RefusedError as refused:
             if refused.status >= 500:
                 log.warning("webhook from %s not accepted: %s", provider, refused)
@@ -199,6 +212,26 @@ def _check_adapter(adapter: Callable[[Mapping[str, Any]], Any], payload: Mapping
         raise _RefusedError(400, f"payload refused: {exc}") from exc
 
 
+async def _publish_within(
+    timeout_s: float, celery_app: Celery, provider: str, job_id: str, payload: dict[str, Any]
+) -> str:
+    """Publish in a worker thread, answering 503 if the broker takes longer than ``timeout_s``.
+
+    A broker that accepts connections but never answers would otherwise hold the request (and a
+    thread) for as long as the transport's own timeouts allow, which may be forever.
+    """
+    try:
+        with anyio.fail_after(timeout_s):
+            return await anyio.to_thread.run_sync(
+                _publish, celery_app, provider, job_id, payload, abandon_on_cancel=True
+            )
+    except TimeoutError as exc:
+        log.warning("publishing %s for %s/%s timed out", RESOLVE_WEBHOOK, provider, job_id)
+        raise _RefusedError(
+            503, "the broker did not answer in time; retry later", _RETRY_AFTER
+        ) from exc
+
+
 def _publish(celery_app: Celery, provider: str, job_id: str, payload: dict[str, Any]) -> str:
     try:
         result = celery_app.send_task(
@@ -209,7 +242,5 @@ def _publish(celery_app: Celery, provider: str, job_id: str, payload: dict[str, 
         )
     except Exception as exc:  # kombu and the transports raise many types for "broker down"
         log.warning("could not publish %s for %s/%s: %r", RESOLVE_WEBHOOK, provider, job_id, exc)
-        raise _RefusedError(
-            503, "the broker is unavailable; retry later", {"Retry-After": str(_RETRY_AFTER_S)}
-        ) from exc
+        raise _RefusedError(503, "the broker is unavailable; retry later", _RETRY_AFTER) from exc
     return str(result.id)

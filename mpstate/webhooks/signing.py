@@ -77,7 +77,7 @@ def verify(
         raise WebhookSignatureError(f"{TIMESTAMP_HEADER} must be unix seconds")
     timestamp = int(raw_ts)
     clock = time.time() if now is None else now
-    if abs(clock - timestamp) > tolerance_s:
+    if not abs(clock - timestamp) <= tolerance_s:  # written so that a NaN window fails closed
         raise WebhookSignatureError(f"timestamp is outside the {tolerance_s:.0f} s replay window")
     offered = [part.strip() for part in raw_signature.split(",")]
     expected = [sign(secret, timestamp, body) for secret in candidates]
@@ -97,11 +97,12 @@ def parse_secrets(spec: str) -> dict[str, list[str]]:
     (rotation). Raises ``InvalidInputError`` on a malformed entry.
     """
     secrets: dict[str, list[str]] = {}
-    for entry in (part.strip() for part in spec.split(",")):
+    for number, entry in enumerate((part.strip() for part in spec.split(",")), start=1):
         if not entry:
             continue
-        provider, sep, secret = entry.partition("=")
-        if not sep or not provider.strip() or not secret:
-            raise InvalidInputError(f"webhook secret {entry.split('=')[0]!r}: use provider=secret")
-        secrets.setdefault(check_id(provider.strip(), "provider"), []).append(secret)
+        provider, sep, secret = (part.strip() for part in entry.partition("="))
+        if not sep or not provider or not secret:
+            # The entry may be a secret typed without its provider: never echo it.
+            raise InvalidInputError(f"webhook secret entry {number} is not provider=secret")
+        secrets.setdefault(check_id(provider, "provider"), []).append(secret)
     return secrets
