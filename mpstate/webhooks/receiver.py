@@ -13,7 +13,8 @@
   (checked before the body is parsed: unauthenticated bytes are never decoded);
 - 400 when the body is not a JSON object, has no usable job id, or the provider's payload adapter
   refuses it; 404 for a provider with no secret; 413 for a body over ``max_body_bytes``;
-- 503 with ``Retry-After`` when the broker cannot take the message (the provider retries).
+- 503 with ``Retry-After`` when the broker refuses the message or does not take it within
+  ``publish_timeout_s`` (the provider retries).
 
 The receiver never touches the store: a callback is resolved by the worker that runs
 ``mpstate.resolve_webhook``, which absorbs duplicates and early deliveries. A callback replayed
