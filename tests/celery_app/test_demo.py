@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 import redis
+from key_cleanup import delete_prefix, delete_queue
 
 from mpstate import PipelineRun, RedisPipelineStateStore
-from mpstate.redis.keys import RedisKeys
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -103,24 +103,13 @@ def test_the_embedded_demo_completes_a_run() -> None:
     assert "runs list --tenant demo" in out, report(result)
 
 
-def delete_demo_keys(client: redis.Redis) -> None:
-    """The demo's store and cache keys, and its queue's keys (SCAN, never FLUSH)."""
-    keys = list(client.scan_iter(match=RedisKeys(DEMO_PREFIX).pattern(), count=1000))
-    for key in client.scan_iter(match=f"*{DEMO_QUEUE}*", count=1000):
-        name = key.decode()
-        is_queue = name == DEMO_QUEUE or name.startswith(f"{DEMO_QUEUE}\x06\x16")
-        if is_queue or name.endswith(f".{DEMO_QUEUE}"):  # _kombu.binding[_permanent].<queue>
-            keys.append(key)
-    for start in range(0, len(keys), 500):
-        client.delete(*keys[start : start + 500])
-
-
 @pytest.fixture
 def demo_redis(redis_url: str) -> Iterator[redis.Redis]:
     """A client of the suite's Redis; the demo's keys are deleted afterwards."""
     client = redis.Redis.from_url(redis_url)
     yield client
-    delete_demo_keys(client)
+    delete_prefix(client, DEMO_PREFIX)
+    delete_queue(client, DEMO_QUEUE)
     assert not list(client.scan_iter(match=f"{DEMO_PREFIX}:demo-cache:*"))
     client.close()
 

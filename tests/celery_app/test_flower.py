@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import ast
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -27,6 +25,8 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 import redis
+from celery_support import wait_for as polling_wait_for
+from key_cleanup import delete_prefix
 
 pytest.importorskip("flower", reason="Flower is not installed (pip install -e '.[app]')")
 
@@ -38,7 +38,7 @@ from celery_app.settings import Settings
 from mpstate import PipelineRun, PipelineStateStore
 from mpstate.celery import RUN_ID, STEP_ID, MpState
 from mpstate.models import PipelineRunStatus
-from mpstate.redis.keys import RedisKeys
+from mpstate.testing import free_port
 from mpstate.webhooks import parse_secrets, webhook_app
 
 T = TypeVar("T")
@@ -110,23 +110,14 @@ class ObservedRun:
 
 
 def wait_for(predicate: Callable[[], T | None], what: str, flower: Flower | None = None) -> T:
-    """Poll ``predicate`` until it returns something truthy; fail at the deadline."""
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            log = f"\nFlower's output:\n{flower.log()}" if flower is not None else ""
-            raise AssertionError(f"timed out after {DEADLINE} s waiting for {what}{log}")
-        time.sleep(0.05)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """``celery_support.wait_for`` with Flower's output in the failure, when there is a Flower."""
+    try:
+        found: T = polling_wait_for(predicate, DEADLINE, what)
+    except AssertionError as exc:
+        if flower is None:
+            raise
+        raise AssertionError(f"{exc}\nFlower's output:\n{flower.log()}") from None
+    return found
 
 
 @contextmanager
@@ -203,9 +194,7 @@ def delete_what_the_run_wrote(redis_url: str, prefix: str, app: Any, queue: str)
         conn.default_channel.queue_delete(queue)
     client = redis.Redis.from_url(redis_url)
     try:
-        keys = list(client.scan_iter(match=RedisKeys(prefix).pattern(), count=1000))
-        for start in range(0, len(keys), 500):
-            client.delete(*keys[start : start + 500])
+        delete_prefix(client, prefix)
     finally:
         client.close()
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -20,6 +19,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 from celery import Celery, signals
+from celery_support import events_of, step_events, wait_for
 
 from celery_app.application import create_app
 from celery_app.embedded import bind_loopback, serving, url_of, worker_thread
@@ -28,7 +28,6 @@ from celery_app.provider import ProviderBehaviour, provider_app
 from celery_app.settings import Settings
 from mpstate import PipelineRun, PipelineStateStore
 from mpstate.celery import MpState
-from mpstate.events import PipelineEvent
 from mpstate.webhooks import parse_secrets, webhook_app
 
 T = TypeVar("T")
@@ -37,30 +36,6 @@ T = TypeVar("T")
 DEADLINE = 30.0
 
 PROMPT = "a red bicycle on a white background"
-
-
-def wait_for(predicate: Callable[[], T], what: str, timeout: float = DEADLINE) -> T:
-    """Poll ``predicate`` until it returns something truthy; fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.03)
-
-
-def step_events(run: PipelineRun, step_id: str, kind: str) -> list[Any]:
-    return [
-        event
-        for event in run.events
-        if event.kind == kind and getattr(event, "step_id", None) == step_id
-    ]
-
-
-def events_of(run: PipelineRun, kind: str) -> list[PipelineEvent]:
-    return [event for event in run.events if event.kind == kind]
 
 
 @dataclass
@@ -81,6 +56,7 @@ class Stack:
     def wait_terminal(self, run_id: str) -> PipelineRun:
         return wait_for(
             lambda: (run := self.store.require(run_id)).is_terminal and run,
+            DEADLINE,
             f"run {run_id} to finish",
         )
 
@@ -200,11 +176,12 @@ def test_duplicate_callbacks_are_absorbed(make_stack: StackFactory) -> None:
     # the other found nothing awaiting it.
     stats = wait_for(
         lambda: (st := s.provider_stats())["pending"] == 0 and st["callbacks_sent"] >= 2 and st,
+        DEADLINE,
         "the provider to deliver both callbacks",
     )
     assert stats["jobs"] == 1
     assert stats["duplicates_sent"] >= 1
-    wait_for(lambda: len(s.resolved) >= 2, "both callbacks to be resolved")
+    wait_for(lambda: len(s.resolved) >= 2, DEADLINE, "both callbacks to be resolved")
     assert sorted(s.resolved) == ["ignored", "resumed"]
 
     run = s.store.require(run_id)

@@ -1,24 +1,19 @@
 """Fixtures for the receiver tests: a Celery harness on the suite's Redis, and servers on loopback.
 
-The harness is the Celery tests' own (``tests/celery/celery_support.py``): pytest puts that folder
-on ``sys.path`` only when it collects it, so it is added here for ``pytest tests/webhooks``.
+The harness is the Celery tests' own (``tests/celery/celery_support.py``, importable from every
+test folder: see tests/conftest.py).
 Each receiver is served by uvicorn in a thread on a free loopback port (``celery_app.embedded``)
 and stopped at the end of the test.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "celery"))
-
 from celery_support import Harness, HarnessFactory, harness
 from webhook_support import Serve
 

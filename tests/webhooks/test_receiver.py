@@ -36,6 +36,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.routing import Mount
+from video_pipeline import RESUMED_LOG, define_video_tasks, start_video_run
 from webhook_support import (
     IMAGE_SECRET,
     SECRETS,
@@ -50,7 +51,7 @@ from webhook_support import (
 )
 
 from mpstate import InvalidInputError
-from mpstate.celery import RESOLVE_WEBHOOK, PipelineTask, WebhookOutcome
+from mpstate.celery import RESOLVE_WEBHOOK, WebhookOutcome
 from mpstate.fields import MAX_ID_LENGTH
 from mpstate.models import PipelineRun, PipelineRunStatus, StepStatus
 from mpstate.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, webhook_app
@@ -62,18 +63,6 @@ TOLERANCE_S = 30
 LIMIT = 16 * 1024
 
 BODY = encode(SUCCEEDED)
-
-RESUMED_LOG = [
-    ("run-created", None),
-    ("run-started", None),
-    ("step-started", "render"),
-    ("run-suspended", None),
-    ("run-resumed", None),
-    ("step-completed", "render"),
-    ("step-started", "publish"),
-    ("step-completed", "publish"),
-    ("run-completed", None),
-]
 
 
 @dataclass
@@ -117,38 +106,14 @@ def assert_refused(response: httpx.Response, status: int, receiver: Receiver) ->
 # -- a pipeline that waits for provider "video" ----------------------------------------------------
 
 
-def define_video_tasks(h: Harness) -> None:
-    """``video.render`` submits job "job-1" (then "job-1-retry1", ...) and suspends the run."""
-
-    @h.app.task(base=PipelineTask, bind=True, shared=False, name="video.render")
-    def render(self: Any, job: str) -> Any:
-        return self.await_external(
-            "video", job if not self.attempt else f"{job}-retry{self.attempt}"
-        )
-
-    @h.app.task(base=PipelineTask, bind=True, shared=False, name="video.publish")
-    def publish(self: Any) -> dict[str, Any]:
-        return {"artifactIds": ["post-1"], "costUsd": 0.01}
-
-
 def start_suspended_video_run(
     h: Harness, max_retries: int | None = None, pool: str = "solo", concurrency: int = 1
 ) -> PipelineRun:
-    """Start a worker and a run, and wait until the run awaits video job "job-1"."""
-    define_video_tasks(h)
+    """Start a worker and a video run (tests/celery/video_pipeline.py) for provider "video", and
+    wait until it awaits job "job-1" (the re-run after a retryable failure awaits "job-1-1")."""
+    define_video_tasks(h, provider="video")
     h.start_worker(pool=pool, concurrency=concurrency)
-    run = h.mp.start_run(
-        "video",
-        [
-            {
-                "stepId": "render",
-                "operation": "video.render",
-                "inputs": {"job": "job-1"},
-                "maxRetries": max_retries,
-            },
-            {"stepId": "publish", "operation": "video.publish"},
-        ],
-    )
+    run = start_video_run(h, "job-1", max_retries=max_retries)
     suspended = h.wait_status(run.run_id, "suspended")
     assert suspended.external_job_ids == {"video": "job-1"}
     return suspended
@@ -306,11 +271,11 @@ def test_a_retryable_failure_callback_reruns_the_step_which_a_later_callback_com
     wait_for(
         lambda: (
             (r := h.run(run.run_id)).status == "suspended"
-            and r.external_job_ids.get("video") == "job-1-retry1"
+            and r.external_job_ids.get("video") == "job-1-1"
         ),
-        what="the re-run step to await job-1-retry1",
+        what="the re-run step to await job-1-1",
     )
-    assert deliver({**SUCCEEDED, "jobId": "job-1-retry1"}) == "resumed"
+    assert deliver({**SUCCEEDED, "jobId": "job-1-1"}) == "resumed"
 
     run = h.wait_terminal(run.run_id)
     assert run.status is PipelineRunStatus.COMPLETED
