@@ -22,21 +22,12 @@ from mpstate import (
     PipelineEvent,
     PipelineRun,
     PipelineStateStore,
-    RunCancelled,
-    RunFailed,
-    RunResumed,
-    RunSuspended,
-    StepCached,
-    StepCompleted,
-    StepFailed,
-    StepGated,
     StepProgress,
-    StepStarted,
 )
-from mpstate.cli.event_lines import event_line
+from mpstate.cli.event_lines import event_details, event_line
 from mpstate.models import StepStatus
 
-__all__ = ["RunBoard", "describe"]
+__all__ = ["RunBoard", "note"]
 
 _STATUS_STYLE = {
     "pending": "dim",
@@ -50,31 +41,9 @@ _STATUS_STYLE = {
 }
 
 
-def describe(event: PipelineEvent) -> str:
-    """What an event says, in a few words, for the step's note column and the log lines."""
-    match event:
-        case StepStarted():
-            return f"attempt {event.attempt} started"
-        case StepProgress():
-            return event.message or f"{event.pct:.0f}%"
-        case StepCached():
-            return f"cache hit {event.cache_key}"
-        case StepCompleted():
-            return f"done: {', '.join(event.artifact_ids)}"
-        case StepFailed():
-            return f"failed {event.code} ({'will retry' if event.retryable else 'final'})"
-        case StepGated():
-            return f"{event.gate_type} gate: {event.verdict}"
-        case RunSuspended():
-            return f"waiting for {event.reason}"
-        case RunResumed():
-            return f"resumed by webhook at {event.from_step_id}"
-        case RunFailed():
-            return f"{event.code}: {event.terminal_reason}"
-        case RunCancelled():
-            return f"cancelled: {event.reason}"
-        case _:
-            return event.kind
+def note(event: PipelineEvent) -> str:
+    """The step's "last event" cell: the kind and what it recorded, as ``mpstate events`` says."""
+    return " ".join([event.kind, *event_details(event, with_meta=False)])
 
 
 @dataclass
@@ -130,7 +99,7 @@ class RunBoard:
                     if isinstance(event, StepProgress):
                         view.pct[event.step_id] = event.pct
                     if step_id is not None:
-                        view.notes[step_id] = describe(event)
+                        view.notes[step_id] = note(event)
                 if self.live_lines:  # the same line `mpstate events` prints
                     self.console.print(Text(f"{run_id[:8]} ") + event_line(event), soft_wrap=True)
         except Exception as exc:  # shown in the view; the demo exits non-zero
@@ -158,19 +127,18 @@ class RunBoard:
             title_justify="left",
             expand=False,
         )
-        table.add_column("step")
-        table.add_column("operation")
-        table.add_column("progress")
-        table.add_column("status")
-        table.add_column("attempts", justify="right")
-        table.add_column("cost", justify="right")
-        table.add_column("last event", no_wrap=True, overflow="ellipsis", max_width=36)
+        # The stored truth never shrinks; the bar and the note give way.
+        table.add_column("step", no_wrap=True)
+        table.add_column("progress", min_width=10, max_width=20)
+        table.add_column("status", no_wrap=True)
+        table.add_column("attempts", justify="right", no_wrap=True)
+        table.add_column("cost", justify="right", no_wrap=True)
+        table.add_column("last event", no_wrap=True, overflow="ellipsis", max_width=40)
         for step in run.steps:
             done = step.status in (StepStatus.COMPLETED, StepStatus.CACHED)
             pct = 100.0 if done else view.pct.get(step.step_id, 0.0)
             table.add_row(
                 step.step_id,
-                step.operation,
                 ProgressBar(total=100, completed=pct, width=20),
                 Text(step.status.value, style=_STATUS_STYLE.get(step.status.value, "")),
                 str(step.attempts),

@@ -61,8 +61,9 @@ def _artifacts(ids: list[str]) -> str:
     return "artifacts=" + (",".join(ids) if ids else "-")
 
 
-def event_details(event: PipelineEvent) -> list[str]:
-    """``key=value`` words for what this kind of event records (beyond run, step and time)."""
+def event_details(event: PipelineEvent, *, with_meta: bool = True) -> list[str]:
+    """``key=value`` words for what this kind of event records (beyond run, step and time);
+    ``with_meta`` adds the Celery task id and redelivery from the event's ``meta``."""
     details: list[str]
     match event:
         case RunCreated():
@@ -97,6 +98,8 @@ def event_details(event: PipelineEvent) -> list[str]:
             details = [f"code={_quoted(event.code)}", f"reason={_quoted(event.terminal_reason)}"]
         case RunCancelled():
             details = [f"reason={_quoted(event.reason)}"]
+    if not with_meta:
+        return details
     task_id = (event.meta or {}).get("taskId")
     if task_id:
         details.append(f"task={task_id}")
