@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import secrets
 import threading
 import time
@@ -82,9 +83,14 @@ def _check_int(value: object, what: str, *, minimum: int) -> int:
     return value
 
 
-def _check_positive(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise InvalidInputError(f"{what} must be a positive number, not {value!r}")
+def check_positive(value: object, what: str, *, zero_ok: bool = False) -> float:
+    """Validate a duration or size argument: a finite number above 0 (or 0 with ``zero_ok``)."""
+    least = ">= 0" if zero_ok else "> 0"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidInputError(f"{what} must be a finite number {least}, not {value!r}")
+    lowest_ok = value >= 0 if zero_ok else value > 0
+    if not (lowest_ok and value < math.inf):  # NaN fails both comparisons
+        raise InvalidInputError(f"{what} must be a finite number {least}, not {value!r}")
     return float(value)
 
 
@@ -106,7 +112,7 @@ class StoreOptions:
             "idempotency_ttl_seconds",
             "external_job_ttl_seconds",
         ):
-            _check_positive(getattr(self, name), name)
+            check_positive(getattr(self, name), name)
         _check_int(self.lock_acquire_timeout_ms, "lock_acquire_timeout_ms", minimum=0)
         _check_int(self.lock_poll_interval_ms, "lock_poll_interval_ms", minimum=1)
 
@@ -276,10 +282,8 @@ class PipelineStateStore(ABC):
         """
         check_id(run_id, "run_id")
         _check_int(since_seq, "since_seq", minimum=0)
-        if timeout_s is not None and (
-            isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or timeout_s < 0
-        ):
-            raise InvalidInputError(f"timeout_s must be a number >= 0, not {timeout_s!r}")
+        if timeout_s is not None:
+            check_positive(timeout_s, "timeout_s", zero_ok=True)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         events = self.list_events(run_id, since_seq)
         while True:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -42,7 +41,7 @@ from mpstate.celery.binding import RESOLVE_WEBHOOK, MpState
 from mpstate.celery.webhook import PayloadAdapter, default_adapter
 from mpstate.errors import InvalidInputError, MpStateError, WebhookSignatureError
 from mpstate.fields import ensure_storable
-from mpstate.store import check_id
+from mpstate.store import check_id, check_positive
 from mpstate.webhooks.signing import DEFAULT_TOLERANCE_S, verify
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "webhook_app"]
@@ -86,29 +85,12 @@ def webhook_app(
     when one is bound, else with ``default_adapter``; the job id is ``payload[job_id_field]``.
     """
     table = _check_secrets(secrets)
-    if (
-        isinstance(max_body_bytes, bool)
-        or not isinstance(max_body_bytes, int)
-        or max_body_bytes < 1
-    ):
-        raise InvalidInputError(
-            f"max_body_bytes must be a positive integer, not {max_body_bytes!r}"
-        )
-    if (
-        not isinstance(tolerance_s, int | float)
-        or isinstance(tolerance_s, bool)
-        or not 0 < tolerance_s < math.inf
-    ):
-        raise InvalidInputError(f"tolerance_s must be a positive number, not {tolerance_s!r}")
+    check_positive(tolerance_s, "tolerance_s")
+    check_positive(publish_timeout_s, "publish_timeout_s")
+    if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int):
+        raise InvalidInputError(f"max_body_bytes must be an integer, not {max_body_bytes!r}")
+    check_positive(max_body_bytes, "max_body_bytes")
     check_id(job_id_field, "job_id_field")
-    if (
-        not isinstance(publish_timeout_s, int | float)
-        or isinstance(publish_timeout_s, bool)
-        or not 0 < publish_timeout_s < math.inf
-    ):
-        raise InvalidInputError(
-            f"publish_timeout_s must be a positive number, not {publish_timeout_s!r}"
-        )
 
     def adapter_for(provider: str) -> PayloadAdapter:
         try:

@@ -135,6 +135,8 @@ def test_a_tenant_view_cannot_follow_another_tenants_run(store: PipelineStateSto
         {"run_id": "r1", "timeout_s": -1},
         {"run_id": "r1", "timeout_s": "soon"},
         {"run_id": "r1", "timeout_s": True},
+        {"run_id": "r1", "timeout_s": float("nan")},
+        {"run_id": "r1", "timeout_s": float("inf")},
     ],
 )
 def test_follow_events_refuses_invalid_arguments(
