@@ -447,8 +447,10 @@ def padded(payload: dict[str, Any], size: int) -> bytes:
 
 def test_a_body_of_exactly_max_body_bytes_is_accepted(receiver: Receiver) -> None:
     body = padded(SUCCEEDED, LIMIT)
+    assert len(body) == LIMIT
 
-    accepted_task_id(receiver.post_signed(body))
+    task_id = accepted_task_id(receiver.post_signed(body))
+    assert [q.task_id for q in queued(receiver.h)] == [task_id]
 
 
 def test_a_body_one_byte_over_max_body_bytes_is_refused_with_413(receiver: Receiver) -> None:
