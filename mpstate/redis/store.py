@@ -397,10 +397,8 @@ class RedisPipelineStateStore(PipelineStateStore):
         return decode_events(entries) if exists else None
 
     def _wait_for_events(self, run_id: str, since_seq: int, wait_s: float) -> list[PipelineEvent]:
-        # XREAD BLOCK holds one pooled connection for the wait; it must end before the socket
-        # timeout, and Redis reads a block of 0 ms as "forever".
-        ceiling = self._socket_timeout / 2 if self._socket_timeout else 1.0
-        block_ms = max(10, round(min(wait_s, ceiling) * 1000))
+        # XREAD BLOCK holds one pooled connection for the wait.
+        block_ms = self._block_ms(wait_s * 1000)
         key = self.keys.events(run_id)
         reply: Any = self._round_trip(
             lambda: self.client.xread({key: f"0-{since_seq}"}, block=block_ms)
@@ -535,13 +533,19 @@ class RedisPipelineStateStore(PipelineStateStore):
     def _wait_for_release(self, run_id: str, wait_ms: float) -> None:
         # BLPOP wakes as soon as a release pushes; its timeout is capped by the caller at the
         # holder's remaining TTL and the poll interval, since nobody pushes when a holder dies.
-        # Whole milliseconds, at least 10: Redis 6.2 truncates 0.001 s to 0 ms, which BLPOP reads
-        # as "block forever". At most half the socket timeout (1 s when the client's is unknown):
-        # a blocking read longer than the socket timeout would be reported as an outage.
-        ceiling = self._socket_timeout / 2 if self._socket_timeout else 1.0
-        timeout = min(max(10, round(wait_ms)) / 1000, ceiling)
+        timeout = self._block_ms(wait_ms) / 1000
         wake = self.keys.lock_wake(run_id)
         self._round_trip(lambda: self.client.blpop([wake], timeout=timeout))
+
+    def _block_ms(self, wait_ms: float) -> int:
+        """How long one blocking read (BLPOP, XREAD BLOCK) may block, in whole milliseconds.
+
+        At least 10: Redis 6.2 truncates 0.001 s to 0 ms, which both read as "block forever".
+        At most half the socket timeout (1 s when the client's is unknown): a blocking read
+        longer than the socket timeout would be reported as an outage.
+        """
+        ceiling_ms = self._socket_timeout * 500 if self._socket_timeout else 1000
+        return round(min(max(10, wait_ms), ceiling_ms))
 
     def _release_lock(self, run_id: str, token: str) -> bool:
         k = self.keys
