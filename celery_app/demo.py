@@ -27,7 +27,7 @@ from celery_app.embedded import bind_loopback, serving, url_of, worker_thread
 from celery_app.pipelines import start_product_photo
 from celery_app.provider import ProviderBehaviour, provider_app
 from celery_app.settings import Settings
-from mpstate import PipelineRun
+from mpstate import PipelineRun, audit_run
 from mpstate.celery import MpState
 from mpstate.models import PipelineRunStatus
 from mpstate.webhooks import parse_secrets, webhook_app
@@ -123,7 +123,14 @@ def main(
             f"{provider_stats['failures_sent']} failure(s) (the step was retried)"
         )
     _summarise(console, finished, settings)
-    sys.exit(0 if all(r.status is PipelineRunStatus.COMPLETED for r in finished) else 1)
+    findings = [f for run in finished for f in audit_run(store.require(run.run_id))]
+    console.print(
+        f"audit: every run equals the replay of its event log ({len(finished)} checked)"
+        if not findings
+        else "audit found:\n" + "\n".join(f"  {finding}" for finding in findings)
+    )
+    completed = all(r.status is PipelineRunStatus.COMPLETED for r in finished)
+    sys.exit(0 if completed and not findings else 1)
 
 
 def _embedded_settings(redis_url: str | None, receiver_url: str, provider_url: str) -> Settings:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from mpstate.audit import AuditFinding, audit_run
 from mpstate.changes import CommitResult
 from mpstate.errors import (
     IdempotencyKeyInUseError,
@@ -52,6 +53,7 @@ from mpstate.models import (
     StepState,
     StepStatus,
 )
+from mpstate.replay import log_state, replay_run
 from mpstate.store import HeldLock, PipelineStateStore
 
 if TYPE_CHECKING:
@@ -60,6 +62,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ALLOWED_RUN_TRANSITIONS",
     "TERMINAL_RUN_STATUSES",
+    "AuditFinding",
     "CommitResult",
     "HeldLock",
     "IdempotencyKeyInUseError",
@@ -98,7 +101,10 @@ __all__ = [
     "StepStatus",
     "VersionConflictError",
     "WebhookSignatureError",
+    "audit_run",
+    "log_state",
     "parse_event",
+    "replay_run",
 ]
 
 

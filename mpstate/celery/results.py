@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from mpstate.errors import InvalidInputError
@@ -26,6 +26,13 @@ class StepResult(CamelModel):
     outputs: dict[str, Any] = Field(default_factory=dict)
     cache_key: str | None = None
     suspended: bool = False
+
+    @model_validator(mode="after")
+    def _cache_hits_cost_nothing(self) -> StepResult:
+        # step-cached logs no cost, so a cost here could not be rebuilt from the log.
+        if self.cache_key is not None and self.cost_usd:
+            raise ValueError("a cached result costs nothing: drop cost_usd or cache_key")
+        return self
 
 
 def as_step_result(value: Any, *, strict: bool) -> StepResult:

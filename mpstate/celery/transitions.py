@@ -214,6 +214,9 @@ def fail_step(
         StepFailed(run_id=run.run_id, step_id=step_id, code=code, retryable=retryable, meta=meta)
     ]
     patch: dict[str, Any] = {"steps": _replace_step(run, updated)}
+    if retryable and run.status is PipelineRunStatus.SUSPENDED:
+        # The step runs again: a suspended run would refuse to start it.
+        patch.update(status=PipelineRunStatus.RUNNING, resumable=False)
     if not retryable:
         reason = f"step {step_id} failed: {code}" + (f": {message}" if message else "")
         patch.update(status=PipelineRunStatus.FAILED, error=reason, completedAt=now)
@@ -329,5 +332,4 @@ def fail_awaiting_step(
     failed = fail_step(run, step_id, code=code, message=message, retryable=retry, meta=meta)
     if failed is None or not retry:
         return failed
-    patch = {**failed.patch, "status": PipelineRunStatus.RUNNING, "resumable": False}
-    return Transition(patch, failed.events, next_step=step)
+    return Transition(failed.patch, failed.events, next_step=step)
