@@ -28,6 +28,7 @@ from celery import Celery
 from mpstate.celery.hooks import StepHooks, request_meta
 from mpstate.celery.identity import ATTEMPT_BASE, StepIdentity
 from mpstate.celery.lifecycle import StepLifecycle
+from mpstate.celery.reconciler import Reconciler, ReconcileReport
 from mpstate.celery.signals import SignalReceivers
 from mpstate.celery.transitions import fail_awaiting_step, resume_step, start_run
 from mpstate.celery.webhook import PayloadAdapter, ProviderError, WebhookOutcome, default_adapter
@@ -47,6 +48,8 @@ _CELERY_MAX_RETRIES = 3
 
 #: Name of the webhook task every MpState registers.
 RESOLVE_WEBHOOK = "mpstate.resolve_webhook"
+#: Name of the reconciler task every MpState registers (put it in your beat schedule).
+RECONCILE = "mpstate.reconcile"
 
 
 class MpState:
@@ -115,8 +118,9 @@ class MpState:
         """Create the run, log run-created and run-started, and enqueue its first step.
 
         With an ``idempotency_key`` already used by a live run of the tenant, that run is
-        returned and nothing is enqueued. ``inputs`` are defaults for every step's inputs; a
-        step's ``operation`` is the name of the Celery task that runs it.
+        returned and nothing is enqueued, unless it was never started (a call that failed
+        between creating and starting it): it is started now. ``inputs`` are defaults for every
+        step's inputs; a step's ``operation`` is the name of the Celery task that runs it.
         """
         check_id(pipeline_id, "pipeline_id")
         if isinstance(steps, str | bytes) or not steps:
@@ -136,12 +140,12 @@ class MpState:
             budget=dict(budget) if budget is not None else None,
             pipeline_def_hash=sha256(definition.encode()).hexdigest()[:16],
         )
-        stored, created = self.store.create_or_get(run)
-        if not created:
-            return stored
+        stored, _ = self.store.create_or_get(run)
+        # Also for a run that existed already: a caller retrying after a failure between create
+        # and start must start it. Of racing callers exactly one commits run-started and enqueues.
         committed = self.lifecycle.apply(stored.run_id, start_run, known=stored)
-        if committed.changed:  # not if the run was cancelled between create and start
-            self._enqueue(committed.run, committed.run.steps[0])
+        if committed.changed:  # not if it was started already, or cancelled in between
+            self._enqueue(committed.run, committed.run.steps[0], None)
         return committed.run
 
     def cancel_run(self, run_id: str, reason: str, *, terminate: bool = False) -> PipelineRun:
@@ -204,8 +208,7 @@ class MpState:
             )
             return "resumed" if committed.changed else "ignored"
         error = outcome.error or ProviderError()
-        task = self.app.tasks.get(step.operation)
-        default_max_retries = task.max_retries if task is not None else _CELERY_MAX_RETRIES
+        default_max_retries = self.default_max_retries(step)
         committed = self.lifecycle.apply(
             run.run_id,
             lambda current: fail_awaiting_step(
@@ -220,6 +223,21 @@ class MpState:
             known=run,
         )
         return "failed" if committed.changed else "ignored"
+
+    def default_max_retries(self, step: StepState) -> int | None:
+        """The retry limit of the step's task (Celery's default, 3, when it is not registered
+        here); the step's own ``max_retries`` takes precedence over it."""
+        task = self.app.tasks.get(step.operation)
+        return task.max_retries if task is not None else _CELERY_MAX_RETRIES
+
+    def reconcile(
+        self, *, stale_after_s: float, policy: str = "requeue", dry_run: bool = False
+    ) -> ReconcileReport:
+        """Find steps stalled for ``stale_after_s`` and re-enqueue or fail them (see
+        ``mpstate.celery.reconciler``)."""
+        return Reconciler(self, stale_after_s=stale_after_s, policy=policy).run_once(
+            dry_run=dry_run
+        )
 
     def _register_tasks(self) -> None:
         @self.app.task(  # type: ignore[untyped-decorator]
@@ -242,16 +260,31 @@ class MpState:
 
         self.resolve_webhook = resolve_webhook
 
+        @self.app.task(name=RECONCILE, bind=True, shared=False, ignore_result=True)  # type: ignore[untyped-decorator]
+        def reconcile(
+            self: Any, stale_after_s: float = 600.0, policy: str = "requeue"
+        ) -> dict[str, int]:
+            """One reconciler pass, for a beat schedule; returns what it did, by count."""
+            report = MpState.of(self.app).reconcile(stale_after_s=stale_after_s, policy=policy)
+            return {
+                "stalled": len(report.stalled),
+                "requeued": len(report.requeued),
+                "failed": len(report.failed),
+                "skipped": len(report.skipped),
+            }
+
+        self.reconcile_task = reconcile
+
     # -- enqueueing -------------------------------------------------------------------------
 
-    def _enqueue(self, run: PipelineRun, step: StepState) -> None:
+    def _enqueue(self, run: PipelineRun, step: StepState, task_id: str | None) -> None:
         identity = StepIdentity(run.run_id, step.step_id, is_step=True)
         kwargs = dict(step.inputs)
         task = self.app.tasks.get(step.operation)
         if getattr(task, "mpstate_step_task", False):
             kwargs.update(identity.kwargs())
         headers = {**identity.headers(), ATTEMPT_BASE: step.attempts}
-        self.app.send_task(step.operation, kwargs=kwargs, headers=headers)
+        self.app.send_task(step.operation, kwargs=kwargs, headers=headers, task_id=task_id)
 
 
 def revoke_running_steps(app: Celery, run: PipelineRun, *, terminate: bool = False) -> list[str]:

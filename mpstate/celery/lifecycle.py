@@ -38,7 +38,8 @@ __all__ = ["Committed", "StepLifecycle"]
 log = logging.getLogger("mpstate.celery")
 
 Decide = Callable[[PipelineRun], Transition | None]
-Enqueue = Callable[[PipelineRun, StepState], None]
+#: Publishes a step's task: (run, step, task id or None for a fresh one).
+Enqueue = Callable[[PipelineRun, StepState, str | None], None]
 
 #: Versions conflicts tolerated for one transition before giving up (each is another writer's
 #: successful commit, so this only trips under pathological contention).
@@ -83,7 +84,7 @@ class StepLifecycle:
             committed = self._apply_through_outage(run_id, decide)
         transition = committed.transition
         if transition is not None and transition.next_step is not None:
-            self.enqueue(committed.run, transition.next_step)
+            self.enqueue(committed.run, transition.next_step, transition.next_task_id)
         return committed
 
     def _apply_through_outage(self, run_id: str, decide: Decide) -> Committed:

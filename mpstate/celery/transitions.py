@@ -38,11 +38,15 @@ __all__ = [
     "fail_step",
     "gate_step",
     "may_retry",
+    "recover_step",
     "resume_step",
     "start_run",
     "start_step",
     "suspend_step",
 ]
+
+#: The code of the step-failed the reconciler logs for an attempt whose worker is gone.
+WORKER_LOST = "worker-lost"
 
 _DONE_STEP = frozenset({StepStatus.COMPLETED, StepStatus.CACHED, StepStatus.FAILED})
 
@@ -55,6 +59,8 @@ class Transition:
     events: Sequence[PipelineEvent]
     #: The step to enqueue once this transition is committed (advancement), if any.
     next_step: StepState | None = None
+    #: The Celery task id to enqueue it under (recorded on the step), or a fresh one.
+    next_task_id: str | None = None
 
 
 def _replace_step(run: PipelineRun, step: StepState) -> list[dict[str, Any]]:
@@ -105,6 +111,8 @@ def start_step(
     step = run.step(step_id)
     if step.status in _DONE_STEP or step.status is StepStatus.GATED:
         return None
+    if _superseded(step, attempt, task_id):
+        return None
     updated = step.model_copy(
         update={
             "status": StepStatus.RUNNING,
@@ -124,6 +132,16 @@ def start_step(
         patch,
         [StepStarted(run_id=run.run_id, step_id=step_id, attempt=attempt, meta=meta)],
     )
+
+
+def _superseded(step: StepState, attempt: int, task_id: str) -> bool:
+    """Whether a message is of an attempt the step has moved past: an older attempt than the
+    latest started, or the latest attempt under another task id (the reconciler replaced its
+    lost message, and the original came back after all)."""
+    latest = step.attempts - 1
+    if attempt < latest:
+        return True
+    return attempt == latest and bool(step.task_id) and task_id != step.task_id
 
 
 def complete_step(
@@ -297,6 +315,61 @@ def resume_step(
     resumed = RunResumed(run_id=run.run_id, from_step_id=step_id, meta=meta)
     patch = {"status": PipelineRunStatus.RUNNING, "resumable": False, **completed.patch}
     return Transition(patch, [resumed, *completed.events], next_step=completed.next_step)
+
+
+def recover_step(
+    run: PipelineRun,
+    step_id: str,
+    *,
+    seen_version: int,
+    requeue: bool,
+    task_id: str,
+    default_max_retries: int | None,
+    meta: EventMeta,
+) -> Transition | None:
+    """The reconciler found the run's current step stalled at ``seen_version``: re-enqueue it
+    under ``task_id``, or fail it.
+
+    A running step lost its attempt (its worker died and the message is not coming back soon):
+    step-failed ``worker-lost``, retryable when ``requeue`` and the step has retries left, then
+    the step is enqueued again; otherwise run-failed. A pending step was never enqueued (the
+    process that advanced the run died before publishing): it is enqueued, with no event (nothing
+    ran). ``None`` if anything was written since the scan saw the run: it is not stalled then.
+    """
+    if run.version != seen_version or run.status is not PipelineRunStatus.RUNNING:
+        return None
+    index = _index_of(run, step_id)
+    step = run.steps[index]
+    if index != run.current_step_index:
+        return None
+    if step.status is StepStatus.PENDING:
+        updated = step.model_copy(update={"task_id": task_id})
+        return Transition(
+            {"steps": _replace_step(run, updated)}, [], next_step=updated, next_task_id=task_id
+        )
+    if step.status is not StepStatus.RUNNING:
+        return None
+    retry = requeue and may_retry(step, step.attempts, default_max_retries)
+    failed = fail_step(
+        run,
+        step_id,
+        code=WORKER_LOST,
+        message="the step's attempt was lost: no event for longer than the reconciler allows",
+        retryable=retry,
+        meta=meta,
+    )
+    if failed is None or not retry:
+        return failed
+    steps = [
+        {**dumped, "taskId": task_id} if dumped["stepId"] == step_id else dumped
+        for dumped in failed.patch["steps"]
+    ]
+    return Transition(
+        {**failed.patch, "steps": steps},
+        failed.events,
+        next_step=step.model_copy(update={"task_id": task_id}),
+        next_task_id=task_id,
+    )
 
 
 def may_retry(step: StepState, attempts_made: int, default_max_retries: int | None) -> bool:
