@@ -16,6 +16,7 @@ from mpstate.cli.cancel import cancel
 from mpstate.cli.context import CliContext
 from mpstate.cli.events import events
 from mpstate.cli.exit_codes import EXIT_INTERRUPTED, EXIT_OK, from_mpstate_error
+from mpstate.cli.reconcile import reconcile
 from mpstate.cli.runs import runs
 from mpstate.cli.webhooks import webhooks
 
@@ -90,7 +91,8 @@ class MpStateGroup(click.Group):
     "--broker-url",
     envvar="MPSTATE_BROKER_URL",
     show_envvar=True,
-    help="The Celery broker; `cancel` then revokes the run's running tasks.",
+    help="The Celery broker; `cancel` then revokes the run's running tasks, `reconcile` "
+    "re-enqueues through it.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine output: JSON on stdout.")
 @click.pass_context
@@ -128,4 +130,5 @@ def cli(
 cli.add_command(runs)
 cli.add_command(events)
 cli.add_command(cancel)
+cli.add_command(reconcile)
 cli.add_command(webhooks)

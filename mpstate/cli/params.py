@@ -1,4 +1,5 @@
-"""Click parameter types of the CLI: ``WHEN``, a moment given as ISO-8601 or as "that long ago".
+"""Click parameter types of the CLI: ``WHEN``, a moment given as ISO-8601 or as "that long ago",
+and ``DURATION``, a length of time given as ``90s``, ``10m``, ``2h`` or plain seconds.
 
 Operators ask for "the last two hours" far more often than for a timestamp, so ``2h`` is
 accepted wherever a time is.
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-__all__ = ["WHEN", "When"]
+__all__ = ["DURATION", "WHEN", "Duration", "When"]
 
 if TYPE_CHECKING:
     _DatetimeParam = click.ParamType[datetime]
@@ -54,3 +55,38 @@ class When(_DatetimeParam):
 
 
 WHEN = When()
+
+
+if TYPE_CHECKING:
+    _FloatParam = click.ParamType[float]
+else:
+    _FloatParam = click.ParamType
+
+
+class Duration(_FloatParam):
+    """Seconds, given as a number or as ``<n><s|m|h|d|w>``; more than zero."""
+
+    name = "duration"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            seconds = float(value)
+        else:
+            text = str(value).strip()
+            relative = _RELATIVE.fullmatch(text)
+            try:
+                seconds = (
+                    timedelta(**{_UNITS[relative[2]]: int(relative[1])}).total_seconds()
+                    if relative
+                    else float(text)
+                )
+            except (ValueError, OverflowError):
+                self.fail(f"{text!r} is not a duration like 90, 30s, 10m or 2h", param, ctx)
+        if not 0 < seconds < float("inf"):
+            self.fail(f"{value!r} must be more than zero", param, ctx)
+        return seconds
+
+
+DURATION = Duration()

@@ -1,0 +1,142 @@
+"""``mpstate reconcile``: one reconciler pass from the command line (cron, or by hand).
+
+It needs the Celery app that runs the steps, to re-enqueue them: ``--app`` loads yours (its
+``MpState`` is used if it binds one); with only ``--broker-url`` a bare app publishes by task
+name, and a step's retry limit is Celery's default unless the step sets ``maxRetries``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import click
+from rich.table import Table
+
+from mpstate.cli.context import CliContext
+from mpstate.cli.exit_codes import EXIT_USAGE, CliError
+from mpstate.cli.params import DURATION
+from mpstate.cli.render import make_console, print_json
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from mpstate.celery import MpState, ReconcileReport
+
+__all__ = ["reconcile"]
+
+
+@click.command(short_help="Re-enqueue or fail steps stalled by a lost worker.")
+@click.option(
+    "--stale-after",
+    type=DURATION,
+    required=True,
+    help="Idle time (e.g. 10m) after which a pending or running step counts as lost; "
+    "longer than your slowest step.",
+)
+@click.option(
+    "--policy",
+    type=click.Choice(["requeue", "fail"]),
+    default="requeue",
+    show_default=True,
+    help="requeue: enqueue the step again within its retry limit; fail: fail the run.",
+)
+@click.option("--dry-run", is_flag=True, help="Only list what is stalled.")
+@click.option(
+    "--app",
+    "app_path",
+    envvar="MPSTATE_CELERY_APP",
+    show_envvar=True,
+    help="Your Celery app (module or module:attribute), e.g. celery_app.",
+)
+@click.pass_obj
+def reconcile(
+    obj: CliContext, stale_after: float, policy: str, dry_run: bool, app_path: str | None
+) -> None:
+    """Find running runs whose current step has been idle for --stale-after, and repair them.
+
+    A running step whose worker died is logged step-failed worker-lost and enqueued again (or
+    the run fails, with --policy fail or when its retries are spent); a pending step that was
+    never enqueued is enqueued. `mpstate --json reconcile` prints the report as JSON.
+    """
+    app = _celery_app(obj, app_path)
+    mp, bound_here = _mpstate(app, obj)
+    try:
+        report = mp.reconcile(stale_after_s=stale_after, policy=policy, dry_run=dry_run)
+    finally:
+        if bound_here:
+            mp.close()
+    if obj.as_json:
+        print_json(_report_document(report, dry_run))
+    else:
+        _print_report(report, dry_run)
+
+
+def _celery_app(obj: CliContext, app_path: str | None) -> Celery:
+    try:
+        from celery import Celery  # noqa: PLC0415 - the celery extra
+        from celery.app.utils import find_app  # noqa: PLC0415
+    except ImportError as exc:
+        raise CliError("reconcile needs: pip install 'mpstate[celery]'", EXIT_USAGE) from exc
+    if app_path:
+        app: Celery = find_app(app_path)
+        return app
+    if obj.broker_url:
+        return Celery("mpstate-reconciler", broker=obj.broker_url, set_as_current=False)
+    raise CliError("give --app or --broker-url (MPSTATE_BROKER_URL)", EXIT_USAGE)
+
+
+def _mpstate(app: Celery, obj: CliContext) -> tuple[MpState, bool]:
+    """The app's own MpState, or one bound here to the CLI's store (closed afterwards)."""
+    from mpstate.celery import MpState  # noqa: PLC0415 - imports Celery
+    from mpstate.errors import MpStateError  # noqa: PLC0415
+
+    try:
+        return MpState.of(app), False
+    except MpStateError:
+        return MpState(app, obj.store()), True
+
+
+def _report_document(report: ReconcileReport, dry_run: bool) -> dict[str, Any]:
+    def steps(items: list[Any]) -> list[dict[str, Any]]:
+        return [
+            {
+                "runId": s.run_id,
+                "stepId": s.step_id,
+                "status": s.status.value,
+                "idleS": s.idle_s,
+                "tenantId": s.tenant_id,
+            }
+            for s in items
+        ]
+
+    return {
+        "dryRun": dry_run,
+        "stalled": steps(report.stalled),
+        "requeued": steps(report.requeued),
+        "failed": steps(report.failed),
+        "skipped": steps(report.skipped),
+    }
+
+
+def _print_report(report: ReconcileReport, dry_run: bool) -> None:
+    console = make_console()
+    if not report.stalled:
+        console.print("nothing stalled")
+        return
+    action = {id(s): "requeued" for s in report.requeued}
+    action |= {id(s): "failed" for s in report.failed}
+    action |= {id(s): "skipped (changed meanwhile)" for s in report.skipped}
+    table = Table("run", "step", "status", "idle", "action", box=None)
+    for stalled in report.stalled:
+        table.add_row(
+            stalled.run_id,
+            stalled.step_id,
+            stalled.status.value,
+            f"{stalled.idle_s:.0f} s",
+            "none (dry run)" if dry_run else action.get(id(stalled), "-"),
+        )
+    console.print(table)
+    console.print(
+        f"{len(report.stalled)} stalled: {len(report.requeued)} requeued, "
+        f"{len(report.failed)} failed, {len(report.skipped)} skipped"
+    )
