@@ -18,7 +18,8 @@ step-completed     the step is completed with its artifacts and cost; the run's 
 step-cached        like step-completed, with the cache key and no cost
 step-failed        the step's last error; a retryable failure leaves it running (a suspended run
                    is running again: its step is enqueued once more), a final one fails it
-step-gated         nothing by itself; a ``gate-rejected`` run-failed marks the gated step gated
+step-gated         nothing by itself; a ``gate-rejected`` run-failed right after it (the same
+                   commit) marks that step gated
 run-suspended      the run is suspended with its resume token and resumable
 run-resumed        the run is running and no longer resumable
 run-completed      the run is completed
@@ -120,7 +121,7 @@ class _Replay:
             for step in run.steps
         ]
         self.index = {step.step_id: position for position, step in enumerate(self.steps)}
-        self.gated_step: str | None = None
+        self.previous: PipelineEvent | None = None
 
     def result(self) -> PipelineRun:
         return self.run.model_copy(update={"steps": self.steps})
@@ -136,6 +137,7 @@ class _Replay:
         self.run = self.run.model_copy(update=fields)
 
     def apply(self, event: PipelineEvent) -> None:
+        previous, self.previous = self.previous, event
         step_id = getattr(event, "step_id", None)
         if step_id is not None and step_id not in self.index:
             return  # an event about a step the run does not have changes no step
@@ -150,8 +152,6 @@ class _Replay:
             self._set_step(event.step_id, cache_key=event.cache_key)
         elif isinstance(event, StepFailed):
             self._failed(event)
-        elif isinstance(event, StepGated):
-            self.gated_step = event.step_id
         elif isinstance(event, RunSuspended):
             self._set_run(
                 status=PipelineRunStatus.SUSPENDED, resume_token=event.resume_token, resumable=True
@@ -161,8 +161,12 @@ class _Replay:
         elif event.kind == "run-completed":
             self._set_run(status=PipelineRunStatus.COMPLETED)
         elif isinstance(event, RunFailed):
-            if event.code == _GATE_REJECTED and self.gated_step is not None:
-                self._set_step(self.gated_step, status=StepStatus.GATED)
+            if (
+                event.code == _GATE_REJECTED
+                and isinstance(previous, StepGated)
+                and previous.step_id in self.index
+            ):
+                self._set_step(previous.step_id, status=StepStatus.GATED)
             self._set_run(status=PipelineRunStatus.FAILED, error=event.terminal_reason)
         elif isinstance(event, RunCancelled):
             self._set_run(status=PipelineRunStatus.CANCELLED, error=event.reason)
