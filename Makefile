@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint bench chaos install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,12 +22,16 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check mpstate celery_app tests benchmarks examples
-	$(BIN)/ruff format --check mpstate celery_app tests benchmarks examples
+	$(BIN)/ruff check mpstate celery_app chaos tests benchmarks examples
+	$(BIN)/ruff format --check mpstate celery_app chaos tests benchmarks examples
 	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.store $(ARGS) && $(BIN)/python -m benchmarks.celery_hooks $(ARGS)
+
+# Many runs under worker kills, a Redis restart, erratic webhooks and bad input (about 3 min).
+chaos: $(STAMP)
+	$(BIN)/python -m chaos $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info

@@ -3,7 +3,9 @@
 It behaves like the real ones the receiver must survive: the callback comes later over real
 HTTP, signed with the provider's secret (``mpstate.webhooks.signing``), sometimes twice at once,
 sometimes reporting a (retryable) failure, and it retries its own delivery when the receiver is
-down. Run it standalone with ``python -m celery_app.provider`` (docker-compose does).
+down. For the chaos suite it can also be erratic: callbacks that overtake each other (jitter),
+come at once (before the job id is recorded), or come again seconds later (after the run moved
+on). Run it standalone with ``python -m celery_app.provider`` (docker-compose does).
 
 ``POST /jobs`` ``{"callbackUrl": ..., "input": {...}}`` -> 202 ``{"jobId": ...}``;
 ``GET /stats`` counts jobs, callbacks, duplicates and failures; ``GET /healthz``.
@@ -48,6 +50,13 @@ class ProviderBehaviour(BaseModel):
     failure_rate: float = Field(default=0.2, ge=0, le=1)
     cost_usd: float = Field(default=0.5, ge=0)
     seed: int | None = None
+    #: Each job's delay is ``delay_s`` plus up to this much, so callbacks overtake each other.
+    delay_jitter_s: float = Field(default=0.0, ge=0)
+    #: Jobs whose callback is sent at once: it can arrive before the job id is recorded.
+    early_rate: float = Field(default=0.0, ge=0, le=1)
+    #: Jobs whose callback is delivered once more ``late_by_s`` later, after the run moved on.
+    late_duplicate_rate: float = Field(default=0.0, ge=0, le=1)
+    late_by_s: float = Field(default=3.0, ge=0)
 
 
 class _Job(BaseModel):
@@ -62,6 +71,8 @@ class ProviderStats:
     jobs: int = 0
     callbacks_sent: int = 0
     duplicates_sent: int = 0
+    late_duplicates_sent: int = 0
+    early_sent: int = 0
     failures_sent: int = 0
     delivery_errors: int = 0
     job_ids: list[str] = field(default_factory=list)
@@ -87,12 +98,25 @@ def provider_app(behaviour: ProviderBehaviour) -> Starlette:
         stats.job_ids.append(job_id)
         failed = rng.random() < behaviour.failure_rate
         copies = 2 if rng.random() < behaviour.duplicate_rate else 1
+        # The erratic draws only when asked for, so a seed replays the same jobs as before.
+        early = behaviour.early_rate > 0 and rng.random() < behaviour.early_rate
+        jitter = rng.uniform(0, behaviour.delay_jitter_s) if behaviour.delay_jitter_s else 0.0
+        delay = 0.0 if early else behaviour.delay_s + jitter
+        late = behaviour.late_duplicate_rate > 0 and rng.random() < behaviour.late_duplicate_rate
         payload = _outcome(job_id, failed, behaviour.cost_usd)
-        task = asyncio.create_task(
-            _call_back(str(job.callback_url), payload, copies, behaviour, stats)
-        )
-        pending.add(task)
-        task.add_done_callback(pending.discard)
+        url = str(job.callback_url)
+        deliveries = [_call_back(url, payload, copies, delay, behaviour.secret, stats)]
+        if late:
+            late_delay = delay + behaviour.late_by_s
+            deliveries.append(_call_back(url, payload, 1, late_delay, behaviour.secret, stats))
+        stats.early_sent += early
+        stats.late_duplicates_sent += late
+        stats.duplicates_sent += copies - 1
+        stats.failures_sent += failed
+        for delivery in deliveries:
+            task = asyncio.create_task(delivery)
+            pending.add(task)
+            task.add_done_callback(pending.discard)
         return JSONResponse({"jobId": job_id}, status_code=202)
 
     async def show_stats(_: Request) -> JSONResponse:
@@ -128,15 +152,16 @@ async def _call_back(
     url: str,
     payload: dict[str, Any],
     copies: int,
-    behaviour: ProviderBehaviour,
+    delay_s: float,
+    secret: str,
     stats: ProviderStats,
 ) -> None:
-    await asyncio.sleep(behaviour.delay_s)
+    await asyncio.sleep(delay_s)
     body = json.dumps(payload).encode()
     async with httpx.AsyncClient(timeout=10.0) as client:
         # Duplicates arrive concurrently, as a provider retrying on a slow answer sends them.
         results = await asyncio.gather(
-            *(_deliver(client, url, body, behaviour.secret) for _ in range(copies)),
+            *(_deliver(client, url, body, secret) for _ in range(copies)),
             return_exceptions=True,
         )
     for result in results:
@@ -145,8 +170,6 @@ async def _call_back(
             log.warning("callback for %s to %s not delivered: %r", payload["jobId"], url, result)
         else:
             stats.callbacks_sent += 1
-    stats.duplicates_sent += copies - 1
-    stats.failures_sent += payload["status"] == "failed"
 
 
 async def _deliver(client: httpx.AsyncClient, url: str, body: bytes, secret: str) -> None:
@@ -182,8 +205,23 @@ def submit_job(provider_url: str, callback_url: str, job_input: dict[str, Any]) 
 @click.option("--duplicate-rate", envvar="PROVIDER_DUPLICATE_RATE", default=0.3, show_default=True)
 @click.option("--failure-rate", envvar="PROVIDER_FAILURE_RATE", default=0.2, show_default=True)
 @click.option("--seed", envvar="PROVIDER_SEED", type=int, default=None)
+@click.option("--delay-jitter", envvar="PROVIDER_DELAY_JITTER_S", default=0.0, show_default=True)
+@click.option("--early-rate", envvar="PROVIDER_EARLY_RATE", default=0.0, show_default=True)
+@click.option(
+    "--late-duplicate-rate", envvar="PROVIDER_LATE_DUPLICATE_RATE", default=0.0, show_default=True
+)
+@click.option("--late-by", envvar="PROVIDER_LATE_BY_S", default=3.0, show_default=True)
 def main(
-    host: str, port: int, delay: float, duplicate_rate: float, failure_rate: float, seed: int | None
+    host: str,
+    port: int,
+    delay: float,
+    duplicate_rate: float,
+    failure_rate: float,
+    seed: int | None,
+    delay_jitter: float,
+    early_rate: float,
+    late_duplicate_rate: float,
+    late_by: float,
 ) -> None:
     """Serve the simulated video provider; its secret is MPSTATE_WEBHOOK_SECRETS' "video"."""
     behaviour = ProviderBehaviour(
@@ -192,6 +230,10 @@ def main(
         duplicate_rate=duplicate_rate,
         failure_rate=failure_rate,
         seed=seed,
+        delay_jitter_s=delay_jitter,
+        early_rate=early_rate,
+        late_duplicate_rate=late_duplicate_rate,
+        late_by_s=late_by,
     )
     uvicorn.run(provider_app(behaviour), host=host, port=port, log_level="info")
 

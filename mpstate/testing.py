@@ -109,9 +109,12 @@ class RedisServer:
 
     def stop(self) -> None:
         """Kill the server (SIGKILL: nothing to save) and wait for it."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait(timeout=10)
+            if self.process.stderr is not None:
+                self.process.stderr.close()
         self.process = None
 
     def restart(self) -> None:

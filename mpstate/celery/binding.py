@@ -75,6 +75,13 @@ class MpState:
         )
         self.hooks = StepHooks(self.lifecycle)
         self.webhook_retry_interval_s = float(conf.get("mpstate_webhook_retry_interval_s", 2.0))
+        #: How a step's task is published after the commit that decided it: retried through a
+        #: broker outage about as long as a transition rides out a store outage (kombu's
+        #: default gives up after 0.6 s, and the advancement would wait for the reconciler).
+        self.publish_retry_policy: dict[str, float] = dict(
+            conf.get("mpstate_publish_retry_policy")
+            or {"max_retries": 30, "interval_start": 0, "interval_step": 0.5, "interval_max": 2}
+        )
         self.webhook_unknown_window_s = float(conf.get("mpstate_webhook_unknown_window_s", 300.0))
         self._adapters: dict[str, PayloadAdapter] = {}
         self._receivers = SignalReceivers(self)
@@ -284,7 +291,14 @@ class MpState:
         if getattr(task, "mpstate_step_task", False):
             kwargs.update(identity.kwargs())
         headers = {**identity.headers(), ATTEMPT_BASE: step.attempts}
-        self.app.send_task(step.operation, kwargs=kwargs, headers=headers, task_id=task_id)
+        self.app.send_task(
+            step.operation,
+            kwargs=kwargs,
+            headers=headers,
+            task_id=task_id,
+            retry=True,
+            retry_policy=self.publish_retry_policy,
+        )
 
 
 def revoke_running_steps(app: Celery, run: PipelineRun, *, terminate: bool = False) -> list[str]:

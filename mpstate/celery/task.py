@@ -17,11 +17,13 @@ run-failed.
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any, ClassVar
 
 from celery import Task
 from celery.exceptions import Ignore
+from kombu.exceptions import OperationalError
 
 from mpstate.celery.hooks import request_meta
 from mpstate.celery.identity import (
@@ -32,10 +34,13 @@ from mpstate.celery.identity import (
 )
 from mpstate.celery.results import StepResult, as_step_result
 from mpstate.celery.transitions import gate_step, may_retry, suspend_step
+from mpstate.errors import StateStoreUnavailableError
 from mpstate.events import EventMeta, StepProgress
 from mpstate.models import PipelineRun
 
 __all__ = ["PipelineTask"]
+
+log = logging.getLogger("mpstate.celery")
 
 
 class _SeenRun:
@@ -120,7 +125,12 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type hints
         message: str | None = None,
         cost_usd_accrued: float | None = None,
     ) -> None:
-        """Log step-progress, and send it as a ``task-progress`` event (Flower shows PROGRESS)."""
+        """Log step-progress, and send it as a ``task-progress`` event (Flower shows PROGRESS).
+
+        Progress is not state: while the store or the broker is unavailable the event is dropped
+        with a warning instead of failing the step (the step's next transition rides out the
+        outage).
+        """
         event = StepProgress(
             run_id=self.run_id,
             step_id=self.step_id,
@@ -130,9 +140,19 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type hints
             cost_usd_accrued=cost_usd_accrued,
             meta=self.event_meta(),
         )
-        self.mpstate.store.append_event(self.run_id, event)
+        try:
+            self.mpstate.store.append_event(self.run_id, event)
+        except StateStoreUnavailableError as exc:
+            log.warning(
+                "step-progress of run %r step %r dropped: %s", self.run_id, self.step_id, exc
+            )
         if not self.request.called_directly:
-            self.send_event("task-progress", pct=pct, run_id=self.run_id, step_id=self.step_id)
+            try:
+                self.send_event("task-progress", pct=pct, run_id=self.run_id, step_id=self.step_id)
+            except OperationalError as exc:  # kombu: the broker is unreachable
+                log.warning(
+                    "task-progress of run %r step %r not sent: %s", self.run_id, self.step_id, exc
+                )
 
     def cached(self, cache_key: str, artifact_ids: list[str]) -> StepResult:
         """Return this from the body when a cache answered: the step is logged as step-cached."""

@@ -105,3 +105,43 @@ def test_a_hook_that_cannot_record_a_transition_logs_the_error_instead_of_swallo
         assert record.exc_info is not None
         assert record.exc_info[0] is StateStoreUnavailableError
         store_server.start()
+
+
+def test_progress_reported_while_the_store_is_down_is_dropped_and_the_step_still_completes(
+    h: Harness, store_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Found by the chaos suite: a progress report during a Redis restart failed the whole run.
+    running = threading.Event()
+    store_down = threading.Event()
+
+    @h.app.task(base=PipelineTask, bind=True, shared=False, name="outage.progress")
+    def step(self: Any) -> dict[str, Any]:
+        running.set()
+        store_down.wait(20)
+        self.progress(50, message="halfway, during the outage")
+        return {"artifactIds": ["p-1"], "costUsd": 0.1}
+
+    h.start_worker()
+    run = h.mp.start_run("outage", [{"stepId": "p", "operation": "outage.progress"}])
+    assert running.wait(20)
+    store_server.stop()
+    restarted = threading.Timer(1.5, store_server.start)
+    restarted.start()
+    with caplog.at_level(logging.WARNING, logger="mpstate.celery"):
+        store_down.set()
+
+        def finished() -> PipelineRun | None:
+            try:
+                current = h.store.get(run.run_id)
+            except StateStoreUnavailableError:
+                return None
+            return current if current is not None and current.is_terminal else None
+
+        try:
+            run = wait_for(finished, timeout=30, what="the run to finish after the outage")
+        finally:
+            restarted.join()
+
+    assert run.status is PipelineRunStatus.COMPLETED
+    assert events_of(run, "step-progress") == []
+    assert any("step-progress of run" in r.getMessage() for r in caplog.records)
