@@ -2,17 +2,22 @@
 
 A hit makes ``image.generate`` return ``self.cached(...)``, which logs step-cached instead of
 step-completed. In memory for the embedded demo; in Redis (shared by every worker) otherwise.
+An unreachable cache is a miss, never a failed step (the chaos suite's Redis restart failed a
+run through this cache before).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from typing import Protocol
 
 import redis
 
 __all__ = ["ArtifactCache", "MemoryCache", "RedisCache", "cache_for"]
+
+log = logging.getLogger("celery_app.cache")
 
 
 class ArtifactCache(Protocol):
@@ -49,11 +54,20 @@ class RedisCache:
         self.ttl_s = ttl_s
 
     def get(self, key: str) -> list[str] | None:
-        raw = self.client.get(self.prefix + key)
+        """The cached artifacts; a miss when Redis is unreachable (a cache never fails a step)."""
+        try:
+            raw = self.client.get(self.prefix + key)
+        except redis.RedisError as exc:
+            log.warning("artifact cache unavailable, treated as a miss: %s", exc)
+            return None
         return None if raw is None else list(json.loads(raw))
 
     def put(self, key: str, artifact_ids: list[str]) -> None:
-        self.client.set(self.prefix + key, json.dumps(artifact_ids), ex=self.ttl_s)
+        """Remember the artifacts; skipped with a warning when Redis is unreachable."""
+        try:
+            self.client.set(self.prefix + key, json.dumps(artifact_ids), ex=self.ttl_s)
+        except redis.RedisError as exc:
+            log.warning("artifact cache unavailable, entry not stored: %s", exc)
 
 
 def cache_for(store_url: str, prefix: str) -> ArtifactCache:

@@ -6,6 +6,7 @@ record and its append-only event log; see the README for the contract and its gu
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from mpstate.audit import AuditFinding, audit_run
@@ -58,6 +59,9 @@ from mpstate.store import HeldLock, PipelineStateStore
 
 if TYPE_CHECKING:
     from mpstate.redis import RedisPipelineStateStore
+
+# A library logs; the application decides where it goes (nothing reaches stderr unconfigured).
+logging.getLogger("mpstate").addHandler(logging.NullHandler())
 
 __all__ = [
     "ALLOWED_RUN_TRANSITIONS",

@@ -39,7 +39,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from mpstate.celery.transitions import recover_step
-from mpstate.errors import InvalidInputError, RunNotFoundError
+from mpstate.errors import InvalidInputError, MpStateError, RunNotFoundError
 from mpstate.fields import utc_now
 from mpstate.models import PipelineRun, PipelineRunStatus, StepStatus
 from mpstate.store import check_positive
@@ -86,6 +86,8 @@ class ReconcileReport:
     failed: list[StalledStep] = field(default_factory=list)
     #: Stalled when scanned, but written to before the repair (a message came back): left alone.
     skipped: list[StalledStep] = field(default_factory=list)
+    #: Repaired in the store, but the broker refused the step's message (a later pass retries).
+    unpublished: list[StalledStep] = field(default_factory=list)
 
 
 class Reconciler:
@@ -151,27 +153,43 @@ class Reconciler:
     def run_once(self, *, dry_run: bool = False) -> ReconcileReport:
         """Scan once and repair what is stalled (``dry_run``: only report it)."""
         report = ReconcileReport()
-        for stalled in self.find_stalled():
-            report.stalled.append(stalled)
-            if not dry_run:
+        # The whole scan first: a repair that fails a run moves it out of the running set, and
+        # paging on while repairing would skip as many runs.
+        report.stalled = list(self.find_stalled())
+        if not dry_run:
+            for stalled in report.stalled:
                 self._repair(stalled, report)
         return report
 
     def _repair(self, stalled: StalledStep, report: ReconcileReport) -> None:
         task_id = uuid.uuid4().hex
         requeue = self.policy is ReconcilePolicy.REQUEUE
-        committed = self.mp.lifecycle.apply(
-            stalled.run_id,
-            lambda run: recover_step(
-                run,
+        try:
+            committed = self.mp.lifecycle.apply(
+                stalled.run_id,
+                lambda run: recover_step(
+                    run,
+                    stalled.step_id,
+                    seen_version=stalled.version,
+                    requeue=requeue,
+                    task_id=task_id,
+                    default_max_retries=self.mp.default_max_retries(run.step(stalled.step_id)),
+                    meta={"by": "reconciler", "idleS": stalled.idle_s},
+                ),
+            )
+        except MpStateError:
+            raise
+        except Exception as exc:  # the broker's errors vary by transport
+            # The repair is committed; its publish failed. The step is idle again from now on,
+            # so a later pass enqueues it again: the pass goes on with the other runs.
+            report.unpublished.append(stalled)
+            log.error(
+                "run %s: step %s repaired, but not published: %r",
+                stalled.run_id,
                 stalled.step_id,
-                seen_version=stalled.version,
-                requeue=requeue,
-                task_id=task_id,
-                default_max_retries=self.mp.default_max_retries(run.step(stalled.step_id)),
-                meta={"by": "reconciler", "idleS": stalled.idle_s},
-            ),
-        )
+                exc,
+            )
+            return
         if not committed.changed:
             report.skipped.append(stalled)
         elif committed.run.status is PipelineRunStatus.FAILED:

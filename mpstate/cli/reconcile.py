@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
 __all__ = ["reconcile"]
 
+#: Seconds to wait for an unreachable broker (``--broker-url``) before giving up on it.
+BROKER_TIMEOUT_S = 2.0
+
 
 @click.command(short_help="Re-enqueue or fail steps stalled by a lost worker.")
 @click.option(
@@ -69,6 +72,11 @@ def reconcile(
         print_json(_report_document(report, dry_run))
     else:
         _print_report(report, dry_run)
+    if report.unpublished:
+        raise CliError(
+            f"{len(report.unpublished)} repaired step(s) were not published: the broker is "
+            "unreachable (a later pass enqueues them)"
+        )
 
 
 def _celery_app(obj: CliContext, app_path: str | None) -> Celery:
@@ -81,7 +89,13 @@ def _celery_app(obj: CliContext, app_path: str | None) -> Celery:
         app: Celery = find_app(app_path)
         return app
     if obj.broker_url:
-        return Celery("mpstate-reconciler", broker=obj.broker_url, set_as_current=False)
+        app = Celery("mpstate-reconciler", broker=obj.broker_url, set_as_current=False)
+        # An interactive tool reports a dead broker in seconds (a later pass retries).
+        app.conf.update(
+            broker_connection_timeout=BROKER_TIMEOUT_S,
+            mpstate_publish_retry_policy={"max_retries": 1, "interval_start": 0.2},
+        )
+        return app
     raise CliError("give --app or --broker-url (MPSTATE_BROKER_URL)", EXIT_USAGE)
 
 
@@ -115,6 +129,7 @@ def _report_document(report: ReconcileReport, dry_run: bool) -> dict[str, Any]:
         "requeued": steps(report.requeued),
         "failed": steps(report.failed),
         "skipped": steps(report.skipped),
+        "unpublished": steps(report.unpublished),
     }
 
 
@@ -126,6 +141,7 @@ def _print_report(report: ReconcileReport, dry_run: bool) -> None:
     action = {id(s): "requeued" for s in report.requeued}
     action |= {id(s): "failed" for s in report.failed}
     action |= {id(s): "skipped (changed meanwhile)" for s in report.skipped}
+    action |= {id(s): "repaired, not published" for s in report.unpublished}
     table = Table("run", "step", "status", "idle", "action", box=None)
     for stalled in report.stalled:
         table.add_row(

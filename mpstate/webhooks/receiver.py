@@ -1,4 +1,4 @@
-"""The HTTP webhook receiver: verify a provider's callback, enqueue its resolution, answer 202.
+"""The HTTP webhook receiver: verify a provider's callback, apply or enqueue it, answer 202.
 
 ::
 
@@ -8,24 +8,33 @@
 
 ``POST /webhooks/{provider}`` answers:
 
-- 202 ``{"status": "accepted", "taskId": ...}`` once ``mpstate.resolve_webhook`` is published;
+- 202 ``{"status": "accepted", "outcome": ...}`` once the callback is applied to its run (or
+  found to be a duplicate), or 202 ``{"status": "accepted", "taskId": ...}`` once
+  ``mpstate.resolve_webhook`` is published to resolve it later;
 - 401 when the signature is missing or wrong or the timestamp is outside the replay window
   (checked before the body is parsed: unauthenticated bytes are never decoded);
 - 400 when the body is not a JSON object, has no usable job id, or the provider's payload adapter
   refuses it; 404 for a provider with no secret; 413 for a body over ``max_body_bytes``;
-- 503 with ``Retry-After`` when the broker refuses the message or does not take it within
-  ``publish_timeout_s`` (the provider retries).
+- 503 with ``Retry-After`` when the store or the broker is unavailable, or does not answer
+  within ``publish_timeout_s`` (the provider retries).
 
-The receiver never touches the store: a callback is resolved by the worker that runs
-``mpstate.resolve_webhook``, which absorbs duplicates and early deliveries. A callback replayed
-inside the window is therefore harmless (it is resolved as a duplicate). ``GET /healthz`` answers
-200 while the process serves.
+Where an ``MpState`` is bound to the app (``--app`` of ``mpstate webhooks serve``), the receiver
+applies the callback to its run itself and answers only once that is committed: a 2xx means the
+run's state holds the result, whatever happens to a broker message or a worker afterwards (the
+chaos suite lost callbacks that were only a broker message: a worker SIGKILLed as Redis handed it
+the message). A callback for a job id not recorded yet (it can overtake the step that submitted
+the job) is tried again for ``early_wait_s``, then handed to ``mpstate.resolve_webhook``, which
+keeps retrying it. Without an ``MpState`` (or with ``resolve_inline=False``) every callback is
+published to the task. Duplicates
+and replays inside the window are absorbed either way. ``GET /healthz`` answers 200 while the
+process serves.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -39,7 +48,12 @@ from starlette.routing import Route
 
 from mpstate.celery.binding import RESOLVE_WEBHOOK, MpState
 from mpstate.celery.webhook import PayloadAdapter, default_adapter
-from mpstate.errors import InvalidInputError, MpStateError, WebhookSignatureError
+from mpstate.errors import (
+    InvalidInputError,
+    MpStateError,
+    StateStoreUnavailableError,
+    WebhookSignatureError,
+)
 from mpstate.fields import ensure_storable
 from mpstate.store import check_id, check_positive
 from mpstate.webhooks.signing import DEFAULT_TOLERANCE_S, verify
@@ -53,6 +67,9 @@ DEFAULT_MAX_BODY_BYTES = 256 * 1024
 
 #: Asks the provider to wait before retrying a callback the broker could not take.
 _RETRY_AFTER = {"Retry-After": "5"}
+
+#: How often a callback for a job id not recorded yet is tried again, within ``early_wait_s``.
+_EARLY_POLL_S = 0.1
 
 #: Publishing is retried briefly, then the provider is asked to retry (503).
 _PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2}
@@ -77,6 +94,8 @@ def webhook_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     job_id_field: str = "jobId",
     publish_timeout_s: float = 10.0,
+    early_wait_s: float = 2.0,
+    resolve_inline: bool = True,
 ) -> Starlette:
     """An ASGI app receiving provider callbacks and publishing them to ``celery_app``'s broker.
 
@@ -87,15 +106,24 @@ def webhook_app(
     table = _check_secrets(secrets)
     check_positive(tolerance_s, "tolerance_s")
     check_positive(publish_timeout_s, "publish_timeout_s")
+    check_positive(early_wait_s, "early_wait_s", zero_ok=True)
     if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int):
         raise InvalidInputError(f"max_body_bytes must be an integer, not {max_body_bytes!r}")
     check_positive(max_body_bytes, "max_body_bytes")
     check_id(job_id_field, "job_id_field")
 
+    def bound() -> MpState | None:
+        if not resolve_inline:
+            return None
+        try:
+            return MpState.of(celery_app)
+        except MpStateError:  # no MpState in this process: the receiver only publishes
+            return None
+
     def adapter_for(provider: str) -> PayloadAdapter:
         try:
             return MpState.of(celery_app).adapter_for(provider)
-        except MpStateError:  # no MpState in this process: the receiver only publishes
+        except MpStateError:
             return default_adapter
 
     async def receive(request: Request) -> JSONResponse:
@@ -114,6 +142,13 @@ def webhook_app(
             payload = _parse_payload(body)
             job_id = _job_id(payload, job_id_field)
             _check_adapter(adapter_for(provider), payload)
+            mp = bound()
+            if mp is not None:
+                outcome = await _resolve_within(
+                    publish_timeout_s, mp, provider, job_id, payload, early_wait_s
+                )
+                if outcome != "unknown":
+                    return JSONResponse({"status": "accepted", "outcome": outcome}, 202)
             task_id = await _publish_within(
                 publish_timeout_s, celery_app, provider, job_id, payload
             )
@@ -193,6 +228,41 @@ def _check_adapter(adapter: Callable[[Mapping[str, Any]], Any], payload: Mapping
         adapter(payload)
     except (ValueError, TypeError, LookupError) as exc:  # InvalidInputError is a ValueError
         raise _RefusedError(400, f"payload refused: {exc}") from exc
+
+
+async def _resolve_within(  # noqa: PLR0917 - private, called once
+    timeout_s: float,
+    mp: MpState,
+    provider: str,
+    job_id: str,
+    payload: dict[str, Any],
+    early_wait_s: float,
+) -> str:
+    """Apply the callback in a worker thread (``MpState.resolve``): its outcome, or 503."""
+    try:
+        with anyio.fail_after(timeout_s):
+            return await anyio.to_thread.run_sync(
+                _resolve, mp, provider, job_id, payload, early_wait_s, abandon_on_cancel=True
+            )
+    except TimeoutError as exc:
+        log.warning("resolving the callback for %s/%s timed out", provider, job_id)
+        raise _RefusedError(
+            503, "the store did not answer in time; retry later", _RETRY_AFTER
+        ) from exc
+    except StateStoreUnavailableError as exc:
+        raise _RefusedError(503, "the store is unavailable; retry later", _RETRY_AFTER) from exc
+
+
+def _resolve(
+    mp: MpState, provider: str, job_id: str, payload: dict[str, Any], early_wait_s: float
+) -> str:
+    """``mp.resolve``, tried again every ``_EARLY_POLL_S`` while the job id is not recorded."""
+    deadline = time.monotonic() + early_wait_s
+    while True:
+        outcome = mp.resolve(provider, job_id, payload, meta={"via": "receiver"})
+        if outcome != "unknown" or time.monotonic() >= deadline:
+            return outcome
+        time.sleep(_EARLY_POLL_S)
 
 
 async def _publish_within(
