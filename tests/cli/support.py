@@ -15,7 +15,13 @@ from click.testing import Result
 from mpstate import PipelineRun, RedisPipelineStateStore, RunCompleted, RunStarted
 
 #: Environment the CLI reads; cleared so an operator's own settings never reach a test.
-CLI_ENV = ("MPSTATE_REDIS_URL", "MPSTATE_PREFIX", "MPSTATE_FLOWER_URL", "MPSTATE_BROKER_URL")
+CLI_ENV = (
+    "MPSTATE_REDIS_URL",
+    "MPSTATE_PREFIX",
+    "MPSTATE_FLOWER_URL",
+    "MPSTATE_BROKER_URL",
+    "MPSTATE_CELERY_APP",
+)
 #: Environment that would change rich's layout or colours.
 LAYOUT_ENV = ("COLUMNS", "LINES", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")
 
