@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 import click
 from rich.table import Table
 
+from mpstate.cli.celery_apps import app_option, celery_app_for
 from mpstate.cli.context import CliContext
-from mpstate.cli.exit_codes import EXIT_USAGE, CliError
+from mpstate.cli.exit_codes import CliError
 from mpstate.cli.params import DURATION
 from mpstate.cli.render import make_console, print_json
 
@@ -44,13 +45,7 @@ BROKER_TIMEOUT_S = 2.0
     help="requeue: enqueue the step again within its retry limit; fail: fail the run.",
 )
 @click.option("--dry-run", is_flag=True, help="Only list what is stalled.")
-@click.option(
-    "--app",
-    "app_path",
-    envvar="MPSTATE_CELERY_APP",
-    show_envvar=True,
-    help="Your Celery app (module or module:attribute), e.g. celery_app.",
-)
+@app_option
 @click.pass_obj
 def reconcile(
     obj: CliContext, stale_after: float, policy: str, dry_run: bool, app_path: str | None
@@ -80,23 +75,14 @@ def reconcile(
 
 
 def _celery_app(obj: CliContext, app_path: str | None) -> Celery:
-    try:
-        from celery import Celery  # noqa: PLC0415 - the celery extra
-        from celery.app.utils import find_app  # noqa: PLC0415
-    except ImportError as exc:
-        raise CliError("reconcile needs: pip install 'mpstate[celery]'", EXIT_USAGE) from exc
-    if app_path:
-        app: Celery = find_app(app_path)
-        return app
-    if obj.broker_url:
-        app = Celery("mpstate-reconciler", broker=obj.broker_url, set_as_current=False)
+    app = celery_app_for(obj, app_path, "mpstate-reconciler", needs="celery")
+    if not app_path:
         # An interactive tool reports a dead broker in seconds (a later pass retries).
         app.conf.update(
             broker_connection_timeout=BROKER_TIMEOUT_S,
             mpstate_publish_retry_policy={"max_retries": 1, "interval_start": 0.2},
         )
-        return app
-    raise CliError("give --app or --broker-url (MPSTATE_BROKER_URL)", EXIT_USAGE)
+    return app
 
 
 def _mpstate(app: Celery, obj: CliContext) -> tuple[MpState, bool]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import click
 
+from mpstate.cli.celery_apps import app_option, celery_app_for
 from mpstate.cli.context import CliContext
 from mpstate.cli.exit_codes import EXIT_USAGE, CliError
 from mpstate.errors import InvalidInputError
@@ -32,13 +33,7 @@ def webhooks() -> None:
     required=True,
     help="provider=secret[,provider=secret...]; name a provider twice to rotate its secret.",
 )
-@click.option(
-    "--app",
-    "app_path",
-    envvar="MPSTATE_CELERY_APP",
-    show_envvar=True,
-    help="Your Celery app (module or module:attribute), e.g. celery_app.",
-)
+@app_option
 @click.option("--tolerance", default=300.0, show_default=True, help="Replay window, seconds.")
 @click.option("--max-body-bytes", default=256 * 1024, show_default=True, type=int)
 @click.option("--log-level", default="info", show_default=True)
@@ -56,20 +51,13 @@ def serve(
     """Serve POST /webhooks/{provider} and GET /healthz."""
     try:
         import uvicorn  # noqa: PLC0415 - the web extra
-        from celery import Celery  # noqa: PLC0415
-        from celery.app.utils import find_app  # noqa: PLC0415
 
         from mpstate.webhooks import parse_secrets, webhook_app  # noqa: PLC0415
     except ImportError as exc:
         raise CliError(
             f"the receiver needs: pip install 'mpstate[web]' ({exc})", EXIT_USAGE
         ) from exc
-    if app_path:
-        celery_app = find_app(app_path)
-    elif obj.broker_url:
-        celery_app = Celery("mpstate-receiver", broker=obj.broker_url, set_as_current=False)
-    else:
-        raise CliError("give --app or --broker-url (MPSTATE_BROKER_URL)", EXIT_USAGE)
+    celery_app = celery_app_for(obj, app_path, "mpstate-receiver", needs="web")
     try:
         asgi = webhook_app(
             celery_app,
