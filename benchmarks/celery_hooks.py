@@ -66,8 +66,8 @@ from celery import Celery, signals
 from celery.contrib.testing.worker import start_worker
 
 import mpstate.celery.hooks as hooks_module
-import mpstate.redis.store as redis_store_module
-import mpstate.store as store_module
+import mpstate.core as core_module
+import mpstate.redis.backend as redis_backend_module
 from benchmarks.harness import write_results
 from benchmarks.store import machine_info
 from mpstate.celery import MpState, PipelineTask
@@ -502,12 +502,12 @@ class Bench:
         spans.patch(store, "create_or_get", "store.create_or_get")
         spans.patch(store, "get", "store.get")
         spans.patch(store, "commit", "store.commit")
-        spans.patch(store, "_round_trip", "redis round trip (EVALSHA)")
+        spans.patch(store, "_execute", "redis request (a script, command or pipeline)")
         spans.patch(store, "_own_events", "validate events")
-        spans.patch(store_module, "validate_patch", "validate_patch")
-        spans.patch(redis_store_module, "decode_run", "decode_run (pydantic)")
-        spans.patch(redis_store_module, "encode_fields", "encode_fields")
-        spans.patch(redis_store_module, "event_document", "event_document")
+        spans.patch(core_module, "validate_patch", "validate_patch")
+        spans.patch(redis_backend_module, "decode_run", "decode_run (pydantic)")
+        spans.patch(redis_backend_module, "encode_fields", "encode_fields")
+        spans.patch(redis_backend_module, "event_document", "event_document")
         spans.patch(hooks_module, "start_step", "decide: start_step")
         spans.patch(hooks_module, "complete_step", "decide: complete_step")
 

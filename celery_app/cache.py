@@ -14,6 +14,9 @@ import threading
 from typing import Protocol
 
 import redis
+from redis.cluster import RedisCluster
+
+from mpstate.redis.urls import cluster_url
 
 __all__ = ["ArtifactCache", "MemoryCache", "RedisCache", "cache_for"]
 
@@ -48,7 +51,9 @@ class MemoryCache:
 class RedisCache:
     """Entries under ``{prefix}:demo-cache:{key}``, expiring after ``ttl_s``."""
 
-    def __init__(self, client: redis.Redis, prefix: str, ttl_s: int = 86_400) -> None:
+    def __init__(
+        self, client: redis.Redis | RedisCluster, prefix: str, ttl_s: int = 86_400
+    ) -> None:
         self.client = client
         self.prefix = f"{prefix}:demo-cache:"
         self.ttl_s = ttl_s
@@ -74,4 +79,7 @@ def cache_for(store_url: str, prefix: str) -> ArtifactCache:
     """A cache living where the store lives."""
     if store_url.startswith("memory://"):
         return MemoryCache()
+    node_url = cluster_url(store_url)
+    if node_url is not None:  # single-key commands only: any cluster client serves them
+        return RedisCache(RedisCluster.from_url(node_url, socket_timeout=5.0), prefix)
     return RedisCache(redis.Redis.from_url(store_url, socket_timeout=5.0), prefix)

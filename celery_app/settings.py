@@ -5,7 +5,7 @@ broker and the store. A deployment sets the variables below (docker-compose.yml 
 
 =============================  ============================================================
 ``MPSTATE_BROKER_URL``         Celery broker (``redis://...``, ``amqp://...``, ``memory://``)
-``MPSTATE_STORE_URL``          run store: ``redis://...`` or ``memory://``
+``MPSTATE_STORE_URL``          run store: ``redis://...``, ``redis+cluster://...`` or ``memory://``
 ``MPSTATE_PREFIX``             key prefix of the store (and of the demo's artifact cache)
 ``MPSTATE_TENANT``             tenant the example's runs belong to
 ``MPSTATE_QUEUE``              queue the step tasks are published to

@@ -25,6 +25,7 @@ from mpstate.errors import (
     StateStoreUnavailableError,
     VersionConflictError,
     WebhookSignatureError,
+    WriteNotReplicatedError,
 )
 from mpstate.events import (
     PipelineEvent,
@@ -105,6 +106,7 @@ __all__ = [
     "StepStatus",
     "VersionConflictError",
     "WebhookSignatureError",
+    "WriteNotReplicatedError",
     "audit_run",
     "log_state",
     "parse_event",

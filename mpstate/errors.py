@@ -14,6 +14,7 @@
     ├── LockNotOwnedError                        release/extend of a lock you no longer hold
     ├── InvalidTransitionError                   e.g. cancelling a completed run
     ├── StateStoreUnavailableError               Redis refused, reset or timed out (cause chained)
+    │   └── WriteNotReplicatedError              applied, but too few replicas confirmed it
     └── WebhookSignatureError                    a callback's signature is missing, wrong or stale
 
 Callers that only care whether "something about mpstate" failed catch ``MpStateError``; code
@@ -37,6 +38,7 @@ __all__ = [
     "StateStoreUnavailableError",
     "VersionConflictError",
     "WebhookSignatureError",
+    "WriteNotReplicatedError",
 ]
 
 
@@ -136,6 +138,22 @@ class InvalidTransitionError(MpStateError):
 
 class StateStoreUnavailableError(MpStateError):
     """The backing store could not be reached; the operation may be retried."""
+
+
+class WriteNotReplicatedError(StateStoreUnavailableError):
+    """A write reached the primary, but fewer replicas than asked confirmed it in time.
+
+    A failover now could undo it (Redis replicates asynchronously), so it is reported as failed:
+    retrying the same commit with its ``operation_id`` is safe, and a versioned retry is refused
+    if the write did survive.
+    """
+
+    def __init__(self, wanted: int, acknowledged: int, timeout_ms: int) -> None:
+        super().__init__(
+            f"only {acknowledged} of {wanted} replicas confirmed the write within {timeout_ms} ms"
+        )
+        self.wanted = wanted
+        self.acknowledged = acknowledged
 
 
 class WebhookSignatureError(MpStateError):

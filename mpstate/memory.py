@@ -1,4 +1,8 @@
-"""``InMemoryPipelineStateStore``: the contract in one process, for development and tests.
+"""The in-memory backend: the contract in one process, for development and tests.
+
+``MemoryBackend`` holds the primitives (no I/O, so each is an ``immediate`` plan; only the waits
+block, as ``Blocking`` requests); ``InMemoryPipelineStateStore`` is its sync shell and
+``mpstate.aio.AsyncInMemoryPipelineStateStore`` its asyncio shell.
 
 Thread-safe (one re-entrant lock guards all state, and lock waiters sleep on a condition), returns
 copies so callers never alias stored state, and expires locks with a real TTL. Run, idempotency
@@ -11,15 +15,18 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 from mpstate.changes import Applied, Refusal, RunChange, refusal_error
+from mpstate.core import LockAttempt, StoreCore, StoreOptions
 from mpstate.events import TERMINAL_EVENT_KINDS, PipelineEvent, RunCreated
 from mpstate.fields import utc_now
 from mpstate.filters import RunFilter, sort_key
 from mpstate.models import PipelineRun
-from mpstate.store import LockAttempt, PipelineStateStore, StoreOptions
+from mpstate.plans import Blocking, Plan, immediate
+from mpstate.store import PipelineStateStore
 
-__all__ = ["InMemoryPipelineStateStore"]
+__all__ = ["InMemoryPipelineStateStore", "MemoryBackend"]
 
 #: Operation ids remembered for retried commits (the newest ones).
 _OPERATIONS_KEPT = 10_000
@@ -57,8 +64,8 @@ class _State:
         self.appended = threading.Condition(self.mutex)
 
 
-class InMemoryPipelineStateStore(PipelineStateStore):
-    """The whole contract in process memory. Not shared between processes."""
+class MemoryBackend(StoreCore):
+    """The primitives on process memory, shared by the sync and asyncio shells."""
 
     def __init__(
         self,
@@ -78,6 +85,7 @@ class InMemoryPipelineStateStore(PipelineStateStore):
 
     # -- primitives ---------------------------------------------------------------------------
 
+    @immediate
     def _insert(
         self, run: PipelineRun, created_event: RunCreated, *, return_existing: bool
     ) -> tuple[PipelineRun, bool]:
@@ -108,6 +116,7 @@ class InMemoryPipelineStateStore(PipelineStateStore):
                 state.jobs[job] = run.run_id
             return run.model_copy(deep=True), True
 
+    @immediate
     def _apply(self, change: RunChange) -> Applied:
         state = self._state
         with state.mutex:
@@ -173,7 +182,11 @@ class InMemoryPipelineStateStore(PipelineStateStore):
             self._state.jobs[job] = run.run_id
         return Applied(run.model_copy(deep=True) if change.returns_run else None, tuple(seqs))
 
+    @immediate
     def _load(self, run_id: str, *, include_events: bool) -> PipelineRun | None:
+        return self._copy_of(run_id, include_events=include_events)
+
+    def _copy_of(self, run_id: str, *, include_events: bool) -> PipelineRun | None:
         with self._state.mutex:
             stored = self._state.runs.get(run_id)
             if stored is None:
@@ -181,7 +194,13 @@ class InMemoryPipelineStateStore(PipelineStateStore):
             events = list(stored.events) if include_events else []
             return stored.run.model_copy(update={"events": events}, deep=True)
 
+    @immediate
     def _read_events(
+        self, run_id: str, since_seq: int, limit: int | None
+    ) -> list[PipelineEvent] | None:
+        return self._events_after(run_id, since_seq, limit)
+
+    def _events_after(
         self, run_id: str, since_seq: int, limit: int | None
     ) -> list[PipelineEvent] | None:
         with self._state.mutex:
@@ -191,24 +210,32 @@ class InMemoryPipelineStateStore(PipelineStateStore):
             end = None if limit is None else since_seq + limit
             return [event.model_copy() for event in stored.events[since_seq:end]]
 
-    def _wait_for_events(self, run_id: str, since_seq: int, wait_s: float) -> list[PipelineEvent]:
-        with self._state.mutex:
-            events = self._read_events(run_id, since_seq, None)
-            if not events:
-                self._state.appended.wait(wait_s)
-                events = self._read_events(run_id, since_seq, None)
-            return events or []
+    def _wait_for_events(
+        self, run_id: str, since_seq: int, wait_s: float
+    ) -> Plan[list[PipelineEvent]]:
+        def wait() -> list[PipelineEvent]:
+            with self._state.mutex:
+                events = self._events_after(run_id, since_seq, None)
+                if not events:
+                    self._state.appended.wait(wait_s)
+                    events = self._events_after(run_id, since_seq, None)
+                return events or []
 
+        events: list[PipelineEvent] = yield Blocking(wait)
+        return events
+
+    @immediate
     def _select(self, run_filter: RunFilter) -> list[PipelineRun]:
         with self._state.mutex:
             matched = [s.run for s in self._state.runs.values() if run_filter.matches(s.run)]
             matched.sort(key=sort_key)
             return [run.model_copy(deep=True) for run in run_filter.page(matched)]
 
+    @immediate
     def _find_job(self, provider: str, job_id: str) -> PipelineRun | None:
         with self._state.mutex:
             run_id = self._state.jobs.get((provider, job_id))
-            return None if run_id is None else self._load(run_id, include_events=False)
+            return None if run_id is None else self._copy_of(run_id, include_events=False)
 
     # -- lock primitives --------------------------------------------------------------------
 
@@ -217,6 +244,7 @@ class InMemoryPipelineStateStore(PipelineStateStore):
             stored.lock_token = None
         return stored.lock_token
 
+    @immediate
     def _try_lock(self, run_id: str, token: str, ttl_ms: int) -> LockAttempt:
         with self._state.mutex:
             stored = self._state.runs.get(run_id)
@@ -230,12 +258,16 @@ class InMemoryPipelineStateStore(PipelineStateStore):
             stored.fence += 1
             return LockAttempt(stored.fence, run=stored.run.model_copy(deep=True))
 
-    def _wait_for_release(self, run_id: str, wait_ms: float) -> None:
-        with self._state.released:
-            stored = self._state.runs.get(run_id)
-            if stored is not None and self._live_holder(stored) is not None:
-                self._state.released.wait(wait_ms / 1000)
+    def _wait_for_release(self, run_id: str, wait_ms: float) -> Plan[None]:
+        def wait() -> None:
+            with self._state.released:
+                stored = self._state.runs.get(run_id)
+                if stored is not None and self._live_holder(stored) is not None:
+                    self._state.released.wait(wait_ms / 1000)
 
+        yield Blocking(wait)
+
+    @immediate
     def _release_lock(self, run_id: str, token: str) -> bool:
         with self._state.mutex:
             stored = self._state.runs.get(run_id)
@@ -245,6 +277,7 @@ class InMemoryPipelineStateStore(PipelineStateStore):
             self._state.released.notify_all()
             return True
 
+    @immediate
     def _extend_lock(self, run_id: str, token: str, ttl_ms: int) -> bool:
         with self._state.mutex:
             stored = self._state.runs.get(run_id)
@@ -252,3 +285,11 @@ class InMemoryPipelineStateStore(PipelineStateStore):
                 return False
             stored.lock_expires_at = time.monotonic() + ttl_ms / 1000
             return True
+
+
+class InMemoryPipelineStateStore(MemoryBackend, PipelineStateStore):
+    """The whole contract in process memory. Not shared between processes."""
+
+    def _execute(self, request: Any) -> Any:
+        assert isinstance(request, Blocking), request
+        return request.wait()

@@ -14,22 +14,42 @@ import uuid
 from collections.abc import Callable, Iterator
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import fakeredis
 import pytest
 import redis
+from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import RedisCluster
 
 from mpstate import InMemoryPipelineStateStore, PipelineStateStore, RedisPipelineStateStore
-from mpstate.testing import RedisServer
+from mpstate.aio import (
+    AsyncInMemoryPipelineStateStore,
+    AsyncPipelineStateStore,
+    AsyncRedisPipelineStateStore,
+)
+from mpstate.testing import LocalRedisCluster, RedisServer
 
 # The Celery test helpers (``celery_support``, ``video_pipeline``) serve tests/webhooks and
 # tests/celery_app too; pytest puts tests/celery on sys.path only when it collects that folder.
 sys.path.insert(0, str(Path(__file__).resolve().parent / "celery"))
 
-from key_cleanup import delete_prefix
+from aio_bridge import BlockingView, EventLoopThread
+from key_cleanup import delete_prefix, delete_prefix_on_cluster
 
-BACKENDS = ("memory", "fakeredis", "redis", "redis6")
+#: Every backend the contract suite runs on: the sync stores, the asyncio stores (through
+#: ``aio_bridge.BlockingView``), and Redis Cluster for both (skipped unless MPSTATE_TEST_CLUSTER).
+BACKENDS = (
+    "memory",
+    "fakeredis",
+    "redis",
+    "redis6",
+    "cluster",
+    "aio-memory",
+    "aio-redis",
+    "aio-cluster",
+)
 
 StoreFactory = Callable[..., PipelineStateStore]
 
@@ -43,6 +63,23 @@ def redis_url() -> Iterator[str]:
         return
     with RedisServer() as server:
         yield server.url
+
+
+@pytest.fixture(scope="session")
+def cluster_url() -> Iterator[str]:
+    """URL of a Redis Cluster startup node, only when ``MPSTATE_TEST_CLUSTER`` asks for one.
+
+    ``MPSTATE_TEST_CLUSTER=1`` starts a local 3-master cluster for the session (about 2 s, so
+    opt-in locally; CI sets it); a ``redis://`` URL uses that existing cluster instead.
+    """
+    wanted = os.environ.get("MPSTATE_TEST_CLUSTER", "")
+    if not wanted:
+        pytest.skip("set MPSTATE_TEST_CLUSTER=1 to run the Redis Cluster tests")
+    if wanted.startswith(("redis://", "rediss://")):
+        yield wanted
+        return
+    with LocalRedisCluster(masters=3) as cluster:
+        yield cluster.url
 
 
 @pytest.fixture(scope="session")
@@ -70,6 +107,15 @@ def redis_client(redis_url: str, prefix: str) -> Iterator[redis.Redis]:
     client.close()
 
 
+@pytest.fixture
+def cluster_client(cluster_url: str, prefix: str) -> Iterator[RedisCluster]:
+    """A cluster client; the test's prefix is deleted from every master afterwards."""
+    client = RedisCluster.from_url(cluster_url)
+    yield client
+    delete_prefix_on_cluster(client, prefix)
+    client.close()
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
@@ -82,20 +128,40 @@ def make_store(backend: str, request: pytest.FixtureRequest, prefix: str) -> Ite
     fake_server = fakeredis.FakeServer()
 
     def factory(**options: Any) -> PipelineStateStore:
-        if backend == "memory":
+        if backend in ("memory", "aio-memory"):
             memory_options = {
                 k: v
                 for k, v in options.items()
                 if k in {"lock_ttl_seconds", "lock_acquire_timeout_ms", "lock_poll_interval_ms"}
             }
-            return InMemoryPipelineStateStore(**memory_options)
+            if backend == "memory":
+                return InMemoryPipelineStateStore(**memory_options)
+            return bridged(AsyncInMemoryPipelineStateStore(**memory_options))
         if backend == "fakeredis":
             client: redis.Redis = fakeredis.FakeRedis(server=fake_server)
+        elif backend in ("cluster", "aio-cluster"):
+            url = request.getfixturevalue("cluster_url")
+            cluster = RedisCluster.from_url(url)
+            cleanups.append(lambda: (delete_prefix_on_cluster(cluster, prefix), cluster.close()))
+            if backend == "aio-cluster":
+                aio_cluster = AsyncRedisCluster.from_url(url)
+                return bridged(AsyncRedisPipelineStateStore(aio_cluster, prefix, **options))
+            return RedisPipelineStateStore(cluster, prefix=prefix, **options)
         else:
             url_fixture = "redis6_url" if backend == "redis6" else "redis_url"
             client = redis.Redis.from_url(request.getfixturevalue(url_fixture))
             cleanups.append(lambda: (delete_prefix(client, prefix), client.close()))
+            if backend == "aio-redis":
+                aio_client = AsyncRedis.from_url(request.getfixturevalue(url_fixture))
+                return bridged(AsyncRedisPipelineStateStore(aio_client, prefix, **options))
         return RedisPipelineStateStore(client, prefix=prefix, **options)
+
+    def bridged(async_store: AsyncPipelineStateStore) -> PipelineStateStore:
+        loop = EventLoopThread()
+        view = BlockingView(async_store, loop)
+        closer = getattr(async_store, "aclose", None)
+        cleanups.append(lambda: (closer is not None and loop.run(closer()), loop.stop()))
+        return cast(PipelineStateStore, view)
 
     yield factory
     for cleanup in cleanups:

@@ -37,3 +37,12 @@ def test_every_error_derives_from_mpstate_error() -> None:
     assert issubclass(mpstate.VersionConflictError, mpstate.RunInProgressError)
     assert issubclass(mpstate.IdempotencyKeyInUseError, mpstate.RunInProgressError)
     assert issubclass(mpstate.LockTimeoutError, mpstate.RunInProgressError)
+
+
+def test_the_asyncio_package_names_its_public_api() -> None:
+    import mpstate.aio  # noqa: PLC0415 - the asyncio stores, imported on purpose here
+
+    assert mpstate.aio.__all__ == sorted(mpstate.aio.__all__)
+    for name in mpstate.aio.__all__:
+        assert getattr(mpstate.aio, name) is not None
+    assert issubclass(mpstate.aio.AsyncRedisPipelineStateStore, mpstate.aio.AsyncPipelineStateStore)

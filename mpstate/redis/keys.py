@@ -2,34 +2,45 @@
 
 Ids are percent-escaped (everything but ``A-Z a-z 0-9 - . _ ~`` becomes ``%XX`` of its UTF-8
 bytes), so no id can contain ``:``, ``{`` or ``}`` once in a key: distinct ids always give distinct
-keys and no id can reach another key space. Every key of one run carries the run's hash tag
-``{<escaped run id>}``, so each per-run script touches one Redis Cluster slot.
+keys and no id can reach another key space.
+
+Every key carries a hash tag (``{...}``), which decides its Redis Cluster slot. All keys of one run
+share the tag ``{<escaped run id>}``, so each per-run script touches one slot. The indexes live
+in three kinds of groups, each group one slot: the global indexes (``{all}``), each tenant's
+(``{T}``) and each idempotency key's; the idempotency claim and each external job pointer have
+slots of their own. Writes to those are follow-up calls made by the store around the per-run
+script (``mpstate.redis.indexing``).
 
 Layout (prefix ``mp``)::
 
-    mp:run:{R}                  hash    the run: camelCase field -> JSON value, plus _seq/_fence/...
-    mp:run:{R}:events           stream  the event log, entry id 0-<seq>, field e = event JSON
-    mp:run:{R}:lock             string  lock holder's random token, PX = lock TTL
-    mp:run:{R}:lock:wake        list    pushed on release; waiters BLPOP it
-    mp:run:{R}:op:<op id>       string  outcome of a write, so a retried script is not re-applied
-    mp:idem:{T:K}               string  run id holding idempotency key K in tenant T
-    mp:job:{P:J}                string  run id that recorded job J of provider P
-    mp:idx:all                  zset    every run, score = created_at (epoch ms), member = run id
-    mp:idx:status:<s>           zset    runs by status
-    mp:idx:tenant:{T}           zset    runs of tenant T
-    mp:idx:tenant:{T}:status:<s> zset   runs of tenant T by status
-    mp:idx:idem:{K}             zset    runs created with idempotency key K (any tenant)
+    mp:run:{R}                   hash    the run: camelCase field -> JSON value, plus _seq etc.
+    mp:run:{R}:events            stream  the event log, entry id 0-<seq>, field e = event JSON
+    mp:run:{R}:lock              string  lock holder's random token, PX = lock TTL
+    mp:run:{R}:lock:wake         list    pushed on release; waiters BLPOP it
+    mp:run:{R}:op:<op id>        string  outcome of a write, so a retried script is not re-applied
+    mp:run:{R}:void              set     claim tokens whose create of R was called off
+    mp:idem:{T:K}                string  "<claim token>:<run id>" holding idempotency key K of T
+    mp:job:{P:J}                 string  run id that recorded job J of provider P
+    mp:idx:{all}                 zset    every run, score = created_at (epoch ms), member = run id
+    mp:idx:{all}:status:<s>      zset    runs by status
+    mp:idx:{all}:entries         hash    run id -> "score:version" and writers' pending marks
+    mp:idx:tenant:{T}            zset    runs of tenant T
+    mp:idx:tenant:{T}:status:<s> zset    runs of tenant T by status
+    mp:idx:tenant:{T}:entries    hash    as mp:idx:{all}:entries, for tenant T's indexes
+    mp:idx:idem:{K}              zset    runs created with idempotency key K (any tenant)
+    mp:idx:idem:{K}:entries      hash    as mp:idx:{all}:entries, for key K's index
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import quote
 
 from mpstate.errors import InvalidInputError
 from mpstate.models import PipelineRunStatus
 
-__all__ = ["RedisKeys", "escape_id"]
+__all__ = ["IndexGroup", "RedisKeys", "escape_id"]
 
 
 @lru_cache(maxsize=16384)
@@ -68,6 +79,9 @@ class RedisKeys:
     def operation(self, run_id: str, op_id: str) -> str:
         return f"{self._run_base(run_id)}:op:{op_id}"
 
+    def void(self, run_id: str) -> str:
+        return f"{self._run_base(run_id)}:void"
+
     def idempotency(self, tenant_id: str | None, key: str) -> str:
         return f"{self.prefix}:idem:{{{escape_id(tenant_id or '')}:{escape_id(key)}}}"
 
@@ -75,21 +89,69 @@ class RedisKeys:
         return f"{self.prefix}:job:{{{escape_id(provider)}:{escape_id(job_id)}}}"
 
     def all_runs(self) -> str:
-        return f"{self.prefix}:idx:all"
+        return self.global_group().everything
 
     def by_status(self, status: PipelineRunStatus) -> str:
-        return f"{self.prefix}:idx:status:{status.value}"
+        return self.global_group().status(status)
 
     def by_tenant(self, tenant_id: str) -> str:
-        return f"{self.prefix}:idx:tenant:{{{escape_id(tenant_id)}}}"
+        return self.tenant_group(tenant_id).everything
 
     def by_tenant_status(self, tenant_id: str, status: PipelineRunStatus) -> str:
-        return f"{self.by_tenant(tenant_id)}:status:{status.value}"
+        return self.tenant_group(tenant_id).status(status)
 
     def by_idempotency_key(self, key: str) -> str:
         return f"{self.prefix}:idx:idem:{{{escape_id(key)}}}"
+
+    def global_group(self) -> IndexGroup:
+        """The indexes of every run (one slot)."""
+        return IndexGroup(f"{self.prefix}:idx:{{all}}", None)
+
+    def tenant_group(self, tenant_id: str) -> IndexGroup:
+        """Tenant ``tenant_id``'s indexes (one slot per tenant)."""
+        return IndexGroup(f"{self.prefix}:idx:tenant:{{{escape_id(tenant_id)}}}", tenant_id)
+
+    def idempotency_group(self, key: str) -> IndexGroup:
+        """The runs created with idempotency key ``key`` (one slot per key; no statuses)."""
+        return IndexGroup(self.by_idempotency_key(key), None, tracks_status=False)
+
+    def groups_of(
+        self, tenant_id: str | None, idempotency_key: str | None = None
+    ) -> list[IndexGroup]:
+        """Every index group a run of this tenant and idempotency key belongs to."""
+        groups = [self.global_group()]
+        if tenant_id:
+            groups.append(self.tenant_group(tenant_id))
+        if idempotency_key:
+            groups.append(self.idempotency_group(idempotency_key))
+        return groups
 
     def pattern(self) -> str:
         """A SCAN pattern matching every key under this prefix (for tools and tests)."""
         escaped = "".join(f"\\{ch}" if ch in "*?[]^\\" else ch for ch in self.prefix)
         return f"{escaped}:*"
+
+
+@dataclass(frozen=True, slots=True)
+class IndexGroup:
+    """One slot's indexes: every run of the group, the group's runs by status, and the entries
+    hash that orders follow-up writes (``mpstate/redis/scripts/settle_index_entries.lua``)."""
+
+    everything: str
+    #: The tenant whose runs these are (None: not a tenant's group).
+    tenant_id: str | None
+    #: Whether the group has a zset per status (the idempotency key's group does not).
+    tracks_status: bool = True
+
+    def status(self, status: PipelineRunStatus) -> str:
+        return f"{self.everything}:status:{status.value}"
+
+    @property
+    def entries(self) -> str:
+        return f"{self.everything}:entries"
+
+    def statuses(self) -> list[str]:
+        """The zsets by status, in ``PipelineRunStatus`` order (none if not tracked)."""
+        if not self.tracks_status:
+            return []
+        return [self.status(status) for status in PipelineRunStatus]

@@ -46,6 +46,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from mpstate.aio.store import AsyncPipelineStateStore
 from mpstate.celery.binding import RESOLVE_WEBHOOK, MpState
 from mpstate.celery.webhook import PayloadAdapter, default_adapter
 from mpstate.errors import (
@@ -96,12 +97,17 @@ def webhook_app(
     publish_timeout_s: float = 10.0,
     early_wait_s: float = 2.0,
     resolve_inline: bool = True,
+    store: AsyncPipelineStateStore | None = None,
 ) -> Starlette:
     """An ASGI app receiving provider callbacks and publishing them to ``celery_app``'s broker.
 
     ``secrets`` maps each provider to its signing secret (or several, during a rotation).
     Payloads are checked with the adapter registered on the app's ``MpState`` for the provider
     when one is bound, else with ``default_adapter``; the job id is ``payload[job_id_field]``.
+    ``store`` is an asyncio store on the bound ``MpState``'s data: an early callback then waits
+    for its job id on the event loop (``find_by_external_job_id``) instead of holding a worker
+    thread for up to ``early_wait_s``; only a recorded job is resolved in a thread, and one never
+    recorded goes straight to the task.
     """
     table = _check_secrets(secrets)
     check_positive(tolerance_s, "tolerance_s")
@@ -111,6 +117,8 @@ def webhook_app(
         raise InvalidInputError(f"max_body_bytes must be an integer, not {max_body_bytes!r}")
     check_positive(max_body_bytes, "max_body_bytes")
     check_id(job_id_field, "job_id_field")
+    if store is not None and not isinstance(store, AsyncPipelineStateStore):
+        raise InvalidInputError(f"store must be an mpstate.aio store, not {store!r}")
 
     def bound() -> MpState | None:
         if not resolve_inline:
@@ -144,9 +152,15 @@ def webhook_app(
             _check_adapter(adapter_for(provider), payload)
             mp = bound()
             if mp is not None:
-                outcome = await _resolve_within(
-                    publish_timeout_s, mp, provider, job_id, payload, early_wait_s
-                )
+                outcome = "unknown"
+                if store is None:
+                    outcome = await _resolve_within(
+                        publish_timeout_s, mp, provider, job_id, payload, early_wait_s
+                    )
+                elif await _wait_until_recorded(store, provider, job_id, early_wait_s):
+                    outcome = await _resolve_within(
+                        publish_timeout_s, mp, provider, job_id, payload, 0.0
+                    )
                 if outcome != "unknown":
                     return JSONResponse({"status": "accepted", "outcome": outcome}, 202)
             task_id = await _publish_within(
@@ -228,6 +242,21 @@ def _check_adapter(adapter: Callable[[Mapping[str, Any]], Any], payload: Mapping
         adapter(payload)
     except (ValueError, TypeError, LookupError) as exc:  # InvalidInputError is a ValueError
         raise _RefusedError(400, f"payload refused: {exc}") from exc
+
+
+async def _wait_until_recorded(
+    store: AsyncPipelineStateStore, provider: str, job_id: str, wait_s: float
+) -> bool:
+    """Poll the asyncio store until the job id is recorded (True) or ``wait_s`` passes (False)."""
+    deadline = time.monotonic() + wait_s
+    try:
+        while await store.find_by_external_job_id(provider, job_id) is None:
+            if time.monotonic() >= deadline:
+                return False
+            await anyio.sleep(_EARLY_POLL_S)
+        return True
+    except StateStoreUnavailableError as exc:
+        raise _RefusedError(503, "the store is unavailable; retry later", _RETRY_AFTER) from exc
 
 
 async def _resolve_within(  # noqa: PLR0917 - private, called once

@@ -17,10 +17,13 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
+import mpstate.redis.backend
 from mpstate import (
     IdempotencyKeyInUseError,
     PipelineStateStore,
@@ -35,6 +38,18 @@ CTX.set_forkserver_preload(["mpstate", "mpstate.redis", "race_helpers"])
 
 #: Longest a thread or process waits for the others at a barrier, in seconds.
 BARRIER_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Target:
+    """One server (or cluster) for a race: the URL children connect to, and the parent's client."""
+
+    url: str
+    client: Any
+    prefix: str
+
+    def store(self) -> RedisPipelineStateStore:
+        return RedisPipelineStateStore(self.client, prefix=self.prefix)
 
 
 # -- running workloads ----------------------------------------------------------------------------
@@ -118,13 +133,26 @@ def run_processes(
     return [results[i] for i in range(len(processes))]
 
 
-def warm_pool(client: redis.Redis, connections: int) -> None:
-    """Open ``connections`` pooled connections now, so threads released by a barrier do not
-    spend their first milliseconds connecting (which would spread out their start)."""
-    pool = client.connection_pool
-    opened = [pool.get_connection() for _ in range(connections)]
-    for connection in opened:
-        pool.release(connection)
+def warm_pool(client: redis.Redis | RedisCluster, connections: int) -> None:
+    """Open ``connections`` pooled connections now (to every master of a cluster), so threads
+    released by a barrier do not spend their first milliseconds connecting (which would spread
+    out their start)."""
+    if isinstance(client, RedisCluster):
+        pools = [node.redis_connection.connection_pool for node in client.get_primaries()]
+    else:
+        pools = [client.connection_pool]
+    for pool in pools:
+        opened = [pool.get_connection() for _ in range(connections)]
+        for connection in opened:
+            pool.release(connection)
+
+
+def raw_client(url: str) -> redis.Redis | RedisCluster:
+    """A plain client for ``url``: a cluster client for a ``redis+cluster://`` URL."""
+    scheme, _, rest = url.partition("://")
+    if scheme.lower().endswith("+cluster"):
+        return RedisCluster.from_url(f"{scheme[: -len('+cluster')]}://{rest}")
+    return redis.Redis.from_url(url)
 
 
 # -- workloads ------------------------------------------------------------------------------------
@@ -247,6 +275,39 @@ def racing_creates_in_process(
         store.close()
 
 
+def create_or_get_rounds_in_process(
+    redis_url: str,
+    prefix: str,
+    rounds: list[list[dict[str, Any]]],
+    barrier: Any,
+    claim_grace: tuple[float, ...] | None = None,
+) -> list[list[tuple[Any, ...]]]:
+    """Process worker: one thread per run document of a round; all threads of all processes
+    start each round together (after the barrier) with ``create_or_get``.
+
+    ``claim_grace`` replaces, in this process, the pauses a claimant waits for a claim's run to
+    appear before voiding the claim (``()``: void at once, so claims are voided far more often).
+    Returns, per round, this process's outcomes in thread order."""
+    if claim_grace is not None:
+        mpstate.redis.backend._CLAIM_GRACE_S = claim_grace
+    store = RedisPipelineStateStore.from_url(redis_url, prefix=prefix)
+    try:
+        threads = len(rounds[0])
+        warm_pool(store.client, threads)
+
+        def creator(i: int) -> list[tuple[Any, ...]]:
+            outcomes = []
+            for runs in rounds:
+                barrier.wait(BARRIER_TIMEOUT)
+                outcomes.append(create_or_get_outcome(store, runs[i]))
+            return outcomes
+
+        per_thread = run_threads(threads, creator)
+        return [[outcomes[r] for outcomes in per_thread] for r in range(len(rounds))]
+    finally:
+        store.close()
+
+
 def hold_lock_repeatedly(
     store: PipelineStateStore,
     run_id: str,
@@ -283,7 +344,7 @@ def lock_exclusion_in_process(
 ) -> list[tuple[int, int, list[int]]]:
     """Process worker: threads taking the lock; "inside" is counted with INCR/DECR in Redis."""
     store = RedisPipelineStateStore.from_url(redis_url, prefix=prefix)
-    counter = redis.Redis.from_url(redis_url)
+    counter = raw_client(redis_url)
     try:
         warm_pool(store.client, 2 * threads)
         warm_pool(counter, threads)

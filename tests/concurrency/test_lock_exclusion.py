@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from race_helpers import (
     CTX,
+    Target,
     hold_lock_repeatedly,
     lock_exclusion_in_process,
     run_processes,
@@ -35,7 +36,7 @@ RUN_ID = "locked-run"
 HOLD_SECONDS = 0.002
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -74,25 +75,22 @@ def test_the_lock_admits_one_thread_at_a_time_and_a_new_fence_per_grant(
     assert fences == list(range(1, threads * rounds + 1))
 
 
-def test_the_lock_admits_one_holder_at_a_time_across_processes(
-    redis_url: str, redis_client: Any, prefix: str
-) -> None:
+def test_the_lock_admits_one_holder_at_a_time_across_processes(target: Target) -> None:
     processes, threads, rounds = 4, 4, 3
-    store = RedisPipelineStateStore(redis_client, prefix=prefix)
-    store.create({"runId": RUN_ID, "pipelineId": "p"})
-    counter_key = f"{prefix}:test:inside"
+    target.store().create({"runId": RUN_ID, "pipelineId": "p"})
+    counter_key = f"{target.prefix}:test:inside"
     start = CTX.Barrier(processes * threads)
 
     per_process = run_processes(
         lock_exclusion_in_process,
-        [(redis_url, prefix, RUN_ID, counter_key, threads, rounds, HOLD_SECONDS, start)]
+        [(target.url, target.prefix, RUN_ID, counter_key, threads, rounds, HOLD_SECONDS, start)]
         * processes,
     )
 
     results = [result for per_thread in per_process for result in per_thread]
     assert sum(grants for grants, _, _ in results) == processes * threads * rounds
     assert max(most for _, most, _ in results) == 1
-    assert int(redis_client.get(counter_key)) == 0
+    assert int(target.client.get(counter_key)) == 0
     fences = sorted(fence for _, _, per_holder in results for fence in per_holder)
     assert fences == list(range(1, processes * threads * rounds + 1))
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from race_helpers import (
     CTX,
+    Target,
     cas_increments_in_process,
     commit_progress_events,
     increment_blindly,
@@ -31,9 +32,9 @@ WRITERS = 20
 INCREMENTS = 10
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def backend(request: pytest.FixtureRequest) -> str:
-    """Real Redis and in-memory: fakeredis says nothing about real concurrency."""
+    """In-memory, real Redis and a real cluster: fakeredis says nothing about real concurrency."""
     return str(request.param)
 
 
@@ -117,16 +118,16 @@ def test_concurrent_commits_give_their_events_contiguous_unique_seqs(
 
 
 def test_compare_and_set_increments_from_several_processes_are_never_lost(
-    redis_url: str, redis_client: Any, prefix: str
+    target: Target,
 ) -> None:
     processes, threads, increments = 4, 5, 5
-    store = RedisPipelineStateStore(redis_client, prefix=prefix)
+    store = target.store()
     run_id = new_run(store)
     start = CTX.Barrier(processes * threads)
 
     conflicts = run_processes(
         cas_increments_in_process,
-        [(redis_url, prefix, run_id, threads, increments, start)] * processes,
+        [(target.url, target.prefix, run_id, threads, increments, start)] * processes,
     )
 
     total = processes * threads * increments

@@ -1,14 +1,21 @@
-"""The Redis layout on a real server: documented keys, a TTL on every key, stale index entries."""
+"""The Redis layout on a real server: documented keys, a TTL on every key, stale index entries,
+and one Redis Cluster slot per script."""
 
 from __future__ import annotations
 
+import os
+import re
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import redis
+from plan_steps import PlanSteps, request_names
+from redis.crc import key_slot
 
+import mpstate.redis.keys
 from mpstate import (
     IdempotencyKeyInUseError,
     LockTimeoutError,
@@ -21,7 +28,9 @@ from mpstate import (
 )
 from mpstate.fields import epoch_ms
 from mpstate.redis.keys import RedisKeys
-from mpstate.testing import RedisServer, free_port
+from mpstate.redis.requests import Batch, Ordered, Script
+from mpstate.redis.scripts import SCRIPT_NAMES
+from mpstate.testing import RedisServer, free_cluster_port, free_port
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -64,13 +73,20 @@ def test_a_new_run_writes_the_documented_keys(redis_client: redis.Redis, prefix:
         k.events("r1"),
         k.all_runs(),
         k.by_status(PipelineRunStatus.PENDING),
+        k.global_group().entries,
     }
+    assert k.all_runs() == f"{prefix}:idx:{{all}}"
+    assert k.global_group().entries == f"{prefix}:idx:{{all}}:entries"
     assert redis_client.type(k.run("r1")) == b"hash"
     assert redis_client.type(k.events("r1")) == b"stream"
+    assert redis_client.type(k.global_group().entries) == b"hash"
     entries = redis_client.xrange(k.events("r1"))
     assert entries is not None
     assert [entry_id for entry_id, _ in entries] == [b"0-1"]
     assert redis_client.zscore(k.all_runs(), "r1") == epoch_ms(T0)
+    assert redis_client.zscore(k.by_status(PipelineRunStatus.PENDING), "r1") == epoch_ms(T0)
+    # Settled: "score:version" and no pending mark (";expiry:nonce") left behind.
+    assert redis_client.hgetall(k.global_group().entries) == {b"r1": f"{epoch_ms(T0)}:1".encode()}
 
 
 def test_tenant_key_and_job_keys_are_written_where_documented(
@@ -86,20 +102,140 @@ def test_tenant_key_and_job_keys_are_written_where_documented(
             "idempotencyKey": "key",
             "externalJobIds": {"fal": "j1"},
             "externalJobId": "replicate:j2",
+            "createdAt": T0.isoformat(),
         }
     )
     written = keys_under(redis_client, prefix)
-    for key in [
+    operations = {key for key in written if key.startswith(f"{k.run('r1')}:op:")}
+    assert written - operations == {
+        k.run("r1"),
+        k.events("r1"),
         k.idempotency("t", "key"),
         k.job("fal", "j1"),
         k.job("replicate", "j2"),
+        k.all_runs(),
+        k.by_status(PipelineRunStatus.PENDING),
+        k.global_group().entries,
         k.by_tenant("t"),
         k.by_tenant_status("t", PipelineRunStatus.PENDING),
+        k.tenant_group("t").entries,
         k.by_idempotency_key("key"),
-    ]:
-        assert key in written
-    assert redis_client.get(k.idempotency("t", "key")) == b"r1"
+        k.idempotency_group("key").entries,
+    }
+    assert k.idempotency("t", "key") == f"{prefix}:idem:{{t:key}}"
+    assert k.tenant_group("t").entries == f"{prefix}:idx:tenant:{{t}}:entries"
+    # The claim: "<claim token>:<run id>".
+    claim = text(redis_client.get(k.idempotency("t", "key")))
+    assert re.fullmatch(r"[0-9a-f]+:r1", claim), claim
     assert redis_client.get(k.job("fal", "j1")) == b"r1"
+    assert redis_client.get(k.job("replicate", "j2")) == b"r1"
+    settled = f"{epoch_ms(T0)}:1".encode()  # "score:version", no pending mark left
+    for group in [k.global_group(), k.tenant_group("t"), k.idempotency_group("key")]:
+        assert redis_client.hgetall(group.entries) == {b"r1": settled}, group
+        assert redis_client.zscore(group.everything, "r1") == epoch_ms(T0)
+
+
+#: A placeholder of the layout: an id in a hash tag ({R}, {T:K}, ...) or a segment (<op id>).
+_PLACEHOLDER = re.compile(r"(\{[A-Z](?::[A-Z])*\}|<[^>]*>)")
+
+
+def documented_layout(prefix: str) -> list[tuple[re.Pattern[str], str]]:
+    """The "Layout" block of ``mpstate/redis/keys.py``'s docstring, as (key pattern, type)."""
+    doc = mpstate.redis.keys.__doc__ or ""
+    block = doc[doc.index("Layout (prefix ``mp``)::") :]
+    layout = []
+    for line in block.splitlines()[1:]:
+        found = re.match(r"\s+mp(:\S*(?:<[^>]*>\S*)*)\s+(\w+)\s", line)
+        if found is None:
+            continue
+        name, kind = found.groups()
+        regex = ""
+        for part in _PLACEHOLDER.split(prefix + name):
+            if part.startswith("<"):
+                regex += r"[^:{}]+"
+            elif _PLACEHOLDER.fullmatch(part):  # one escaped id (never ':{}') per letter
+                regex += r"\{" + ":".join([r"[^:{}]*"] * (part.count(":") + 1)) + r"\}"
+            else:
+                regex += re.escape(part)
+        layout.append((re.compile(regex), kind))
+    assert len(layout) >= 15, "the layout block of keys.py was not found"
+    return layout
+
+
+def write_everything(store: RedisPipelineStateStore) -> None:
+    """Every kind of write, including a stalled keyed create that another create then voids."""
+    for n, tenant in enumerate([None, "t1", "t2"]):
+        store.create(
+            {
+                "runId": f"r{n}",
+                "pipelineId": "p",
+                "tenantId": tenant,
+                "idempotencyKey": f"key{n}",
+                "externalJobIds": {"fal": f"j{n}"},
+                "externalJobId": f"legacy:l{n}",
+            }
+        )
+    store.update("r0", {"status": "running", "externalJobIds": {"fal": "j0b"}})
+    store.commit("r1", {"status": "suspended"}, [RunStarted(run_id="r1")])
+    store.append_event("r2", StepProgress(run_id="r2", step_id="s", pct=5))
+    store.cancel("r2", "stop")
+    store.for_tenant("t1").update("r1", {"status": "running"})
+    with store.lock("r0") as held:
+        store.update("r0", {"error": "x"}, fence=held.fence)
+        held.extend()
+    store.with_lock("r1", lambda run: run)
+    stalled = PlanSteps(
+        store,
+        store._plan_create(
+            {"runId": "stalled", "pipelineId": "p", "tenantId": "t1", "idempotencyKey": "kv"},
+            return_existing=True,
+        ),
+    )
+    stalled.run_through("claim_idempotency_key")  # stalls; the next create voids its claim
+    store.create_or_get(
+        {"runId": "winner", "pipelineId": "p", "tenantId": "t1", "idempotencyKey": "kv"}
+    )
+    assert stalled.finish()[0].run_id == "winner"
+    store.list_runs()
+    store.list_runs(status="running", tenant_id="t1")
+    store.list_runs(status=["pending", "cancelled"])
+    store.list_runs(idempotency_key="key1")
+    store.find_by_external_job_id("fal", "j0b")
+
+
+def undocumented_keys(client: redis.Redis, prefix: str) -> list[str]:
+    """Keys under ``prefix`` no line of the layout describes; checks the others' types."""
+    layout = documented_layout(prefix)
+    undocumented = []
+    for key in sorted(keys_under(client, prefix)):
+        kinds = {kind for pattern, kind in layout if pattern.fullmatch(key)}
+        if not kinds:
+            undocumented.append(key)
+            continue
+        assert text(client.type(key)) in kinds, key
+    return undocumented
+
+
+def test_every_key_written_is_in_the_documented_layout_with_its_type(
+    redis_client: redis.Redis, prefix: str
+) -> None:
+    store = new_store(redis_client, prefix)
+    write_everything(store)
+
+    undocumented = undocumented_keys(redis_client, prefix)
+
+    assert store.keys.void("stalled") in keys_under(redis_client, prefix)
+    assert undocumented == []
+
+
+def test_the_idempotency_key_index_entries_hash_is_in_the_documented_layout(
+    redis_client: redis.Redis, prefix: str
+) -> None:
+    store = new_store(redis_client, prefix)
+    store.create({"runId": "r1", "pipelineId": "p", "idempotencyKey": "key"})
+    assert store.keys.idempotency_group("key").entries in keys_under(redis_client, prefix)
+
+    assert undocumented_keys(redis_client, prefix) == []
 
 
 def test_stores_with_different_prefixes_do_not_see_each_other(
@@ -120,44 +256,36 @@ def test_stores_with_different_prefixes_do_not_see_each_other(
 def test_every_key_the_store_writes_has_a_ttl(redis_client: redis.Redis, prefix: str) -> None:
     store = new_store(redis_client, prefix)
     k = store.keys
-    for n, tenant in enumerate([None, "t1", "t2"]):
-        store.create(
-            {
-                "runId": f"r{n}",
-                "pipelineId": "p",
-                "tenantId": tenant,
-                "idempotencyKey": f"key{n}",
-                "externalJobIds": {"fal": f"j{n}"},
-                "externalJobId": f"legacy:l{n}",
-            }
-        )
-    store.update("r0", {"status": "running", "externalJobIds": {"fal": "j0b"}})
-    store.commit("r1", {"status": "suspended"}, [RunStarted(run_id="r1")])
-    store.append_event("r2", StepProgress(run_id="r2", step_id="s", pct=5))
-    store.cancel("r2", "stop")
-    store.for_tenant("t1").update("r1", {"status": "running"})
+    write_everything(store)
     with store.lock("r0") as held:
-        store.update("r0", {"error": "x"}, fence=held.fence)
-        assert_every_key_has_a_ttl(redis_client, prefix)
-    store.with_lock("r1", lambda run: run)
-    store.list_runs()
-    store.list_runs(status="running", tenant_id="t1")
-    store.find_by_external_job_id("fal", "j0b")
+        written = assert_every_key_has_a_ttl(redis_client, prefix)
+        assert k.lock("r0") in written
+        store.update("r0", {"error": "y"}, fence=held.fence)
+    # Repairs on read write too: a run whose hash is gone is settled out of its indexes.
+    store.create({"runId": "gone", "pipelineId": "p", "tenantId": "t2"})
+    expire(redis_client, store, "gone")
+    assert ids(store.list_runs(tenant_id="t2")) == ["r2"]
+    assert ids(store.list_runs(status="pending")) == ["winner"]
 
     written = assert_every_key_has_a_ttl(redis_client, prefix)
     for expected_key in [
         k.run("r0"),
         k.events("r0"),
         k.lock_wake("r0"),
+        k.void("stalled"),
         k.idempotency(None, "key0"),
         k.idempotency("t1", "key1"),
+        k.idempotency("t1", "kv"),
         k.job("fal", "j0b"),
         k.job("legacy", "l1"),
         k.all_runs(),
         k.by_status(PipelineRunStatus.CANCELLED),
+        k.global_group().entries,
         k.by_tenant("t2"),
         k.by_tenant_status("t1", PipelineRunStatus.RUNNING),
+        k.tenant_group("t1").entries,
         k.by_idempotency_key("key2"),
+        k.idempotency_group("kv").entries,
     ]:
         assert expected_key in written
     assert any(":op:" in key for key in written)
@@ -184,33 +312,62 @@ def test_keys_expire_after_their_configured_lifetimes(
     )
     k = store.keys
     store.create(
-        {"runId": "r1", "pipelineId": "p", "idempotencyKey": "k", "externalJobIds": {"f": "j"}}
+        {
+            "runId": "r1",
+            "pipelineId": "p",
+            "tenantId": "t",
+            "idempotencyKey": "k",
+            "externalJobIds": {"f": "j"},
+        }
     )
+    stalled = PlanSteps(
+        store,
+        store._plan_create(
+            {"runId": "stalled", "pipelineId": "p", "idempotencyKey": "k2"}, return_existing=True
+        ),
+    )
+    stalled.run_through("claim_idempotency_key")
+    store.create_or_get({"runId": "r2", "pipelineId": "p", "idempotencyKey": "k2"})  # voids it
 
     def ttl_s(key: str) -> float:
         return float(redis_client.pttl(key)) / 1000
 
     for key in [k.run("r1"), k.events("r1")]:
         assert 995 < ttl_s(key) <= 1000, key
-    # Indexes live twice the run TTL, re-asserted by each run every half run TTL (index_run.lua).
-    for key in [k.all_runs(), k.by_idempotency_key("k")]:
+    # Indexes live twice the run TTL, re-asserted by a run's write every half run TTL.
+    for key in [
+        k.all_runs(),
+        k.by_status(PipelineRunStatus.PENDING),
+        k.global_group().entries,
+        k.by_tenant("t"),
+        k.by_tenant_status("t", PipelineRunStatus.PENDING),
+        k.tenant_group("t").entries,
+        k.by_idempotency_key("k"),
+        k.idempotency_group("k").entries,
+    ]:
         assert 1995 < ttl_s(key) <= 2000, key
-    assert 495 < ttl_s(k.idempotency(None, "k")) <= 500
+    # A claim, and the void of a claim called off, live as long as the idempotency key.
+    for key in [k.idempotency("t", "k"), k.idempotency(None, "k2"), k.void("stalled")]:
+        assert 495 < ttl_s(key) <= 500, key
     assert 295 < ttl_s(k.job("f", "j")) <= 300
     with store.lock("r1"):
         assert 55 < ttl_s(k.lock("r1")) <= 60
 
 
 def test_a_run_kept_alive_by_writes_stays_listed(redis_client: redis.Redis, prefix: str) -> None:
+    # Runs live 0.6 s, indexes 1.2 s; a write re-asserts its run's index entries and their TTLs
+    # when they were last asserted more than half a run TTL (0.3 s) ago.
     store = new_store(redis_client, prefix, run_ttl_seconds=0.6)
+    k = store.keys
     for run_id in ["kept", "dropped"]:
         store.create(
             {"runId": run_id, "pipelineId": "p", "tenantId": "t", "idempotencyKey": "k" + run_id}
         )
-    time.sleep(0.35)
-    store.update("kept", {"error": "still going"})
+    for _ in range(3):  # writes with no status change: only re-indexing touches the indexes
+        time.sleep(0.4)
+        store.update("kept", {"error": "still going"})
     store.append_event("kept", RunStarted(run_id="kept"))
-    time.sleep(0.4)
+    time.sleep(0.25)  # 1.45 s in: indexes nobody re-asserted would have expired at 1.2 s
 
     assert store.get("dropped") is None
     assert store.get("kept") is not None
@@ -219,6 +376,8 @@ def test_a_run_kept_alive_by_writes_stays_listed(redis_client: redis.Redis, pref
     assert ids(store.list_runs(tenant_id="t")) == ["kept"]
     assert ids(store.list_runs(tenant_id="t", status="pending")) == ["kept"]
     assert ids(store.list_runs(idempotency_key="kkept")) == ["kept"]
+    for key in [k.all_runs(), k.global_group().entries, k.tenant_group("t").entries]:
+        assert redis_client.pttl(key) > 600, key
 
 
 def test_idempotency_keys_and_job_ids_expire_after_their_own_ttls(
@@ -292,6 +451,12 @@ def test_an_index_entry_whose_run_is_gone_is_never_listed_and_is_pruned(
     assert store.list_runs(idempotency_key="k") == []
     assert store.list_runs(tenant_id="t") == []
     assert index_members(redis_client, k.by_idempotency_key("k")) == []
+    # Their entries-hash fields went with them.
+    for group in [k.global_group(), k.tenant_group("t"), k.idempotency_group("k")]:
+        for gone in ["r00", "r03", "r04"]:
+            assert redis_client.hget(group.entries, gone) is None, (group, gone)
+    assert redis_client.hget(k.tenant_group("t1").entries, "r03") is None
+    assert redis_client.hget(k.global_group().entries, "r01") is not None
 
 
 def test_a_run_whose_hash_is_gone_is_missing_everywhere(
@@ -444,17 +609,23 @@ def test_an_unreachable_server_is_reported_as_unavailable(prefix: str) -> None:
 # -- Redis Cluster ------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Redis Cluster support is issue 6: create/commit also maintain index keys that live in "
-    "other slots; on Cluster those become idempotent follow-up writes",
-)
-def test_every_write_script_touches_one_cluster_slot() -> None:
-    # A one-node cluster owning every slot still refuses a script whose keys hash to different
-    # slots (CROSSSLOT): this pins today's limit on a real server and flips when Cluster lands.
-    with RedisServer(
-        extra_args=("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
-    ) as server:
+@pytest.fixture(scope="module")
+def one_node_cluster() -> Iterator[redis.Redis]:
+    """A plain client to a one-node Redis Cluster that owns every slot.
+
+    The node refuses any script or command whose keys hash to different slots (CROSSSLOT), and
+    the client is not a cluster client, so nothing but the server checks. A cluster port p needs
+    its bus port p + 10000 free too: ``free_cluster_port``, not a random ephemeral port. Shared
+    by the module (a new node holds cluster_state:fail for 2 s); tests write under prefix "mp".
+    """
+    server = RedisServer(port=free_cluster_port())
+    server.extra_args = (
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        os.path.join(server.directory, "nodes.conf"),
+    )
+    with server:
         client = redis.Redis.from_url(server.url)
         try:
             command: Any = client.execute_command
@@ -463,15 +634,61 @@ def test_every_write_script_touches_one_cluster_slot() -> None:
             while b"cluster_state:ok" not in command("CLUSTER", "INFO"):
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
-            store = RedisPipelineStateStore(client, prefix="mp")
-            store.create({"runId": "r1", "pipelineId": "p", "tenantId": "t"})
-            store.commit("r1", {"status": "running"}, [RunStarted(run_id="r1")])
-            with store.lock("r1") as held:
-                store.update("r1", {"error": "x"}, fence=held.fence)
-            store.cancel("r1", "stop")
-            assert ids(store.list_runs(status="cancelled")) == ["r1"]
+            yield client
         finally:
             client.close()
+
+
+class RequestLog:
+    """Wraps a store's ``_once`` to record every script and command it sends."""
+
+    def __init__(self, store: RedisPipelineStateStore) -> None:
+        self.original = store._once
+        self.scripts: list[Script] = []
+        self.names: set[str] = set()
+        store._once = self  # type: ignore[method-assign]
+
+    def __call__(self, request: Any) -> Any:
+        items = (
+            request.commands()
+            if isinstance(request, Ordered)
+            else request.items
+            if isinstance(request, Batch)
+            else (request,)
+        )
+        self.scripts += [item for item in items if isinstance(item, Script)]
+        self.names.update(request_names(request))
+        return self.original(request)
+
+
+def test_every_write_script_touches_one_cluster_slot(one_node_cluster: redis.Redis) -> None:
+    store = RedisPipelineStateStore(one_node_cluster, prefix="mp")
+    sent = RequestLog(store)
+
+    write_everything(store)  # every write, a voided claim included
+    store.commit("r0", {"status": "completed"}, [RunStarted(run_id="r0")])
+    expire(one_node_cluster, store, "r1")
+    store.list_runs(status="running", tenant_id="t1")  # a repair on read: settles r1 as gone
+    assert [event.seq for event in store.list_events("r0")][:1] == [1]
+    assert ids(store.list_runs(status="cancelled")) == ["r2"]
+
+    # Every script ran, so the server checked every one ...
+    assert set(SCRIPT_NAMES) <= sent.names
+    # ... and each one's keys share a slot (what the server enforced, checked here by hash).
+    for script in sent.scripts:
+        assert len({key_slot(key.encode()) for key in script.keys}) == 1, script
+
+
+def test_a_script_whose_keys_span_two_slots_is_refused_by_the_one_node_cluster(
+    one_node_cluster: redis.Redis,
+) -> None:
+    """Control for the test above: the node does refuse a script writing a run and an index."""
+    k = RedisKeys("mp")
+    assert key_slot(k.run("r1").encode()) != key_slot(k.all_runs().encode())
+    command: Any = one_node_cluster.execute_command
+    with pytest.raises(redis.ResponseError, match="same slot"):  # CROSSSLOT
+        command("EVAL", "return redis.call('EXISTS', KEYS[1], KEYS[2])", 2,
+                k.run("r1"), k.all_runs())  # fmt: skip
 
 
 @pytest.mark.parametrize("backend", ["redis", "redis6"], indirect=True)

@@ -1,15 +1,20 @@
 """A write script that runs twice for one operation applies once (a retry after a lost reply).
 
-redis-py retries a command when the connection fails, and the retry re-sends the whole EVALSHA:
-when the first one ran and only its reply was lost, the script runs a second time. Every write
-carries an operation id (its op key) so the second run reports the first one's outcome.
+The store retries a whole request when the connection fails, and the retry re-sends the whole
+EVALSHA (or the pipeline carrying it): when the first one ran and only its reply was lost, the
+script runs a second time. Every write carries an operation id (its op key) so the second run
+reports the first one's outcome; the follow-up scripts in other slots (the idempotency claim,
+the void of a claim, index entries) are idempotent by themselves.
 
 Two ways to make a script run twice, both against the real redis-server:
 
-* ``run_twice``: the store's registered script objects are wrapped so each call executes the
-  real script twice with identical keys and arguments and hands the store the second reply;
-* ``LossyProxy``: a TCP proxy between the store and Redis forwards one EVALSHA and then drops the
-  connection instead of its reply, so redis-py itself reconnects and retries.
+* ``run_twice``: the store's request execution (``_once``) is wrapped so each request carrying
+  the named script executes it twice with identical keys and arguments and hands the store the
+  second reply (an ``Ordered`` request is carried out one request at a time for that, as the
+  store does on a cluster);
+* ``LossyProxy``: a TCP proxy between the store and Redis forwards one request carrying the
+  script and then drops the connection instead of its reply, so the store itself reconnects and
+  retries.
 
 The controls re-send the same write under a fresh op key and show it is then applied twice.
 """
@@ -26,13 +31,19 @@ from typing import Any
 
 import pytest
 import redis
+from plan_steps import PlanSteps, request_names
 
 from mpstate import (
+    IdempotencyKeyInUseError,
+    LockNotOwnedError,
+    PipelineRunStatus,
     RedisPipelineStateStore,
     RunAlreadyExistsError,
     RunStarted,
     StepProgress,
 )
+from mpstate.redis.requests import Batch, Ordered, Script
+from mpstate.redis.scripts import LuaScript, lua_script
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -40,29 +51,45 @@ RUN_ID = "retried"
 
 
 class RunTwice:
-    """A registered script whose every call runs the real script twice and returns the second
-    reply, as a redis-py retry does after the first reply was lost."""
+    """Wraps a store's ``_once``: every request carrying script ``name`` runs that script twice
+    and gets the second reply, as a retry after the first reply was lost does."""
 
-    def __init__(self, script: Any, *, fresh_op_key: bool = False) -> None:
-        self.script = script
+    def __init__(
+        self, store: RedisPipelineStateStore, name: str, *, fresh_op_key: bool = False
+    ) -> None:
+        self.original = store._once
+        self.name = name
         self.fresh_op_key = fresh_op_key
         self.replies: list[tuple[Any, Any]] = []
+        store._once = self  # type: ignore[method-assign]
 
-    def __call__(self, keys: list[str], args: list[Any]) -> Any:
-        first = self.script(keys=keys, args=args)
+    def __call__(self, request: Any) -> Any:
+        if self.name not in request_names(request):
+            return self.original(request)
+        if isinstance(request, Ordered):  # one by one, in order, as on a cluster
+            return [self(inner) for inner in request.requests]
+        if isinstance(request, Batch):
+            replies = list(self.original(request))
+            for position, item in enumerate(request.items):
+                if isinstance(item, Script) and item.name == self.name:
+                    replies[position] = self._again(item, replies[position])
+            return replies
+        return self._again(request, self.original(request))
+
+    def _again(self, script: Script, first: Any) -> Any:
         if self.fresh_op_key:  # control: the retry is not recognised as the same operation
             keys = [
-                f"{k.rpartition(':')[0]}:{uuid.uuid4().hex}" if ":op:" in k else k for k in keys
+                f"{k.rpartition(':')[0]}:{uuid.uuid4().hex}" if ":op:" in k else k
+                for k in script.keys
             ]
-        second = self.script(keys=keys, args=args)
+            script = dataclasses.replace(script, keys=keys)
+        second = self.original(script)
         self.replies.append((first, second))
         return second
 
 
 def run_twice(store: RedisPipelineStateStore, name: str, **options: Any) -> RunTwice:
-    wrapper = RunTwice(getattr(store._scripts, name), **options)
-    store._scripts = dataclasses.replace(store._scripts, **{name: wrapper})
-    return wrapper
+    return RunTwice(store, name, **options)
 
 
 @pytest.fixture
@@ -73,6 +100,10 @@ def store(redis_client: redis.Redis, prefix: str) -> RedisPipelineStateStore:
 def created(store: RedisPipelineStateStore) -> RedisPipelineStateStore:
     store.create({"runId": RUN_ID, "pipelineId": "p"})
     return store
+
+
+def ids(runs: list[Any]) -> list[str]:
+    return [run.run_id for run in runs]
 
 
 def progress(message: str) -> StepProgress:
@@ -107,21 +138,24 @@ def test_a_versioned_update_run_twice_is_not_refused_as_a_conflict_with_itself(
     store: RedisPipelineStateStore,
 ) -> None:
     created(store)
-    run_twice(store, "commit_run")
+    twice = run_twice(store, "commit_run")
 
     run = store.update(RUN_ID, {"error": "e"}, expected_version=1)
 
     assert run.version == 2
     assert store.require(RUN_ID).version == 2
+    ((first, second),) = twice.replies
+    assert int(first[0]) == 1 and int(second[0]) == 2
 
 
 def test_an_append_event_run_twice_appends_one_event_and_returns_its_seq(
     store: RedisPipelineStateStore,
 ) -> None:
     created(store)
-    run_twice(store, "commit_run")
+    twice = run_twice(store, "commit_run")
 
     assert store.append_event(RUN_ID, RunStarted(run_id=RUN_ID)) == 2
+    assert len(twice.replies) == 1
 
     assert [e.seq for e in store.list_events(RUN_ID)] == [1, 2]
     assert store.require(RUN_ID).version == 1
@@ -129,12 +163,16 @@ def test_an_append_event_run_twice_appends_one_event_and_returns_its_seq(
 
 def test_a_cancel_run_twice_logs_one_run_cancelled(store: RedisPipelineStateStore) -> None:
     created(store)
-    run_twice(store, "commit_run")
+    twice = run_twice(store, "commit_run")
 
     run = store.cancel(RUN_ID, "stop")
 
     assert (run.status, run.version) == ("cancelled", 2)
     assert [e.kind for e in store.list_events(RUN_ID)] == ["run-created", "run-cancelled"]
+    assert len(twice.replies) == 1
+    # The replay settled the index entries of the write it replayed.
+    assert ids(store.list_runs(status="cancelled")) == [RUN_ID]
+    assert store.list_runs(status="pending") == []
 
 
 def test_a_create_run_twice_succeeds_with_one_run_created_event(
@@ -153,31 +191,34 @@ def test_a_create_run_twice_succeeds_with_one_run_created_event(
 
 
 def test_a_create_or_get_run_twice_reports_created(store: RedisPipelineStateStore) -> None:
-    run_twice(store, "create_run")
+    twice = run_twice(store, "create_run")
 
     run, was_created = store.create_or_get({"runId": RUN_ID, "pipelineId": "p"})
 
     assert (run.run_id, was_created) == (RUN_ID, True)
+    assert len(twice.replies) == 1
 
 
 def test_a_lock_acquire_run_twice_grants_one_fence(store: RedisPipelineStateStore) -> None:
     created(store)
-    run_twice(store, "acquire_lock")
+    twice = run_twice(store, "acquire_lock")
 
     with store.lock(RUN_ID) as held:
         assert held.fence == 1
         store.update(RUN_ID, {"error": "e"}, fence=held.fence)
     with store.lock(RUN_ID) as held:
         assert held.fence == 2
+    assert len(twice.replies) == 2
 
 
 def test_a_lock_extend_run_twice_keeps_the_lock(store: RedisPipelineStateStore) -> None:
     created(store)
-    run_twice(store, "extend_lock")
+    twice = run_twice(store, "extend_lock")
 
     with store.lock(RUN_ID) as held:
         held.extend(30_000)
         assert 0 < store.client.pttl(store.keys.lock(RUN_ID)) <= 30_000
+    assert len(twice.replies) == 1
 
 
 def test_a_lock_release_run_twice_is_not_reported_as_a_lost_lock(
@@ -186,12 +227,89 @@ def test_a_lock_release_run_twice_is_not_reported_as_a_lost_lock(
     """The first run released the lock; the retry finds no lock with its token. That is the
     outcome of this very release, not a lock lost to another holder."""
     created(store)
-    run_twice(store, "release_lock")
+    twice = run_twice(store, "release_lock")
 
     with store.lock(RUN_ID):
         pass
 
     assert store.client.get(store.keys.lock(RUN_ID)) is None
+    ((first, second),) = twice.replies
+    assert int(first) == 1 and int(second) == 1  # released, then recognised as this release
+
+
+# -- follow-up writes in other slots: idempotent without an op key ------------------------------
+
+
+def test_a_claim_run_twice_is_recognised_as_its_own_and_creates_one_run_holding_the_key(
+    store: RedisPipelineStateStore,
+) -> None:
+    twice = run_twice(store, "claim_idempotency_key")
+
+    run = store.create({"runId": RUN_ID, "pipelineId": "p", "idempotencyKey": "k"})
+
+    assert run.version == 1
+    first, second = twice.replies[0]
+    assert int(first[0]) == 1 and int(second[0]) == 1  # the retry found its own claim
+    assert store.client.exists(store.keys.void(RUN_ID)) == 0  # nothing voided
+    with pytest.raises(IdempotencyKeyInUseError) as caught:
+        store.create({"runId": "other", "pipelineId": "p", "idempotencyKey": "k"})
+    assert caught.value.existing_run_id == RUN_ID
+    assert ids(store.list_runs(idempotency_key="k")) == [RUN_ID]
+
+
+def test_a_void_run_twice_still_lets_exactly_one_run_take_the_key(
+    store: RedisPipelineStateStore, redis_client: redis.Redis, prefix: str
+) -> None:
+    slow_store = RedisPipelineStateStore(redis_client, prefix=prefix)
+    slow = PlanSteps(
+        slow_store,
+        slow_store._plan_create(
+            {"runId": "slow", "pipelineId": "p", "idempotencyKey": "k"}, return_existing=True
+        ),
+    )
+    slow.run_through("claim_idempotency_key")  # stalls before create_run
+    twice = run_twice(store, "void_claim")
+
+    run, created_now = store.create_or_get(
+        {"runId": RUN_ID, "pipelineId": "p", "idempotencyKey": "k"}
+    )
+
+    assert (run.run_id, created_now) == (RUN_ID, True)
+    ((first, second),) = twice.replies
+    assert int(first[0]) == 1 and int(second[0]) == 1  # voided, and voided again: the same
+    slow_claim = slow.executed[-1].args[0]  # "<claim token>:slow", as claimed
+    voided = store.client.smembers(store.keys.void("slow"))
+    assert voided == {slow_claim.partition(":")[0].encode()}  # one token, voided once
+    stored, slow_created = slow.finish()
+    assert (stored.run_id, slow_created) == (RUN_ID, False)
+    assert store.get("slow") is None
+    assert ids(store.list_runs(idempotency_key="k")) == [RUN_ID]
+
+
+@pytest.mark.parametrize("name", ["add_index_entries", "settle_index_entries"])
+def test_index_follow_ups_run_twice_leave_every_index_as_the_run_says(
+    store: RedisPipelineStateStore, redis_client: redis.Redis, name: str
+) -> None:
+    twice = run_twice(store, name)
+    store.create({"runId": RUN_ID, "pipelineId": "p", "tenantId": "t", "idempotencyKey": "k"})
+    store.update(RUN_ID, {"status": "running"})
+    run = store.cancel(RUN_ID, "stop")
+
+    assert len(twice.replies) >= 3 * 2  # create, update and cancel; 2+ groups each
+    k = store.keys
+    assert ids(store.list_runs(status="cancelled")) == [RUN_ID]
+    assert ids(store.list_runs(tenant_id="t", status="cancelled")) == [RUN_ID]
+    assert ids(store.list_runs(idempotency_key="k")) == [RUN_ID]
+    assert store.list_runs(status=["pending", "running"]) == []
+    assert store.list_runs(tenant_id="t", status=["pending", "running"]) == []
+    for group in [k.global_group(), k.tenant_group("t")]:
+        for status in [PipelineRunStatus.PENDING, PipelineRunStatus.RUNNING]:
+            assert redis_client.zscore(group.status(status), RUN_ID) is None
+        assert redis_client.zscore(group.status(PipelineRunStatus.CANCELLED), RUN_ID) is not None
+        settled = redis_client.hget(group.entries, RUN_ID)
+        assert settled is not None
+        # "score:version" with no ";expiry:nonce" pending mark left
+        assert settled.decode().partition(":")[2] == str(run.version)
 
 
 # -- controls: the op key is what makes the second run a replay -----------------------------------
@@ -220,14 +338,25 @@ def test_control_a_create_sent_again_under_a_fresh_op_key_reports_its_own_run_as
     assert store.require(RUN_ID).version == 1
 
 
-# -- a real lost reply: redis-py retries through a connection that dropped -----------------------
+def test_control_a_lock_release_sent_again_under_a_fresh_op_key_is_reported_as_a_lost_lock(
+    store: RedisPipelineStateStore,
+) -> None:
+    created(store)
+    run_twice(store, "release_lock", fresh_op_key=True)
+
+    with pytest.raises(LockNotOwnedError), store.lock(RUN_ID):
+        pass
+
+
+# -- a real lost reply: the store retries through a connection that dropped ----------------------
 
 
 class LossyProxy:
     """A loopback TCP proxy to a real Redis that can lose the reply to one command.
 
-    ``lose_reply_to(marker)``: the next request containing ``marker`` (a script's SHA) is
-    forwarded, and the connection is then closed instead of passing its reply back.
+    ``lose_reply_to(marker)``: the next request containing ``marker`` (a script's SHA, alone or
+    in a pipeline) is forwarded, and the connection is then closed instead of passing its reply
+    back.
     """
 
     def __init__(self, host: str, port: int) -> None:
@@ -334,7 +463,7 @@ def proxied(
     proxy.close()
 
 
-def lose_one_reply(proxy: LossyProxy, script: Any) -> Callable[[], None]:
+def lose_one_reply(proxy: LossyProxy, script: LuaScript) -> Callable[[], None]:
     proxy.lose_reply_to(script.sha)
 
     def check() -> None:
@@ -344,12 +473,12 @@ def lose_one_reply(proxy: LossyProxy, script: Any) -> Callable[[], None]:
     return check
 
 
-def test_a_commit_whose_reply_was_lost_is_retried_by_redis_py_and_applied_once(
+def test_a_commit_whose_reply_was_lost_is_retried_by_the_store_and_applied_once(
     proxied: tuple[LossyProxy, RedisPipelineStateStore],
 ) -> None:
     proxy, store = proxied
     created(store)
-    retried = lose_one_reply(proxy, store._scripts.commit_run)
+    retried = lose_one_reply(proxy, lua_script("commit_run"))
 
     result = store.commit(RUN_ID, {"costUsd": 1.0}, [progress("once")], expected_version=1)
 
@@ -360,11 +489,11 @@ def test_a_commit_whose_reply_was_lost_is_retried_by_redis_py_and_applied_once(
     assert [e.seq for e in run.events] == [1, 2]
 
 
-def test_a_create_whose_reply_was_lost_is_retried_by_redis_py_and_reported_created(
+def test_a_create_whose_reply_was_lost_is_retried_by_the_store_and_reported_created(
     proxied: tuple[LossyProxy, RedisPipelineStateStore],
 ) -> None:
     proxy, store = proxied
-    retried = lose_one_reply(proxy, store._scripts.create_run)
+    retried = lose_one_reply(proxy, lua_script("create_run"))
 
     run = store.create({"runId": RUN_ID, "pipelineId": "p"})
 
@@ -380,7 +509,7 @@ def test_a_lock_release_whose_reply_was_lost_is_retried_without_reporting_a_lost
     created(store)
 
     with store.lock(RUN_ID):
-        retried = lose_one_reply(proxy, store._scripts.release_lock)
+        retried = lose_one_reply(proxy, lua_script("release_lock"))
 
     retried()
     assert store.client.get(store.keys.lock(RUN_ID)) is None

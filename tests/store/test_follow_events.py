@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-import mpstate.store
+import mpstate.core
 from mpstate import (
     InvalidInputError,
     PipelineEvent,
@@ -89,7 +89,7 @@ def test_the_feed_wakes_on_an_append_instead_of_polling(
 ) -> None:
     # With 5 s waits, only a feed that blocks on the backend can deliver the event quickly;
     # a feed that polled once per wait would take up to 5 s.
-    monkeypatch.setattr(mpstate.store, "_FOLLOW_WAIT_S", 5.0)
+    monkeypatch.setattr(mpstate.core, "FOLLOW_WAIT_S", 5.0)
     make_run(store)
     follower = Follower(store, "r1", since_seq=1, timeout_s=30)
     follower.start()

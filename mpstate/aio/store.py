@@ -1,0 +1,201 @@
+"""``AsyncPipelineStateStore``: the store contract's asyncio API.
+
+The same plans as the sync store (``mpstate.core.StoreCore``), awaited: ``_execute`` is each
+backend's asyncio I/O. What differs is only what asyncio callers need: the lock as an async
+context manager renewed by a task, and the live feed as an async iterator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from abc import abstractmethod
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from mpstate.changes import CommitResult
+from mpstate.core import FollowCursor, StoreCore
+from mpstate.errors import InvalidInputError, LockNotOwnedError
+from mpstate.events import PipelineEvent
+from mpstate.filters import RunFilter
+from mpstate.models import PipelineRun
+from mpstate.plans import Plan, drive_async
+
+__all__ = ["AsyncHeldLock", "AsyncPipelineStateStore"]
+
+log = logging.getLogger("mpstate.store")
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class AsyncHeldLock:
+    """A granted run lock. Pass ``fence`` to writes made under it so a stale holder is refused."""
+
+    run_id: str
+    token: str
+    fence: int
+    run: PipelineRun
+    _store: AsyncPipelineStateStore = field(repr=False)
+
+    async def extend(self, ttl_ms: int | None = None) -> None:
+        """Reset the lock's time to live; ``LockNotOwnedError`` if it was lost meanwhile."""
+        plan = self._store._plan_extend(self.run_id, self.token, ttl_ms)
+        if not await self._store._drive(plan):
+            raise LockNotOwnedError(self.run_id)
+
+
+class AsyncPipelineStateStore(StoreCore):
+    """The store contract for asyncio; every method is the sync store's, awaited."""
+
+    @abstractmethod
+    async def _execute(self, request: Any) -> Any:
+        """Carry out one request a plan yields (this backend's asyncio I/O)."""
+
+    async def _drive(self, plan: Plan[T]) -> T:
+        return await drive_async(plan, self._execute)
+
+    async def create(self, run: PipelineRun | Mapping[str, Any]) -> PipelineRun:
+        """See ``PipelineStateStore.create``."""
+        stored, _ = await self._drive(self._plan_create(run, return_existing=False))
+        return stored
+
+    async def create_or_get(self, run: PipelineRun | Mapping[str, Any]) -> tuple[PipelineRun, bool]:
+        """See ``PipelineStateStore.create_or_get``."""
+        return await self._drive(self._plan_create(run, return_existing=True))
+
+    async def get(self, run_id: str, *, include_events: bool = True) -> PipelineRun | None:
+        """See ``PipelineStateStore.get``."""
+        return await self._drive(self._plan_get(run_id, include_events))
+
+    async def require(self, run_id: str, *, include_events: bool = True) -> PipelineRun:
+        """See ``PipelineStateStore.require``."""
+        return await self._drive(self._plan_require(run_id, include_events))
+
+    async def list_events(
+        self, run_id: str, since_seq: int = 0, limit: int | None = None
+    ) -> list[PipelineEvent]:
+        """See ``PipelineStateStore.list_events``."""
+        return await self._drive(self._plan_list_events(run_id, since_seq, limit))
+
+    async def follow_events(
+        self, run_id: str, since_seq: int = 0, *, timeout_s: float | None = None
+    ) -> AsyncIterator[PipelineEvent]:
+        """See ``PipelineStateStore.follow_events``; an async iterator."""
+        cursor = FollowCursor(self, run_id, since_seq, timeout_s)
+        while (plan := cursor.next_plan()) is not None:
+            for event in cursor.emit(await self._drive(plan)):
+                yield event
+
+    async def list_runs(
+        self, filter: RunFilter | Mapping[str, Any] | None = None, **fields: Any
+    ) -> list[PipelineRun]:
+        """See ``PipelineStateStore.list_runs``."""
+        return await self._drive(self._plan_list_runs(filter, fields))
+
+    async def find_by_external_job_id(self, provider: str, job_id: str) -> PipelineRun | None:
+        """See ``PipelineStateStore.find_by_external_job_id``."""
+        return await self._drive(self._plan_find_job(provider, job_id))
+
+    async def update(
+        self,
+        run_id: str,
+        patch: Mapping[str, Any] | BaseModel,
+        expected_version: int | None = None,
+        *,
+        fence: int | None = None,
+    ) -> PipelineRun:
+        """See ``PipelineStateStore.update``."""
+        result = await self.commit(run_id, patch, expected_version=expected_version, fence=fence)
+        return result.run
+
+    async def commit(
+        self,
+        run_id: str,
+        patch: Mapping[str, Any] | BaseModel | None = None,
+        events: Sequence[PipelineEvent | Mapping[str, Any]] = (),
+        *,
+        expected_version: int | None = None,
+        fence: int | None = None,
+        operation_id: str | None = None,
+    ) -> CommitResult:
+        """See ``PipelineStateStore.commit``."""
+        return await self._drive(
+            self._plan_commit(
+                run_id,
+                patch,
+                events,
+                expected_version=expected_version,
+                fence=fence,
+                operation_id=operation_id,
+            )
+        )
+
+    async def cancel(self, run_id: str, reason: str, *, fence: int | None = None) -> PipelineRun:
+        """See ``PipelineStateStore.cancel``."""
+        return await self._drive(self._plan_cancel(run_id, reason, fence))
+
+    async def append_event(
+        self, run_id: str, event: PipelineEvent | Mapping[str, Any], *, fence: int | None = None
+    ) -> int:
+        """See ``PipelineStateStore.append_event``."""
+        return await self._drive(self._plan_append_event(run_id, event, fence))
+
+    async def with_lock(
+        self,
+        run_id: str,
+        fn: Callable[[PipelineRun], T | Awaitable[T]],
+        timeout_ms: int | None = None,
+    ) -> T:
+        """Run ``fn(run)`` (a function or a coroutine function) holding the run's lock."""
+        if not callable(fn):
+            raise InvalidInputError("fn must be callable")
+        async with self.lock(run_id, timeout_ms=timeout_ms) as held:
+            result = fn(held.run)
+            if inspect.isawaitable(result):
+                return await result
+            return result
+
+    @asynccontextmanager
+    async def lock(
+        self, run_id: str, timeout_ms: int | None = None, *, auto_renew: bool = False
+    ) -> AsyncIterator[AsyncHeldLock]:
+        """See ``PipelineStateStore.lock``; with ``auto_renew`` a task extends the lock."""
+        grant = await self._drive(self._plan_acquire(run_id, timeout_ms))
+        held = AsyncHeldLock(grant.run_id, grant.token, grant.fence, grant.run, self)
+        renewer = (
+            asyncio.create_task(_renew(held, self.options.lock_ttl_ms)) if auto_renew else None
+        )
+        body_failed = False
+        try:
+            yield held
+        except BaseException:
+            body_failed = True
+            raise
+        finally:
+            if renewer is not None:
+                renewer.cancel()
+                await asyncio.gather(renewer, return_exceptions=True)
+            released = await self._drive(self._release_lock(run_id, held.token))
+            if not released and not body_failed:
+                raise LockNotOwnedError(run_id)
+            if not released:
+                log.warning("lock on run %r was lost before its holder finished", run_id)
+
+
+async def _renew(held: AsyncHeldLock, ttl_ms: int) -> None:
+    """Extend a held lock at a third of its TTL until cancelled or the lock is lost."""
+    while True:
+        await asyncio.sleep(ttl_ms / 3000)
+        try:
+            await held.extend(ttl_ms)
+        except LockNotOwnedError:
+            log.error("lock on run %r was lost; stopped renewing it", held.run_id)
+            return
+        except Exception:
+            log.exception("renewing the lock on run %r failed; will retry", held.run_id)

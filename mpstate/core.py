@@ -1,0 +1,504 @@
+"""``StoreCore``: the store contract's logic, written once as plans (``mpstate.plans``).
+
+Every public operation validates its input, builds the write and maps refusals to errors here, as
+a generator that yields the I/O it needs; a backend supplies only primitives, themselves plans
+(``_insert``, ``_apply``, ``_load``, ...). The sync stores (``PipelineStateStore``) and the asyncio
+stores (``mpstate.aio``) are shells that drive these plans, so every backend and both shells
+accept, refuse and report exactly the same things.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import secrets
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Self
+
+from pydantic import BaseModel
+from pydantic import ValidationError as PydanticValidationError
+from pydantic_core import PydanticSerializationError
+
+from mpstate.changes import Applied, CommitResult, Refusal, RunChange, refusal_error
+from mpstate.errors import InvalidInputError, LockTimeoutError, RunNotFoundError
+from mpstate.events import EVENT_TYPES as _EVENT_TYPES
+from mpstate.events import (
+    TERMINAL_EVENT_KINDS,
+    PipelineEvent,
+    RunCancelled,
+    RunCreated,
+    parse_event,
+)
+from mpstate.fields import MAX_ID_LENGTH, MAX_SAFE_INTEGER, ensure_storable, utc_now
+from mpstate.filters import RunFilter, build_filter
+from mpstate.models import PipelineRun, PipelineRunStatus
+from mpstate.patches import validate_patch
+from mpstate.plans import Plan
+
+__all__ = [
+    "MAX_EVENTS_PER_COMMIT",
+    "FollowCursor",
+    "LockAttempt",
+    "LockGrant",
+    "StoreCore",
+    "StoreOptions",
+    "check_id",
+    "check_int",
+    "check_positive",
+]
+
+#: Longest one backend wait of ``follow_events``; the run's existence is checked between waits.
+FOLLOW_WAIT_S = 1.0
+
+#: Most events one commit may append.
+MAX_EVENTS_PER_COMMIT = 100
+
+
+def check_id(value: object, what: str) -> str:
+    """Validate an id argument: a non-empty string of at most ``MAX_ID_LENGTH`` characters."""
+    if not isinstance(value, str) or not value:
+        raise InvalidInputError(f"{what} must be a non-empty string, not {value!r}")
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidInputError(f"{what} is longer than {MAX_ID_LENGTH} characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(f"{what} is not valid unicode text") from exc
+    return value
+
+
+def check_int(value: object, what: str, *, minimum: int) -> int:
+    """Validate an integer argument from ``minimum`` to ``MAX_SAFE_INTEGER`` (bools refused)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not minimum <= value <= MAX_SAFE_INTEGER
+    ):
+        raise InvalidInputError(
+            f"{what} must be an integer from {minimum} to {MAX_SAFE_INTEGER}, not {value!r}"
+        )
+    return value
+
+
+def check_positive(value: object, what: str, *, zero_ok: bool = False) -> float:
+    """Validate a duration or size argument: a finite number above 0 (or 0 with ``zero_ok``)."""
+    least = ">= 0" if zero_ok else "> 0"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidInputError(f"{what} must be a finite number {least}, not {value!r}")
+    lowest_ok = value >= 0 if zero_ok else value > 0
+    if not (lowest_ok and value < math.inf):  # NaN fails both comparisons
+        raise InvalidInputError(f"{what} must be a finite number {least}, not {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOptions:
+    """Lifetimes and lock timings shared by every backend (seconds and milliseconds)."""
+
+    run_ttl_seconds: float = 30 * 86400
+    lock_ttl_seconds: float = 60
+    idempotency_ttl_seconds: float = 86400
+    external_job_ttl_seconds: float = 7 * 86400
+    lock_acquire_timeout_ms: int = 5000
+    lock_poll_interval_ms: int = 100
+
+    def __post_init__(self) -> None:
+        for name in (
+            "run_ttl_seconds",
+            "lock_ttl_seconds",
+            "idempotency_ttl_seconds",
+            "external_job_ttl_seconds",
+        ):
+            check_positive(getattr(self, name), name)
+        check_int(self.lock_acquire_timeout_ms, "lock_acquire_timeout_ms", minimum=0)
+        check_int(self.lock_poll_interval_ms, "lock_poll_interval_ms", minimum=1)
+
+    @property
+    def lock_ttl_ms(self) -> int:
+        return max(1, int(self.lock_ttl_seconds * 1000))
+
+
+@dataclass(frozen=True, slots=True)
+class LockAttempt:
+    """One try at a run's lock: the fence and the run when granted, else the holder's time left."""
+
+    fence: int | None
+    holder_ttl_ms: int = 0
+    run: PipelineRun | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LockGrant:
+    """A granted lock as the plans see it; each shell wraps it in its own held-lock handle."""
+
+    run_id: str
+    token: str
+    fence: int
+    run: PipelineRun
+
+
+class FollowCursor:
+    """Where a ``follow_events`` feed is: the last seq seen, its deadline, whether it ended.
+
+    The sync and asyncio feeds are the same loop around this cursor: ``next_plan`` gives the
+    plan that reads the next events (None when the feed is over), ``emit`` the events to yield.
+    """
+
+    def __init__(self, store: StoreCore, run_id: str, since_seq: int, timeout_s: float | None):
+        check_id(run_id, "run_id")
+        check_int(since_seq, "since_seq", minimum=0)
+        if timeout_s is not None:
+            check_positive(timeout_s, "timeout_s", zero_ok=True)
+        self._store = store
+        self.run_id = run_id
+        self.since_seq = since_seq
+        self._deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        self._started = False
+        self._ended = False
+
+    def next_plan(self) -> Plan[list[PipelineEvent]] | None:
+        if self._ended:
+            return None
+        if not self._started:
+            self._started = True
+            return self._store._plan_list_events(self.run_id, self.since_seq, None)
+        remaining = FOLLOW_WAIT_S if self._deadline is None else self._deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        return self._wait(min(remaining, FOLLOW_WAIT_S))
+
+    def _wait(self, wait_s: float) -> Plan[list[PipelineEvent]]:
+        events = yield from self._store._wait_for_events(self.run_id, self.since_seq, wait_s)
+        if not events:  # a quiet wait: make sure the run is still there
+            events = yield from self._store._plan_list_events(self.run_id, self.since_seq, None)
+        return events
+
+    def emit(self, events: list[PipelineEvent]) -> list[PipelineEvent]:
+        """The events to hand out, up to and including a terminal one (which ends the feed)."""
+        out: list[PipelineEvent] = []
+        for event in events:
+            out.append(event)
+            self.since_seq = event.seq or self.since_seq
+            if event.kind in TERMINAL_EVENT_KINDS:
+                self._ended = True
+                break
+        return out
+
+
+class StoreCore(ABC):
+    """Validation, guards and the shape of every operation, shared by every store and shell."""
+
+    def __init__(self, options: StoreOptions) -> None:
+        self.options = options
+        self._tenant: str | None = None
+
+    # -- tenancy --------------------------------------------------------------------------
+
+    @property
+    def tenant_id(self) -> str | None:
+        """The tenant this store is scoped to (None: the unscoped store)."""
+        return self._tenant
+
+    def for_tenant(self, tenant_id: str) -> Self:
+        """A view of this store that sees and creates only ``tenant_id``'s runs.
+
+        Another tenant's run is "not found" through the view; creating one is refused. The view
+        shares connections and state with this store.
+        """
+        check_id(tenant_id, "tenant_id")
+        if self._tenant is not None and self._tenant != tenant_id:
+            raise InvalidInputError(
+                f"this store is scoped to tenant {self._tenant!r}; it cannot see {tenant_id!r}"
+            )
+        view = copy.copy(self)
+        view._tenant = tenant_id
+        return view
+
+    def _visible(self, run: PipelineRun | None) -> PipelineRun | None:
+        if run is None or (self._tenant is not None and run.tenant_id != self._tenant):
+            return None
+        return run
+
+    # -- creating ---------------------------------------------------------------------------
+
+    def _plan_create(
+        self, run: PipelineRun | Mapping[str, Any], *, return_existing: bool
+    ) -> Plan[tuple[PipelineRun, bool]]:
+        new_run = self._new_run(run)
+        created_event = RunCreated(
+            run_id=new_run.run_id, pipeline_def_hash=new_run.pipeline_def_hash
+        )
+        stored, created = yield from self._insert(
+            new_run, created_event, return_existing=return_existing
+        )
+        if not created and self._visible(stored) is None:
+            raise refusal_error(Refusal.ALREADY_EXISTS, new_run.run_id)
+        return stored, created
+
+    def _new_run(self, run: PipelineRun | Mapping[str, Any]) -> PipelineRun:
+        if not isinstance(run, PipelineRun | Mapping):
+            raise InvalidInputError(f"a run must be a PipelineRun or a mapping, not {run!r}")
+        try:
+            if isinstance(run, Mapping):
+                run = PipelineRun.model_validate(dict(run))
+            ensure_storable(run.model_dump(), "the run")
+            # Through JSON and back, so every backend stores exactly the document form.
+            run = PipelineRun.model_validate_json(run.model_dump_json())
+        except (PydanticValidationError, PydanticSerializationError, ValueError, TypeError) as exc:
+            raise InvalidInputError(f"invalid run: {exc}") from exc
+        if run.events:
+            raise InvalidInputError("a new run has no events: create() logs run-created itself")
+        if self._tenant is not None:
+            if run.tenant_id is None:
+                run.tenant_id = self._tenant
+            elif run.tenant_id != self._tenant:
+                raise InvalidInputError(
+                    f"this store is scoped to tenant {self._tenant!r}; "
+                    f"it cannot create a run for {run.tenant_id!r}"
+                )
+        run.version = 1
+        run.updated_at = utc_now()
+        return run
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _plan_get(self, run_id: str, include_events: bool) -> Plan[PipelineRun | None]:
+        check_id(run_id, "run_id")
+        run = yield from self._load(run_id, include_events=include_events)
+        return self._visible(run)
+
+    def _plan_require(self, run_id: str, include_events: bool) -> Plan[PipelineRun]:
+        run = yield from self._plan_get(run_id, include_events)
+        if run is None:
+            raise RunNotFoundError(run_id)
+        return run
+
+    def _plan_list_events(
+        self, run_id: str, since_seq: int, limit: int | None
+    ) -> Plan[list[PipelineEvent]]:
+        check_id(run_id, "run_id")
+        check_int(since_seq, "since_seq", minimum=0)
+        if limit is not None:
+            check_int(limit, "limit", minimum=1)
+        if self._tenant is not None:
+            yield from self._plan_require(run_id, False)
+        events = yield from self._read_events(run_id, since_seq, limit)
+        if events is None:
+            raise RunNotFoundError(run_id)
+        return events
+
+    def _plan_list_runs(
+        self, filter: RunFilter | Mapping[str, Any] | None, fields: Mapping[str, Any]
+    ) -> Plan[list[PipelineRun]]:
+        run_filter = build_filter(filter, dict(fields))
+        if self._tenant is not None:
+            if run_filter.tenant_id not in (None, self._tenant):
+                raise InvalidInputError(
+                    f"this store is scoped to tenant {self._tenant!r}; "
+                    f"it cannot list tenant {run_filter.tenant_id!r}"
+                )
+            run_filter = run_filter.model_copy(update={"tenant_id": self._tenant})
+        return (yield from self._select(run_filter))
+
+    def _plan_find_job(self, provider: str, job_id: str) -> Plan[PipelineRun | None]:
+        check_id(provider, "provider")
+        check_id(job_id, "job_id")
+        found = yield from self._find_job(provider, job_id)
+        run = self._visible(found)
+        if run is None or (provider, job_id) not in run.external_jobs():
+            return None
+        return run
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def _plan_commit(
+        self,
+        run_id: str,
+        patch: Mapping[str, Any] | BaseModel | None,
+        events: Sequence[PipelineEvent | Mapping[str, Any]],
+        *,
+        expected_version: int | None,
+        fence: int | None,
+        operation_id: str | None,
+    ) -> Plan[CommitResult]:
+        check_id(run_id, "run_id")
+        validated_patch = validate_patch(patch) if patch is not None else None
+        validated_events = self._own_events(run_id, events)
+        if validated_patch is None and not validated_events:
+            raise InvalidInputError("commit needs a patch, events, or both")
+        change = RunChange(
+            run_id=run_id,
+            patch=validated_patch,
+            events=validated_events,
+            expected_version=self._check_version(expected_version),
+            fence=self._check_fence(fence),
+            tenant=self._tenant,
+            operation_id=None if operation_id is None else check_id(operation_id, "operation_id"),
+        )
+        applied = yield from self._apply(change)
+        assert applied.run is not None
+        return CommitResult(applied.run, applied.seqs, applied.changed)
+
+    def _plan_cancel(self, run_id: str, reason: str, fence: int | None) -> Plan[PipelineRun]:
+        check_id(run_id, "run_id")
+        if not isinstance(reason, str):
+            raise InvalidInputError(f"reason must be a string, not {reason!r}")
+        now = utc_now()
+        change = RunChange(
+            run_id=run_id,
+            patch=validate_patch(
+                {"status": PipelineRunStatus.CANCELLED, "error": reason, "completed_at": now}
+            ),
+            events=(RunCancelled(run_id=run_id, reason=reason),),
+            fence=self._check_fence(fence),
+            tenant=self._tenant,
+            unchanged_if=frozenset({PipelineRunStatus.CANCELLED}),
+        )
+        applied = yield from self._apply(change)
+        assert applied.run is not None
+        return applied.run
+
+    def _plan_append_event(
+        self, run_id: str, event: PipelineEvent | Mapping[str, Any], fence: int | None
+    ) -> Plan[int]:
+        check_id(run_id, "run_id")
+        change = RunChange(
+            run_id=run_id,
+            events=self._own_events(run_id, [event]),
+            fence=self._check_fence(fence),
+            tenant=self._tenant,
+            bump_version=False,
+            returns_run=False,
+        )
+        applied = yield from self._apply(change)
+        return applied.seqs[0]
+
+    @staticmethod
+    def _own_events(
+        run_id: str, events: Sequence[PipelineEvent | Mapping[str, Any]]
+    ) -> tuple[PipelineEvent, ...]:
+        if isinstance(events, str | bytes | Mapping) or not isinstance(events, Sequence):
+            raise InvalidInputError("events must be a sequence of events")
+        if len(events) > MAX_EVENTS_PER_COMMIT:
+            raise InvalidInputError(f"at most {MAX_EVENTS_PER_COMMIT} events per commit")
+        parsed = tuple(
+            # A model instance is valid already: every assignment to one is validated.
+            event.model_copy() if isinstance(event, _EVENT_TYPES) else parse_event(event)
+            for event in events
+        )
+        for position, event in enumerate(parsed, start=1):
+            try:
+                ensure_storable(event.model_dump(), f"the {event.kind} event")
+            except ValueError as exc:
+                raise InvalidInputError(f"invalid {event.kind} event: {exc}") from exc
+            if event.run_id != run_id:
+                raise InvalidInputError(
+                    f"event for run {event.run_id!r} cannot be appended to run {run_id!r}"
+                )
+            if event.kind in TERMINAL_EVENT_KINDS and position != len(parsed):
+                raise InvalidInputError(f"{event.kind} ends the log: it must be the last event")
+        return parsed
+
+    @staticmethod
+    def _check_version(expected_version: int | None) -> int | None:
+        if expected_version is None:
+            return None
+        return check_int(expected_version, "expected_version", minimum=1)
+
+    @staticmethod
+    def _check_fence(fence: int | None) -> int | None:
+        if fence is None:
+            return None
+        return check_int(fence, "fence", minimum=1)
+
+    # -- locking ----------------------------------------------------------------------------
+
+    def _plan_acquire(self, run_id: str, timeout_ms: int | None) -> Plan[LockGrant]:
+        """Try the lock until granted or ``timeout_ms`` passes, waiting for releases between."""
+        check_id(run_id, "run_id")
+        timeout = self.options.lock_acquire_timeout_ms if timeout_ms is None else timeout_ms
+        check_int(timeout, "timeout_ms", minimum=0)
+        token = secrets.token_hex(16)
+        deadline = time.monotonic() + timeout / 1000
+        while True:
+            # Raises RunNotFoundError for a missing run; a grant carries the run as it is now.
+            attempt = yield from self._try_lock(run_id, token, self.options.lock_ttl_ms)
+            if attempt.fence is not None:
+                run = self._visible(attempt.run)
+                if run is None:
+                    yield from self._release_lock(run_id, token)
+                    raise RunNotFoundError(run_id)
+                return LockGrant(run_id, token, attempt.fence, run)
+            remaining_ms = (deadline - time.monotonic()) * 1000
+            if remaining_ms <= 0:
+                raise LockTimeoutError(run_id, timeout_ms=timeout)
+            wait_ms = min(remaining_ms, self.options.lock_poll_interval_ms)
+            if attempt.holder_ttl_ms > 0:
+                wait_ms = min(wait_ms, attempt.holder_ttl_ms)
+            yield from self._wait_for_release(run_id, max(1.0, wait_ms))
+
+    def _plan_extend(self, run_id: str, token: str, ttl_ms: int | None) -> Plan[bool]:
+        ttl = self.options.lock_ttl_ms if ttl_ms is None else ttl_ms
+        check_int(ttl, "ttl_ms", minimum=1)
+        return (yield from self._extend_lock(run_id, token, ttl))
+
+    # -- primitives a backend supplies (each a plan) ----------------------------------------
+
+    @abstractmethod
+    def _insert(
+        self, run: PipelineRun, created_event: RunCreated, *, return_existing: bool
+    ) -> Plan[tuple[PipelineRun, bool]]:
+        """Store ``run`` with ``created_event`` as seq 1, atomically; see ``create``."""
+
+    @abstractmethod
+    def _apply(self, change: RunChange) -> Plan[Applied]:
+        """Check the change's guards (``mpstate.changes``) and apply it atomically."""
+
+    @abstractmethod
+    def _load(self, run_id: str, *, include_events: bool) -> Plan[PipelineRun | None]:
+        """The stored run (any tenant), or None."""
+
+    @abstractmethod
+    def _read_events(
+        self, run_id: str, since_seq: int, limit: int | None
+    ) -> Plan[list[PipelineEvent] | None]:
+        """Events after ``since_seq``; None when the run does not exist."""
+
+    @abstractmethod
+    def _wait_for_events(
+        self, run_id: str, since_seq: int, wait_s: float
+    ) -> Plan[list[PipelineEvent]]:
+        """Block until an event after ``since_seq`` exists or ``wait_s`` passes; return new ones.
+
+        May return early with nothing (the caller checks and waits again).
+        """
+
+    @abstractmethod
+    def _select(self, run_filter: RunFilter) -> Plan[list[PipelineRun]]:
+        """Runs matching the filter, sorted and paged."""
+
+    @abstractmethod
+    def _find_job(self, provider: str, job_id: str) -> Plan[PipelineRun | None]:
+        """The run indexed under this job (the caller verifies it still names the job)."""
+
+    @abstractmethod
+    def _try_lock(self, run_id: str, token: str, ttl_ms: int) -> Plan[LockAttempt]:
+        """One atomic try to take the lock with ``token``; on a grant, also return the run.
+
+        Raises ``RunNotFoundError`` when the run does not exist.
+        """
+
+    @abstractmethod
+    def _wait_for_release(self, run_id: str, wait_ms: float) -> Plan[None]:
+        """Block until the lock is released or ``wait_ms`` passes (spurious wake-ups are fine)."""
+
+    @abstractmethod
+    def _release_lock(self, run_id: str, token: str) -> Plan[bool]:
+        """Release the lock if ``token`` holds it; False when it did not."""
+
+    @abstractmethod
+    def _extend_lock(self, run_id: str, token: str, ttl_ms: int) -> Plan[bool]:
+        """Reset the lock's TTL if ``token`` holds it; False when it does not."""

@@ -1,0 +1,161 @@
+"""Index maintenance across slots: add before the run's write, settle after, repair on read.
+
+On Redis Cluster an index lives in another slot than the run, so one script cannot write both.
+The store keeps every index correct with two idempotent follow-up writes per index group around
+the per-run script (``add_index_entries.lua`` before, ``settle_index_entries.lua`` after):
+
+* an index never misses a run whose write was acknowledged: the entry is added (with a pending
+  mark) before the write, so a writer that dies in between leaves at most an extra entry;
+* an index never keeps a wrong entry for long: settling is ordered by the run's (created_at,
+  version), so late or repeated follow-ups change nothing, and a reader that meets an entry its
+  run contradicts settles that run's state into the group itself (repair on read);
+* nobody removes an entry a writer is about to make true: pending marks block removals until
+  settled or expired (``PENDING_MARK_MS``, far above any write's round trip).
+
+The same calls run on a single Redis, so one protocol is tested everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from mpstate.models import PipelineRun, PipelineRunStatus
+from mpstate.redis.codec import json_value
+from mpstate.redis.keys import IndexGroup, RedisKeys
+from mpstate.redis.requests import Batch, Script
+
+__all__ = ["PENDING_MARK_MS", "Indexer"]
+
+#: How long an entry added ahead of its run's write is protected from removal.
+PENDING_MARK_MS = 60_000
+
+_STATUS_JSON = tuple(json_value(status.value) for status in PipelineRunStatus)
+
+
+class Indexer:
+    """Builds the follow-up writes for one store's keys and index TTL."""
+
+    __slots__ = ("index_ttl_ms", "keys")
+
+    def __init__(self, keys: RedisKeys, index_ttl_ms: int) -> None:
+        self.keys = keys
+        self.index_ttl_ms = index_ttl_ms
+
+    @staticmethod
+    def nonce() -> str:
+        """A random id for one writer's pending marks."""
+        return os.urandom(8).hex()
+
+    def add(
+        self,
+        run_id: str,
+        score: int,
+        entries: Iterable[tuple[IndexGroup, list[str]]],
+        nonce: str,
+        now_ms: int,
+    ) -> Batch:
+        """Add the run to the given zsets of each group, marking it pending in each group."""
+        mark = f"{now_ms + PENDING_MARK_MS}:{nonce}"
+        return Batch(
+            tuple(
+                Script(
+                    "add_index_entries",
+                    [group.entries, *zsets],
+                    [run_id, score, self.index_ttl_ms, mark, now_ms],
+                )
+                for group, zsets in entries
+            )
+        )
+
+    def add_new_run(self, run: PipelineRun, score: int, nonce: str, now_ms: int) -> Batch:
+        """Before a create: every group's all-runs zset and, where tracked, its pending zset."""
+        entries = []
+        for group in self.keys.groups_of(run.tenant_id, run.idempotency_key):
+            zsets = [group.everything]
+            if group.tracks_status:
+                zsets.append(group.status(PipelineRunStatus.PENDING))
+            entries.append((group, zsets))
+        return self.add(run.run_id, score, entries, nonce, now_ms)
+
+    def add_status(
+        self,
+        run_id: str,
+        *,
+        tenant_id: str | None,
+        score: int,
+        status: PipelineRunStatus,
+        nonce: str,
+        now_ms: int,
+    ) -> Batch:
+        """Before a status change: the new status's zset of the global and tenant groups."""
+        groups = self.keys.groups_of(tenant_id)
+        return self.add(run_id, score, ((g, [g.status(status)]) for g in groups), nonce, now_ms)
+
+    def settle(
+        self,
+        groups: Iterable[IndexGroup],
+        run_id: str,
+        score: int,
+        *,
+        version: int | None,
+        status: PipelineRunStatus | None,
+        nonce: str,
+        now_ms: int,
+        created: bool = False,
+    ) -> Batch:
+        """Settle a run's ``version`` and ``status`` into each group (settle_index_entries.lua).
+
+        ``version`` None only clears this writer's marks (its write was refused); ``status``
+        None says the run is gone; ``created`` says this writer has just created the run (a new
+        incarnation of its id replaces an older one's entries whatever their order).
+        """
+        status_arg = "gone" if status is None else json_value(status.value)
+        return Batch(
+            tuple(
+                Script(
+                    "settle_index_entries",
+                    [group.entries, group.everything, *group.statuses()],
+                    [
+                        run_id,
+                        score,
+                        "" if version is None else version,
+                        status_arg,
+                        self.index_ttl_ms,
+                        now_ms,
+                        nonce,
+                        "1" if created else "0",
+                        *(_STATUS_JSON if group.tracks_status else ()),
+                    ],
+                )
+                for group in groups
+            )
+        )
+
+    def release(
+        self, groups: Iterable[IndexGroup], run_id: str, score: int, nonce: str, now_ms: int
+    ) -> Batch:
+        """Clear this writer's pending marks after its write was refused (its entries stay until
+        a reader or a later write settles the run)."""
+        return self.settle(
+            groups,
+            run_id,
+            score,
+            version=None,
+            status=PipelineRunStatus.PENDING,  # not read when only clearing marks
+            nonce=nonce,
+            now_ms=now_ms,
+        )
+
+    def settle_created(self, run: PipelineRun, score: int, nonce: str, now_ms: int) -> Batch:
+        """Settle a run this writer has just created into every group it belongs to."""
+        return self.settle(
+            self.keys.groups_of(run.tenant_id, run.idempotency_key),
+            run.run_id,
+            score,
+            version=run.version,
+            status=PipelineRunStatus(run.status),
+            nonce=nonce,
+            now_ms=now_ms,
+            created=True,
+        )

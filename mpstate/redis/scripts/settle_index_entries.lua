@@ -1,0 +1,96 @@
+--[[ settle_index_entries: make one group's indexes say what a run's state says, if no newer
+state has been settled there. Idempotent and ordered, so a late or repeated call is harmless.
+
+KEYS[1] the group's entries hash    KEYS[2] the group's zset of all its runs
+KEYS[3..8] the group's zsets by status, in the order of ARGV[9..14] (absent for a group that
+           does not index statuses)
+
+ARGV[1] run id                  ARGV[5] index TTL ms
+ARGV[2] score (created_at ms)   ARGV[6] now, epoch ms
+ARGV[3] the run's version, "" to only clear the caller's pending mark (its write was refused)
+ARGV[4] the run's status JSON, or gone (unquoted) when the run no longer exists
+ARGV[7] the caller's pending-mark nonce, "" for none
+ARGV[8] "1" when this settles the create of the run id (a new incarnation)
+ARGV[9..14] the statuses as JSON
+
+The entries hash keeps, per run, "<score>:<version>" last settled (score tells incarnations of a
+re-created run id apart) and ";<expiry>:<nonce>" for each writer's live pending mark
+(add_index_entries). A state older than the one settled changes nothing; a create's settle with
+another score replaces an earlier incarnation's. While another writer's mark is live, entries
+are added but never removed. A gone run's entries are removed only while their score is the one
+the reader saw.
+Returns 1 settled | 0 nothing to settle (older state, only a mark cleared, or a pending mark).
+]]
+local run_id, score, version, status = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local ttl, now, mine = ARGV[5], tonumber(ARGV[6]), ARGV[7]
+local entries = KEYS[1]
+local entry = redis.call('HGET', entries, run_id)
+local e_score, e_version, marks = '', '', ''
+if entry then
+  local settled
+  settled, marks = string.match(entry, '^([^;]*)(.*)$')
+  e_score, e_version = string.match(settled, '^([^:]*):(.*)$')
+end
+local live = {}
+for expiry, nonce in string.gmatch(marks, ';(%d+):([^;]*)') do
+  if nonce ~= mine and tonumber(expiry) > now then
+    live[#live + 1] = ';' .. expiry .. ':' .. nonce
+  end
+end
+local pending = #live > 0
+
+local function save(s, v)
+  if s == '' and not pending then
+    redis.call('HDEL', entries, run_id)
+    return
+  end
+  redis.call('HSET', entries, run_id, s .. ':' .. v .. table.concat(live))
+  redis.call('PEXPIRE', entries, ttl)
+end
+
+if status == 'gone' then
+  if pending then
+    save(e_score, e_version)
+    return 0
+  end
+  for i = 2, #KEYS do
+    local found = redis.call('ZSCORE', KEYS[i], run_id)
+    if found and tonumber(found) == tonumber(score) then
+      redis.call('ZREM', KEYS[i], run_id)
+    end
+  end
+  if e_score == '' or tonumber(e_score) <= tonumber(score) then
+    redis.call('HDEL', entries, run_id)
+  end
+  return 1
+end
+
+local older = version == ''
+if not older and e_score ~= '' and e_version ~= '' then
+  local settled_score, new_score = tonumber(e_score), tonumber(score)
+  if ARGV[8] == '1' and new_score ~= settled_score then
+    older = false
+  else
+    older = new_score < settled_score
+      or (new_score == settled_score and tonumber(version) < tonumber(e_version))
+  end
+end
+if older then
+  if entry then
+    save(e_score, e_version)
+  end
+  return 0
+end
+
+redis.call('ZADD', KEYS[2], score, run_id)
+redis.call('PEXPIRE', KEYS[2], ttl)
+for i = 3, #KEYS do
+  if ARGV[i + 6] == status then
+    redis.call('ZADD', KEYS[i], score, run_id)
+    redis.call('PEXPIRE', KEYS[i], ttl)
+  elseif not pending then
+    redis.call('ZREM', KEYS[i], run_id)
+  end
+end
+save(score, version)
+return 1
