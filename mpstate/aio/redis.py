@@ -97,8 +97,9 @@ class AsyncRedisPipelineStateStore(RedisBackend, AsyncPipelineStateStore):
         return cls(client, retry=Retry(**settings.retry_args()), **options)
 
     async def aclose(self) -> None:
-        """Close the client's connections."""
+        """Close the client's connections (a cluster client reads its slot map again on reuse)."""
         await self.client.aclose()
+        self._initialized = not isinstance(self.client, redis.asyncio.cluster.RedisCluster)
 
     async def _execute(self, request: Any) -> Any:
         with reachable():

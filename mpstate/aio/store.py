@@ -168,8 +168,11 @@ class AsyncPipelineStateStore(StoreCore):
         """See ``PipelineStateStore.lock``; with ``auto_renew`` a task extends the lock."""
         grant = await self._drive(self._plan_acquire(run_id, timeout_ms))
         held = AsyncHeldLock(grant.run_id, grant.token, grant.fence, grant.run, self)
+        stop_renewing = asyncio.Event()
         renewer = (
-            asyncio.create_task(_renew(held, self.options.lock_ttl_ms)) if auto_renew else None
+            asyncio.create_task(_renew(held, self.options.lock_ttl_ms, stop_renewing))
+            if auto_renew
+            else None
         )
         body_failed = False
         try:
@@ -179,8 +182,11 @@ class AsyncPipelineStateStore(StoreCore):
             raise
         finally:
             if renewer is not None:
+                # A flag as well as a cancel: on Python 3.11 a cancel that lands as an awaited
+                # command finishes can be lost (asyncio.wait_for), and the renewer would go on.
+                stop_renewing.set()
                 renewer.cancel()
-                await asyncio.gather(renewer, return_exceptions=True)
+                await asyncio.wait({renewer}, timeout=self.options.lock_ttl_ms / 1000)
             released = await self._drive(self._release_lock(run_id, held.token))
             if not released and not body_failed:
                 raise LockNotOwnedError(run_id)
@@ -188,10 +194,14 @@ class AsyncPipelineStateStore(StoreCore):
                 log.warning("lock on run %r was lost before its holder finished", run_id)
 
 
-async def _renew(held: AsyncHeldLock, ttl_ms: int) -> None:
-    """Extend a held lock at a third of its TTL until cancelled or the lock is lost."""
-    while True:
-        await asyncio.sleep(ttl_ms / 3000)
+async def _renew(held: AsyncHeldLock, ttl_ms: int, stop: asyncio.Event) -> None:
+    """Extend a held lock at a third of its TTL until ``stop`` is set or the lock is lost."""
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), ttl_ms / 3000)
+            return
+        except TimeoutError:
+            pass
         try:
             await held.extend(ttl_ms)
         except LockNotOwnedError:

@@ -142,3 +142,8 @@ def reachable() -> Iterator[None]:
         redis.exceptions.SlotNotCoveredError,
     ) as exc:
         raise StateStoreUnavailableError(f"Redis Cluster is unavailable: {exc}") from exc
+    except redis.exceptions.RedisClusterException as exc:
+        # Also raised for programming errors (keys of several slots), which are not outages.
+        if "cannot be connected" not in str(exc):
+            raise
+        raise StateStoreUnavailableError(f"Redis Cluster is unavailable: {exc}") from exc

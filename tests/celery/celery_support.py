@@ -4,6 +4,11 @@
 ``RedisPipelineStateStore`` under the test's prefix, the ``MpState`` bound to them, and the
 in-thread workers started for the test. Everything waits by polling the store (or the record of
 finished tasks) with a deadline: there are no fixed sleeps.
+
+The store may be on a Redis Cluster (a ``redis+cluster://`` store URL) while the broker stays a
+single Redis: kombu has no Redis Cluster transport. ``Harness.client`` is then a plain client of
+the broker's Redis (where the test's queue lives) and ``Harness.store_client`` a ``RedisCluster``
+client for the store's own keys.
 """
 
 from __future__ import annotations
@@ -20,19 +25,29 @@ from typing import Any, TypeVar
 import redis
 from celery import Celery, signals
 from celery.contrib.testing.worker import start_worker
-from key_cleanup import delete_prefix
+from key_cleanup import delete_prefix, delete_prefix_on_cluster
+from redis.cluster import RedisCluster
 
 from mpstate import RedisPipelineStateStore
 from mpstate.celery import MpState
+from mpstate.celery.identity import identity_of
 from mpstate.events import PipelineEvent
 from mpstate.models import PipelineRun
+from mpstate.redis.store import cluster_url
 
 T = TypeVar("T")
 
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
 
+#: The values of the ``store_backend`` fixture (tests/celery/conftest.py): where the store lives.
+STORE_BACKENDS = ("redis", "cluster")
+
 #: Longest any single wait in these tests may take, in seconds.
 DEADLINE = 20.0
+
+#: Longest ``Harness.wait_terminal`` waits, once the run is terminal, for the worker to finish
+#: the tasks of that run it is executing (one held on purpose must not stall the test long).
+SETTLE = 2.0
 
 
 def rabbitmq_available() -> bool:
@@ -111,13 +126,21 @@ class Harness:
     app: Celery
     store: RedisPipelineStateStore
     mp: MpState
+    #: A plain client of the suite's single Redis: the store's server when the store is on a
+    #: single Redis (the broker's too, unless a test gives the broker a server of its own); the
+    #: broker's server when the store is on a Redis Cluster. Tests read queue lengths through it.
     client: redis.Redis
     queue: str
     prefix: str
     broker_url: str
     stack: ExitStack
+    #: A client for the store's own keys: ``client`` itself, or a ``RedisCluster`` client when
+    #: the store is on a cluster (every key is hash-tagged: one multi-key command per slot).
+    store_client: redis.Redis | RedisCluster
     finished: list[Finished] = field(default_factory=list)
     latches: dict[str, threading.Event] = field(default_factory=dict)
+    #: Tasks between task_prerun and task_postrun: task id -> the run it belongs to, if any.
+    executing: dict[str, str | None] = field(default_factory=dict)
 
     # -- workers ----------------------------------------------------------------------------
 
@@ -151,11 +174,21 @@ class Harness:
         return self.store.require(run_id)
 
     def wait_terminal(self, run_id: str, timeout: float = DEADLINE) -> PipelineRun:
-        return wait_for(
+        """The run once it is terminal, and once the worker has finished (task_postrun) the
+        tasks of that run it was executing, for up to ``SETTLE`` seconds more.
+
+        The run turns terminal inside the task that ends it (its body, or mpstate's hooks before
+        task_postrun), so without the second wait ``finished_tasks`` could still miss that task.
+        """
+        run = wait_for(
             lambda: (run := self.run(run_id)).is_terminal and run,
             timeout,
             f"run {run_id} to finish",
         )
+        deadline = time.monotonic() + SETTLE
+        while run_id in list(self.executing.values()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return run
 
     def wait_status(self, run_id: str, status: str, timeout: float = DEADLINE) -> PipelineRun:
         return wait_for(
@@ -206,8 +239,16 @@ HarnessFactory = Callable[..., Harness]
 
 
 @contextmanager
-def harness(broker_url: str, store_url: str, prefix: str, **conf: Any) -> Iterator[Harness]:
-    """Build a harness; on exit stop its workers, close MpState and delete what it wrote."""
+def harness(
+    broker_url: str, store_url: str, prefix: str, *, client_url: str | None = None, **conf: Any
+) -> Iterator[Harness]:
+    """Build a harness; on exit stop its workers, close MpState and delete what it wrote.
+
+    ``store_url`` is a single Redis (``redis://``) or a Redis Cluster (``redis+cluster://`` and
+    any node's address). ``client_url`` is the single Redis ``Harness.client`` connects to: by
+    default the store's, or the broker's when the store is a cluster (then name a Redis here if
+    the broker is not one). ``conf`` is Celery configuration.
+    """
     name = f"mpstate-test-{uuid.uuid4().hex[:10]}"
     queue = f"{prefix}-q"
     app = Celery(name, broker=broker_url, set_as_current=False)
@@ -222,10 +263,21 @@ def harness(broker_url: str, store_url: str, prefix: str, **conf: Any) -> Iterat
         **conf,
     )
     store = RedisPipelineStateStore.from_url(store_url, prefix=prefix)
-    client = redis.Redis.from_url(store_url)
+    cluster_node_url = cluster_url(store_url)
+    if client_url is None:
+        client_url = store_url if cluster_node_url is None else broker_url
+    client = redis.Redis.from_url(client_url)
+    store_client: redis.Redis | RedisCluster = client
+    if cluster_node_url is not None:
+        store_client = RedisCluster.from_url(cluster_node_url)
     with ExitStack() as stack:
         mp = MpState(app, store)
-        h = Harness(app, store, mp, client, queue, prefix, broker_url, stack)
+        h = Harness(app, store, mp, client, queue, prefix, broker_url, stack, store_client)
+
+        def on_prerun(sender: Any = None, task_id: str | None = None, **_: Any) -> None:
+            if sender is not None and sender.app is app:
+                identity = identity_of(sender.request)
+                h.executing[task_id or ""] = identity.run_id if identity else None
 
         def on_postrun(
             sender: Any = None,
@@ -239,14 +291,17 @@ def harness(broker_url: str, store_url: str, prefix: str, **conf: Any) -> Iterat
                 h.finished.append(
                     Finished(sender.name, task_id or "", state or "", retval, headers)
                 )
+                h.executing.pop(task_id or "", None)
 
+        signals.task_prerun.connect(on_prerun, weak=False)
         signals.task_postrun.connect(on_postrun, weak=False)
-        stack.callback(_cleanup, h, on_postrun)
+        stack.callback(_cleanup, h, on_prerun, on_postrun)
         yield h
         # ExitStack unwinds in reverse: workers stop (latches released first), then cleanup.
 
 
-def _cleanup(h: Harness, on_postrun: Callable[..., None]) -> None:
+def _cleanup(h: Harness, on_prerun: Callable[..., None], on_postrun: Callable[..., None]) -> None:
+    signals.task_prerun.disconnect(on_prerun)
     signals.task_postrun.disconnect(on_postrun)
     h.mp.close()
     try:
@@ -254,7 +309,11 @@ def _cleanup(h: Harness, on_postrun: Callable[..., None]) -> None:
             conn.default_channel.queue_delete(h.queue)
     except Exception:  # the broker went away: nothing left to tidy
         pass
-    delete_prefix(h.client, h.prefix)
+    if isinstance(h.store_client, RedisCluster):
+        delete_prefix_on_cluster(h.store_client, h.prefix)
+        h.store_client.close()
+    else:
+        delete_prefix(h.store_client, h.prefix)
     h.store.close()
     h.client.close()
     h.app.close()

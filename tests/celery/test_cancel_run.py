@@ -14,6 +14,8 @@ from celery_support import DEADLINE, Harness, assert_never, kinds
 from mpstate.celery import PipelineTask, StepIdentity
 from mpstate.models import PipelineRunStatus
 
+pytestmark = pytest.mark.parametrize("store_backend", ["redis", "cluster"], indirect=True)
+
 CANCELLED_LOG = [
     ("run-created", None),
     ("run-started", None),

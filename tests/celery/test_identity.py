@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from celery import chain, group, signals
 from celery_support import DEADLINE, Harness, assert_never, kinds, wait_for
 
 from mpstate.celery import ROLE, RUN_ID, STEP_ID, PipelineTask
 from mpstate.models import PipelineRunStatus
+
+pytestmark = pytest.mark.parametrize("store_backend", ["redis", "cluster"], indirect=True)
 
 
 def identity_seen(request: Any) -> dict[str, Any]:

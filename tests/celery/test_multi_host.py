@@ -318,7 +318,11 @@ def assert_steps_ran_on(c: Cluster, run: PipelineRun, expected: list[tuple[str, 
             assert (event.meta["taskId"], event.meta["worker"]) == (task_id, host), (step_id, kind)
         received = c.celery_log("task_received", id=task_id)
         assert [(r["host"], r["pid"]) for r in received] == [(host, c.workers[host].pid)]
-        (postrun,) = c.celery_log("task_postrun", id=task_id)
+        # The run is terminal inside its last task, before Celery's task_postrun is logged.
+        (postrun,) = wait_for(
+            lambda task_id=task_id: c.celery_log("task_postrun", id=task_id),
+            what="task_postrun logged",
+        )
         body_pid = next(t["pid"] for t in c.trace(run.run_id) if t["step"] == step_id)
         assert (postrun["host"], postrun["state"], postrun["pid"]) == (host, "SUCCESS", body_pid)
 
@@ -464,7 +468,9 @@ def test_a_step_suspended_on_one_host_is_resumed_by_the_webhook_worker_and_ends_
         )
     (received,) = c.celery_log("task_received", id=callback.id)
     assert (received["name"], received["host"]) == ("mpstate.resolve_webhook", HOOK)
-    (postrun,) = c.celery_log("task_postrun", id=callback.id)
+    (postrun,) = wait_for(
+        lambda: c.celery_log("task_postrun", id=callback.id), what="task_postrun logged"
+    )
     assert (postrun["host"], postrun["state"]) == (HOOK, "SUCCESS")
     # submit's body ran on up@hostB; publish, enqueued by hook@hostC, ran on gen@hostA.
     assert_steps_ran_on(c, run, VIDEO_HOSTS)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import pytest
 import redis
 from celery_support import Harness, events_of, wait_for
 
 from mpstate.celery import PipelineTask
+
+pytestmark = pytest.mark.parametrize("store_backend", ["redis", "cluster"], indirect=True)
 
 
 def test_progress_is_logged_and_sent_as_a_celery_task_progress_event(h: Harness) -> None:

@@ -37,6 +37,8 @@ from mpstate.celery.transitions import (
 from mpstate.fields import utc_now
 from mpstate.models import PipelineRunStatus, StepStatus
 
+pytestmark = pytest.mark.parametrize("store_backend", ["redis", "cluster"], indirect=True)
+
 #: How long a step may be idle before the reconciler treats it as lost, in these tests.
 STALE_S = 0.3
 #: The task id of the attempt whose worker "died".

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from celery_support import Harness, assert_seqs_contiguous, events_of, kinds, step_events
 
 from mpstate.models import PipelineRunStatus, StepStatus
+
+pytestmark = pytest.mark.parametrize("store_backend", ["redis", "cluster"], indirect=True)
 
 
 def define_plain_tasks(h: Harness, ran: list[tuple[str, int]]) -> None:

@@ -16,6 +16,8 @@ from celery_support import DEADLINE, Harness, assert_never, events_of, kinds, st
 from mpstate import PipelineRun, audit_run
 from mpstate.models import PipelineRunStatus
 
+pytestmark = pytest.mark.parametrize("store_backend", ["redis", "cluster"], indirect=True)
+
 KEY = "order-42"
 STEPS = [
     {"stepId": "one", "operation": "sr.one"},

@@ -26,6 +26,8 @@ from celery_support import (
 from mpstate.celery import RUN_ID, STEP_ID, PipelineTask, StepIdentity
 from mpstate.models import PipelineRunStatus, StepStatus
 
+pytestmark = pytest.mark.parametrize("store_backend", ["redis", "cluster"], indirect=True)
+
 
 class TransientError(Exception):
     """A failure worth retrying."""

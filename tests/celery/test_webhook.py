@@ -27,6 +27,8 @@ from mpstate import InvalidInputError
 from mpstate.celery import RESOLVE_WEBHOOK, WebhookOutcome
 from mpstate.models import PipelineRun, PipelineRunStatus, StepStatus
 
+pytestmark = pytest.mark.parametrize("store_backend", ["redis", "cluster"], indirect=True)
+
 SUCCEEDED = {"status": "succeeded", "artifactIds": ["vid-1", "vid-2"], "costUsd": 0.5}
 
 
