@@ -597,10 +597,10 @@ def test_a_run_id_created_again_by_a_creator_that_dies_before_settling_is_rescor
 
 
 #: The limit test_a_run_id_created_again_by_a_creator_that_dies_before_settling_is_listed_in_its_
-#: window shows (not a bug of these tests; mpstate does not document it yet).
+#: window shows (a documented limit: README, Scaling out).
 RESCORED_ONLY_BY_A_READ_OF_THE_OLD_SCORE = pytest.mark.xfail(
     strict=True,
-    reason="limit (not documented in mpstate): when the re-creator of an expired run id dies "
+    reason="limit (README, Scaling out): when the re-creator of an expired run id dies "
     "between create_run and its settle, the indexes its old incarnation was in (here the global "
     "all-runs index) keep the old created_at as score (add_index_entries' ZADD NX), and only a "
     "read whose window covers that old score rescores the entry; until then a listing whose "
