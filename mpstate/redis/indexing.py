@@ -13,6 +13,11 @@ the per-run script (``add_index_entries.lua`` before, ``settle_index_entries.lua
   settled or expired (``PENDING_MARK_MS``, far above any write's round trip).
 
 The same calls run on a single Redis, so one protocol is tested everywhere.
+
+Limit: a run id created again after its run expired, by a creator that dies between its create
+and its settle, keeps the old incarnation's score in the indexes until a read whose window covers
+that score (or, when created later than the old one, its next write) rescores it (README,
+Scaling out).
 """
 
 from __future__ import annotations
