@@ -42,6 +42,7 @@ from mpstate.events import (
     StepGated,
     StepProgress,
     StepStarted,
+    StepWaiting,
     parse_event,
 )
 from mpstate.filters import RunFilter
@@ -104,6 +105,7 @@ __all__ = [
     "StepStarted",
     "StepState",
     "StepStatus",
+    "StepWaiting",
     "VersionConflictError",
     "WebhookSignatureError",
     "WriteNotReplicatedError",

@@ -21,7 +21,15 @@ __all__ = ["AuditFinding", "audit_run", "log_findings", "state_differences"]
 
 _COMPLETIONS = frozenset({"step-completed", "step-cached"})
 _STEP_KINDS = frozenset(
-    {"step-started", "step-progress", "step-cached", "step-completed", "step-failed", "step-gated"}
+    {
+        "step-started",
+        "step-progress",
+        "step-cached",
+        "step-completed",
+        "step-failed",
+        "step-gated",
+        "step-waiting",
+    }
 )
 _COST_TOLERANCE = 1e-9
 

@@ -4,6 +4,8 @@
 
     MpStateError
     ├── InvalidInputError (also ValueError)      bad ids, events, patches, filters, options
+    │   └── InvalidPipelineError                 a step graph with unknown ids or a cycle, or a
+    │                                            canvas that cannot become a run
     ├── RunNotFoundError (also LookupError)      no such run (or not in this tenant)
     ├── RunInProgressError                       the run is busy or changed under you
     │   ├── RunAlreadyExistsError                create() of an existing run id
@@ -15,7 +17,8 @@
     ├── InvalidTransitionError                   e.g. cancelling a completed run
     ├── StateStoreUnavailableError               Redis refused, reset or timed out (cause chained)
     │   └── WriteNotReplicatedError              applied, but too few replicas confirmed it
-    └── WebhookSignatureError                    a callback's signature is missing, wrong or stale
+    ├── WebhookSignatureError                    a callback's signature is missing, wrong or stale
+    └── NotInRunError (also RuntimeError)        a run-only task helper called outside a run
 
 Callers that only care whether "something about mpstate" failed catch ``MpStateError``; code
 that retries on contention catches ``RunInProgressError``; code that retries on outages catches
@@ -27,10 +30,12 @@ from __future__ import annotations
 __all__ = [
     "IdempotencyKeyInUseError",
     "InvalidInputError",
+    "InvalidPipelineError",
     "InvalidTransitionError",
     "LockNotOwnedError",
     "LockTimeoutError",
     "MpStateError",
+    "NotInRunError",
     "RunAlreadyExistsError",
     "RunInProgressError",
     "RunNotFoundError",
@@ -48,6 +53,14 @@ class MpStateError(Exception):
 
 class InvalidInputError(MpStateError, ValueError):
     """An argument was rejected before anything was written."""
+
+
+class InvalidPipelineError(InvalidInputError):
+    """A run's steps cannot form a pipeline; ``step_ids`` names the offending steps."""
+
+    def __init__(self, message: str, *, step_ids: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.step_ids = step_ids
 
 
 class RunNotFoundError(MpStateError, LookupError):
@@ -158,3 +171,19 @@ class WriteNotReplicatedError(StateStoreUnavailableError):
 
 class WebhookSignatureError(MpStateError):
     """A provider callback is not signed with a current secret, or its timestamp is stale."""
+
+
+class NotInRunError(MpStateError, RuntimeError):
+    """A task helper that needs a run (``await_external``, ``gate``) ran outside one.
+
+    A ``PipelineTask`` called with ``.delay()`` or in a plain Celery chain runs as an ordinary
+    task; only the helpers that record something on a run raise this.
+    """
+
+    def __init__(self, task_name: str, helper: str) -> None:
+        super().__init__(
+            f"{helper} needs a pipeline run, but task {task_name} was called outside one "
+            "(start it with MpState.start_run)"
+        )
+        self.task_name = task_name
+        self.helper = helper

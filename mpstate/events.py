@@ -1,9 +1,10 @@
-"""The run event log's 13 event kinds, as one union discriminated on ``kind``.
+"""The run event log's 14 event kinds, as one union discriminated on ``kind``.
 
 The 12 kinds of the TypeScript original keep their exact fields; ``run-cancelled`` is added so
-a cancellation is in the log too. ``seq`` is assigned by the store when the event is appended
-(1-based, contiguous per run) and is ``None`` on an event not yet appended. ``at`` is epoch
-milliseconds.
+a cancellation is in the log too, and ``step-waiting`` so a step that hands its work to a
+provider is in the log even while other branches keep the run running. ``seq`` is assigned by the
+store when the event is appended (1-based, contiguous per run) and is ``None`` on an event not yet
+appended. ``at`` is epoch milliseconds.
 
 Every event may carry ``meta``: a small flat mapping for who produced it (the Celery layer records
 ``taskId``, ``worker`` and ``redelivered`` there). It is optional; the store never interprets it.
@@ -38,6 +39,7 @@ __all__ = [
     "StepGated",
     "StepProgress",
     "StepStarted",
+    "StepWaiting",
     "parse_event",
 ]
 
@@ -104,6 +106,14 @@ class StepGated(_StepEvent):
     verdict: str
 
 
+class StepWaiting(_StepEvent):
+    """The step handed its work to a provider and waits for its callback (or a poll)."""
+
+    kind: Literal["step-waiting"] = "step-waiting"
+    provider: Identifier
+    job_id: Identifier
+
+
 class RunSuspended(_Event):
     kind: Literal["run-suspended"] = "run-suspended"
     reason: Literal["webhook", "budget", "gate"]
@@ -140,6 +150,7 @@ PipelineEvent = Annotated[
     | StepCompleted
     | StepFailed
     | StepGated
+    | StepWaiting
     | RunSuspended
     | RunResumed
     | RunCompleted

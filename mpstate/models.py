@@ -12,7 +12,10 @@ from mpstate.fields import CamelModel, Identifier, UtcDatetime, utc_now
 
 __all__ = [
     "ALLOWED_RUN_TRANSITIONS",
+    "DONE_STEP_STATUSES",
     "TERMINAL_RUN_STATUSES",
+    "ExternalJob",
+    "FailurePolicy",
     "PipelineRun",
     "PipelineRunStatus",
     "StepError",
@@ -61,6 +64,8 @@ class StepStatus(StrEnum):
 
     PENDING = "pending"
     RUNNING = "running"
+    #: Handed to an external provider; completes when its callback (or a poll) answers.
+    WAITING = "waiting"
     COMPLETED = "completed"
     FAILED = "failed"
     #: Stopped by a gate (for example a quality check).
@@ -69,6 +74,18 @@ class StepStatus(StrEnum):
     CACHED = "cached"
     CANCELLED = "cancelled"
 
+
+class FailurePolicy(StrEnum):
+    """What a step's final failure does to the rest of its run."""
+
+    #: The run fails at once: steps not started never start, running ones are revoked.
+    FAIL_FAST = "fail-fast"
+    #: Branches that do not depend on the failed step run to their end; then the run fails.
+    FINISH_BRANCHES = "finish-branches"
+
+
+#: Step statuses that satisfy the steps depending on it.
+DONE_STEP_STATUSES = frozenset({StepStatus.COMPLETED, StepStatus.CACHED})
 
 #: Statuses a run never leaves.
 TERMINAL_RUN_STATUSES = frozenset(
@@ -110,6 +127,16 @@ class StepError(CamelModel):
     at: UtcDatetime = Field(default_factory=utc_now)
 
 
+class ExternalJob(CamelModel):
+    """A provider job a step handed its work to (``PipelineTask.await_external``)."""
+
+    provider: Identifier
+    job_id: Identifier
+    #: The step attempt that awaited it; a callback for an earlier attempt's job is superseded.
+    attempt: int = Field(default=0, ge=0)
+    since: UtcDatetime = Field(default_factory=utc_now)
+
+
 class StepState(CamelModel):
     """One step of a run: what it runs (``operation``), with what, and how it went."""
 
@@ -128,6 +155,23 @@ class StepState(CamelModel):
     last_error: StepError | None = None
     #: The Celery task id of the step's latest attempt (set by mpstate.celery).
     task_id: str | None = None
+    #: Ids of the steps this one waits for. When no step of a run sets it, each step waits for
+    #: the one before it (a linear run); once any step sets it, the graph is explicit and a step
+    #: without it starts at once (see ``mpstate.graph``).
+    depends_on: list[Identifier] | None = None
+    #: What the step's task returned besides artifacts and cost (``StepResult.outputs``), for
+    #: the steps that depend on it.
+    outputs: dict[str, Any] = Field(default_factory=dict)
+    #: Every provider job the step awaited, oldest first; the last is the one it waits for
+    #: while ``status`` is ``waiting``.
+    external_jobs: list[ExternalJob] = Field(default_factory=list)
+
+    @property
+    def awaited_job(self) -> ExternalJob | None:
+        """The provider job the step waits for now (None unless it is waiting)."""
+        if self.status is not StepStatus.WAITING or not self.external_jobs:
+            return None
+        return self.external_jobs[-1]
 
 
 class PipelineRun(CamelModel):
@@ -153,6 +197,7 @@ class PipelineRun(CamelModel):
     events: list[PipelineEvent] = Field(default_factory=list)
     error: str | None = None
     budget: dict[str, Any] | None = None
+    failure_policy: FailurePolicy = FailurePolicy.FAIL_FAST
     resume_token: str | None = None
     resumable: bool = False
     started_at: UtcDatetime | None = None
@@ -161,6 +206,10 @@ class PipelineRun(CamelModel):
     created_at: UtcDatetime = Field(default_factory=utc_now)
     updated_at: UtcDatetime = Field(default_factory=utc_now)
     completed_at: UtcDatetime | None = None
+    #: The run this one re-runs (``MpState.rerun``), if it is a re-run.
+    rerun_of: Identifier | None = None
+    #: The re-runs of this run, oldest first (written on the original, which stays final).
+    reruns: list[Identifier] = Field(default_factory=list)
 
     @property
     def is_terminal(self) -> bool:
@@ -168,12 +217,21 @@ class PipelineRun(CamelModel):
         return self.status in TERMINAL_RUN_STATUSES
 
     def external_jobs(self) -> set[tuple[str, str]]:
-        """Every (provider, job id) this run answers to, the legacy single id included."""
+        """Every (provider, job id) this run answers to: each step's jobs, the run-level map and
+        the legacy single id."""
         jobs = set(self.external_job_ids.items())
+        jobs.update((job.provider, job.job_id) for step in self.steps for job in step.external_jobs)
         if self.external_job_id is not None:
             provider, _, job_id = self.external_job_id.partition(":")
             jobs.add((provider, job_id))
         return jobs
+
+    def step_of_job(self, provider: str, job_id: str) -> StepState | None:
+        """The step that awaited this provider job (at any attempt), or None."""
+        for step in self.steps:
+            if any(j.provider == provider and j.job_id == job_id for j in step.external_jobs):
+                return step
+        return None
 
     def step(self, step_id: str) -> StepState:
         """The step with this id (``KeyError`` when the run has none)."""

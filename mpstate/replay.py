@@ -11,10 +11,11 @@ What each event means, in the order the log applies it:
 run-created        nothing (the definition is the starting point: pending, no step begun)
 run-started        the run is running
 step-started       the step is running, ``attempts`` at least ``attempt + 1``; the run is running
-                   on that step (``current_step_index``)
+step-waiting       the step waits for a provider's job
 step-progress      nothing (progress is not state)
-step-completed     the step is completed with its artifacts and cost; the run's cost grows by it;
-                   the run moves past the step (a suspended run is running again)
+step-completed     the step is completed with its artifacts and cost; the run's cost grows by it
+                   (a suspended run is running again: logs written before graphs existed have no
+                   run-resumed there)
 step-cached        like step-completed, with the cache key and no cost
 step-failed        the step's last error; a retryable failure leaves it running (a suspended run
                    is running again: its step is enqueued once more), a final one fails it
@@ -26,6 +27,9 @@ run-completed      the run is completed
 run-failed         the run is failed with the terminal reason as its error
 run-cancelled      the run is cancelled with the reason as its error
 =================  ==============================================================================
+
+``current_step_index`` is the first step, in definition order, not completed or cached
+(``mpstate.graph.first_open_index``), after every event.
 """
 
 from __future__ import annotations
@@ -45,7 +49,9 @@ from mpstate.events import (
     StepFailed,
     StepGated,
     StepStarted,
+    StepWaiting,
 )
+from mpstate.graph import first_open_index
 from mpstate.models import PipelineRun, PipelineRunStatus, StepError, StepState, StepStatus
 
 __all__ = ["LOG_FIELDS", "STEP_LOG_FIELDS", "log_state", "replay_run"]
@@ -152,6 +158,8 @@ class _Replay:
             self._set_step(event.step_id, cache_key=event.cache_key)
         elif isinstance(event, StepFailed):
             self._failed(event)
+        elif isinstance(event, StepWaiting):
+            self._set_step(event.step_id, status=StepStatus.WAITING)
         elif isinstance(event, RunSuspended):
             self._set_run(
                 status=PipelineRunStatus.SUSPENDED, resume_token=event.resume_token, resumable=True
@@ -177,7 +185,7 @@ class _Replay:
             event.step_id, status=StepStatus.RUNNING, attempts=max(step.attempts, event.attempt + 1)
         )
         self._set_run(
-            status=PipelineRunStatus.RUNNING, current_step_index=self.index[event.step_id]
+            status=PipelineRunStatus.RUNNING, current_step_index=first_open_index(self.steps)
         )
 
     def _finished(
@@ -190,7 +198,7 @@ class _Replay:
         self._set_run(
             status=run_status,
             cost_usd=round(self.run.cost_usd + cost_usd, _COST_DIGITS),
-            current_step_index=self.index[step_id] + 1,
+            current_step_index=first_open_index(self.steps),
         )
 
     def _failed(self, event: StepFailed) -> None:

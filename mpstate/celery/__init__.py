@@ -10,6 +10,7 @@ from mpstate.celery.binding import RECONCILE, RESOLVE_WEBHOOK, MpState, revoke_r
 from mpstate.celery.identity import ROLE, RUN_ID, STEP_ID, StepIdentity
 from mpstate.celery.reconciler import ReconcilePolicy, Reconciler, ReconcileReport, StalledStep
 from mpstate.celery.results import StepResult
+from mpstate.celery.settings import CelerySettings
 from mpstate.celery.task import PipelineTask
 from mpstate.celery.webhook import PayloadAdapter, ProviderError, WebhookOutcome, default_adapter
 
@@ -19,6 +20,7 @@ __all__ = [
     "ROLE",
     "RUN_ID",
     "STEP_ID",
+    "CelerySettings",
     "MpState",
     "PayloadAdapter",
     "PipelineTask",

@@ -17,24 +17,39 @@ Creating an ``MpState`` connects the signal receivers and registers ``mpstate.re
 from __future__ import annotations
 
 import logging
-import uuid
 import weakref
 from collections.abc import Mapping, Sequence
-from hashlib import sha256
 from typing import Any
 
 from celery import Celery
+from celery.canvas import Signature
 
+from mpstate.celery.canvas import is_canvas, steps_from_canvas
 from mpstate.celery.hooks import StepHooks, request_meta
 from mpstate.celery.identity import ATTEMPT_BASE, StepIdentity
 from mpstate.celery.lifecycle import StepLifecycle
 from mpstate.celery.reconciler import Reconciler, ReconcileReport
+from mpstate.celery.settings import CelerySettings
 from mpstate.celery.signals import SignalReceivers
-from mpstate.celery.transitions import fail_awaiting_step, resume_step, start_run
+from mpstate.celery.transitions import (
+    Transition,
+    awaits_job,
+    fail_awaiting_step,
+    resume_step,
+    start_run,
+)
 from mpstate.celery.webhook import PayloadAdapter, ProviderError, WebhookOutcome, default_adapter
-from mpstate.errors import InvalidInputError, MpStateError
+from mpstate.definitions import fresh_step, new_run
+from mpstate.errors import (
+    IdempotencyKeyInUseError,
+    InvalidInputError,
+    MpStateError,
+    VersionConflictError,
+)
 from mpstate.events import EventMeta
-from mpstate.models import PipelineRun, PipelineRunStatus, StepState, StepStatus
+from mpstate.graph import active_steps
+from mpstate.models import FailurePolicy, PipelineRun, StepState
+from mpstate.rerun import carried_steps, rerun_id
 from mpstate.store import PipelineStateStore, check_id
 
 __all__ = ["MpState", "revoke_running_steps"]
@@ -42,6 +57,9 @@ __all__ = ["MpState", "revoke_running_steps"]
 log = logging.getLogger("mpstate.celery")
 
 _BOUND: weakref.WeakKeyDictionary[Celery, MpState] = weakref.WeakKeyDictionary()
+
+#: Times a re-run looks again after another caller reserved one first.
+_RERUN_RACES = 10
 
 #: Celery's default ``Task.max_retries``, for a step whose task is not registered here.
 _CELERY_MAX_RETRIES = 3
@@ -58,31 +76,27 @@ class MpState:
     def __init__(self, app: Celery, store: PipelineStateStore | None = None) -> None:
         if app in _BOUND:
             raise MpStateError("this Celery app already has an MpState; close() it first")
-        conf = app.conf
+        #: Every ``app.conf.mpstate_*`` setting, read and validated once (before any connection).
+        self.settings = settings = CelerySettings.from_conf(app.conf)
         if store is None:
-            url = conf.get("mpstate_store_url")
-            if not url:
+            if not settings.store_url:
                 raise InvalidInputError("pass a store, or set app.conf.mpstate_store_url")
             from mpstate.redis import RedisPipelineStateStore  # noqa: PLC0415 - optional extra
 
-            store = RedisPipelineStateStore.from_url(url)
+            store = RedisPipelineStateStore.from_url(settings.store_url)
         self.app = app
         self.store = store
         self.lifecycle = StepLifecycle(
             store,
             self._enqueue,
-            outage_window_s=float(conf.get("mpstate_outage_window_s", 60.0)),
+            revoke=self._revoke,
+            outage_window_s=settings.outage_window_s,
         )
         self.hooks = StepHooks(self.lifecycle)
-        self.webhook_retry_interval_s = float(conf.get("mpstate_webhook_retry_interval_s", 2.0))
-        #: How a step's task is published after the commit that decided it: retried through a
-        #: broker outage about as long as a transition rides out a store outage (kombu's
-        #: default gives up after 0.6 s, and the advancement would wait for the reconciler).
-        self.publish_retry_policy: dict[str, float] = dict(
-            conf.get("mpstate_publish_retry_policy")
-            or {"max_retries": 30, "interval_start": 0, "interval_step": 0.5, "interval_max": 2}
-        )
-        self.webhook_unknown_window_s = float(conf.get("mpstate_webhook_unknown_window_s", 300.0))
+        # Shorthands of ``settings`` for the webhook task and ``_enqueue``.
+        self.webhook_retry_interval_s = settings.webhook_retry_interval_s
+        self.webhook_unknown_window_s = settings.webhook_unknown_window_s
+        self.publish_retry_policy: dict[str, Any] = dict(settings.publish_retry_policy)
         self._adapters: dict[str, PayloadAdapter] = {}
         self._receivers = SignalReceivers(self)
         self._receivers.connect()
@@ -114,46 +128,121 @@ class MpState:
     def start_run(
         self,
         pipeline_id: str,
-        steps: Sequence[StepState | Mapping[str, Any]],
+        steps: Sequence[StepState | Mapping[str, Any]] | Signature,
         *,
         tenant_id: str | None = None,
         idempotency_key: str | None = None,
         inputs: Mapping[str, Any] | None = None,
         run_id: str | None = None,
         budget: Mapping[str, Any] | None = None,
+        failure_policy: FailurePolicy | str = FailurePolicy.FAIL_FAST,
     ) -> PipelineRun:
-        """Create the run, log run-created and run-started, and enqueue its first step.
+        """Create the run, log run-created and run-started, and publish the steps that depend on
+        no other step (the first step of a linear run).
+
+        ``steps`` is a list of steps (``StepState`` or mappings; ``depends_on`` makes it a graph)
+        or a Celery signature or canvas (chain, group, chord, nested) of registered tasks, which
+        becomes one run whose steps mirror it (``mpstate.celery.canvas``). A bad graph or an
+        unmappable canvas raises ``InvalidPipelineError`` before anything is created.
 
         With an ``idempotency_key`` already used by a live run of the tenant, that run is
-        returned and nothing is enqueued, unless it was never started (a call that failed
+        returned and nothing is published, unless it was never started (a call that failed
         between creating and starting it): it is started now. ``inputs`` are defaults for every
         step's inputs; a step's ``operation`` is the name of the Celery task that runs it.
+        ``failure_policy``: ``fail-fast`` (default) or ``finish-branches`` (``FailurePolicy``).
         """
         check_id(pipeline_id, "pipeline_id")
-        if isinstance(steps, str | bytes) or not steps:
-            raise InvalidInputError("a run needs at least one step")
-        defaults = dict(inputs or {})
-        step_states = []
-        for step in steps:
-            state = step if isinstance(step, StepState) else StepState.model_validate(dict(step))
-            step_states.append(state.model_copy(update={"inputs": {**defaults, **state.inputs}}))
-        definition = "\n".join(f"{s.step_id}\t{s.operation}" for s in step_states)
-        run = PipelineRun(
-            run_id=run_id or uuid.uuid4().hex,
-            pipeline_id=pipeline_id,
+        if is_canvas(steps):
+            steps = steps_from_canvas(self.app, steps)
+        run = new_run(
+            pipeline_id,
+            steps,
             tenant_id=tenant_id,
             idempotency_key=idempotency_key,
-            steps=step_states,
-            budget=dict(budget) if budget is not None else None,
-            pipeline_def_hash=sha256(definition.encode()).hexdigest()[:16],
+            inputs=inputs,
+            run_id=run_id,
+            budget=budget,
+            failure_policy=failure_policy,
         )
         stored, _ = self.store.create_or_get(run)
         # Also for a run that existed already: a caller retrying after a failure between create
-        # and start must start it. Of racing callers exactly one commits run-started and enqueues.
-        committed = self.lifecycle.apply(stored.run_id, start_run, known=stored)
-        if committed.changed:  # not if it was started already, or cancelled in between
-            self._enqueue(committed.run, committed.run.steps[0], None)
-        return committed.run
+        # and start must start it. Of racing callers exactly one commits run-started and
+        # publishes (the lifecycle publishes what the winning commit made ready).
+        return self.lifecycle.apply(stored.run_id, start_run, known=stored).run
+
+    def rerun(self, run_id: str, *, from_step: str | None = None, reason: str = "") -> PipelineRun:
+        """Re-drive a failed or cancelled run as a new run, and return the new run.
+
+        The original stays final and its log untouched; the two are linked both ways
+        (``rerun_of`` on the new run, ``reruns`` on the original). The new run has the same
+        pipeline, steps, tenant and budget, and takes over the original's idempotency key (free
+        once the original ended), so a client retrying its start with that key finds the re-run.
+        It carries over the steps that succeeded and do not depend on ``from_step`` (by default
+        the first step that did not succeed), logged as step-cached with their artifacts and
+        outputs and no cost, and runs the rest (``mpstate.rerun``).
+
+        Calling it again while the re-run is live returns that re-run; of callers racing to
+        re-run one run, exactly one creates it. Raises ``InvalidTransitionError`` for a run that
+        is live or completed, ``InvalidInputError`` for an unknown ``from_step``, and
+        ``IdempotencyKeyInUseError`` when another live run holds the original's key.
+        """
+        check_id(run_id, "run_id")
+        for _ in range(_RERUN_RACES):
+            original = self.store.require(run_id, include_events=False)
+            carried = carried_steps(original, from_step)
+            new_id = self._rerun_id(original)
+            if isinstance(new_id, PipelineRun):
+                return new_id  # a re-run is under way already
+            if new_id is None:
+                continue  # another caller reserved a re-run meanwhile: look again
+            return self._start_rerun(original, new_id, carried, reason)
+        raise VersionConflictError(run_id, expected=-1, actual=-1)
+
+    def _start_rerun(
+        self, original: PipelineRun, new_id: str, carried: dict[str, StepState], reason: str
+    ) -> PipelineRun:
+        run = new_run(
+            original.pipeline_id,
+            [fresh_step(step) for step in original.steps],
+            tenant_id=original.tenant_id,
+            idempotency_key=original.idempotency_key,
+            run_id=new_id,
+            budget=original.budget,
+            failure_policy=original.failure_policy,
+            rerun_of=original.run_id,
+        )
+        stored, _ = self.store.create_or_get(run)
+        if stored.run_id != new_id:
+            raise IdempotencyKeyInUseError(
+                new_id,
+                idempotency_key=str(original.idempotency_key),
+                existing_run_id=stored.run_id,
+            )
+        meta: EventMeta = {"rerunOf": original.run_id, "reason": reason}
+        return self.lifecycle.apply(
+            new_id, lambda pending: start_run(pending, carried, meta=meta), known=stored
+        ).run
+
+    def _rerun_id(self, original: PipelineRun) -> str | PipelineRun | None:
+        """The id the next re-run of ``original`` gets, reserved on the original; the live re-run
+        if there is one; None if another caller reserved one first."""
+        if original.reruns:
+            last = self.store.get(original.reruns[-1], include_events=False)
+            if last is None:
+                return original.reruns[-1]  # reserved, not created: an interrupted re-run
+            if not last.is_terminal:
+                return last
+        new_id = rerun_id(original, len(original.reruns) + 1)
+        reserved = self.lifecycle.apply(
+            original.run_id,
+            lambda run: (
+                Transition({"reruns": [*run.reruns, new_id]}, [])
+                if run.reruns == original.reruns
+                else None
+            ),
+            known=original,
+        )
+        return new_id if reserved.changed else None
 
     def cancel_run(self, run_id: str, reason: str, *, terminate: bool = False) -> PipelineRun:
         """Cancel the run in the store, then revoke its in-flight step task.
@@ -165,6 +254,15 @@ class MpState:
         run = self.store.cancel(run_id, reason)
         revoke_running_steps(self.app, run, terminate=terminate)
         return run
+
+    def _revoke(self, task_ids: Sequence[str]) -> None:
+        """Revoke tasks a failed run no longer needs; best effort (a step that still runs
+        finishes without effect: its completion is refused)."""
+        try:
+            for task_id in task_ids:
+                self.app.control.revoke(task_id)
+        except Exception as exc:  # the broker's errors vary by transport
+            log.warning("could not revoke tasks %s: %r", list(task_ids), exc)
 
     # -- webhooks ---------------------------------------------------------------------------
 
@@ -196,9 +294,10 @@ class MpState:
         run = self.store.find_by_external_job_id(provider, job_id)
         if run is None:
             return "unknown"
-        step = _awaiting_step(run)
-        if step is None:
-            return "ignored"
+        step = _step_of_job(run, provider, job_id)
+        if step is None or not awaits_job(run, step, provider, job_id):
+            return "ignored"  # a duplicate, late or superseded callback
+        step_id = step.step_id
         meta = {**(meta or {}), "provider": provider, "jobId": job_id}
         if outcome.status == "succeeded":
             result = outcome.step_result()
@@ -206,9 +305,12 @@ class MpState:
                 run.run_id,
                 lambda current: resume_step(
                     current,
-                    step.step_id,
+                    step_id,
+                    provider=provider,
+                    job_id=job_id,
                     artifact_ids=result.artifact_ids,
                     cost_usd=result.cost_usd,
+                    outputs=result.outputs,
                     meta=meta,
                 ),
                 known=run,
@@ -220,7 +322,9 @@ class MpState:
             run.run_id,
             lambda current: fail_awaiting_step(
                 current,
-                step.step_id,
+                step_id,
+                provider=provider,
+                job_id=job_id,
                 code=error.code,
                 message=error.message,
                 retryable=error.retryable,
@@ -302,21 +406,22 @@ class MpState:
 
 
 def revoke_running_steps(app: Celery, run: PipelineRun, *, terminate: bool = False) -> list[str]:
-    """Revoke the Celery task of each running step of ``run``; returns the revoked task ids.
+    """Revoke the Celery task of each running or queued step of ``run``; returns the task ids.
 
     For a run already cancelled in the store: a revoked message is dropped by the workers, and
-    ``terminate=True`` also kills a prefork child executing it.
+    ``terminate=True`` also kills a prefork child executing it. A step waiting for a provider has
+    no task to revoke (the provider's job is not cancelled).
     """
-    task_ids = [
-        step.task_id for step in run.steps if step.status is StepStatus.RUNNING and step.task_id
-    ]
+    task_ids = [step.task_id for step in active_steps(run.steps) if step.task_id]
     for task_id in task_ids:
         app.control.revoke(task_id, terminate=terminate)
     return task_ids
 
 
-def _awaiting_step(run: PipelineRun) -> StepState | None:
-    if run.status is not PipelineRunStatus.SUSPENDED or run.current_step_index >= len(run.steps):
-        return None
-    step = run.steps[run.current_step_index]
-    return step if step.status is StepStatus.RUNNING else None
+def _step_of_job(run: PipelineRun, provider: str, job_id: str) -> StepState | None:
+    """The step that awaited this job; for a run suspended before steps recorded their jobs,
+    the step it was suspended on."""
+    step = run.step_of_job(provider, job_id)
+    if step is None and run.current_step_index < len(run.steps):
+        return run.steps[run.current_step_index]
+    return step

@@ -67,7 +67,8 @@ class StepHooks:
         meta: EventMeta,
         known: PipelineRun | None = None,
     ) -> None:
-        """Log step-completed (or -cached) and advance, unless the step awaits a webhook.
+        """Log step-completed (or -cached) and publish what it made ready, unless the step
+        awaits a provider.
 
         ``known``: the run as step-started committed it, decided on without another read.
         """
@@ -81,6 +82,7 @@ class StepHooks:
                 artifact_ids=result.artifact_ids,
                 cost_usd=result.cost_usd,
                 cache_key=result.cache_key,
+                outputs=result.outputs,
                 meta=meta,
             ),
             known=known,

@@ -1,4 +1,4 @@
-"""The reconciler: finds runs whose current step stalled, and re-enqueues or fails that step.
+"""The reconciler: finds steps of running runs that stalled, and publishes them again or fails them.
 
 Celery recovers most lost work by itself: with ``acks_late`` and ``reject_on_worker_lost`` a
 killed pool child's message is requeued at once. Two cases it cannot see:
@@ -6,19 +6,23 @@ killed pool child's message is requeued at once. Two cases it cannot see:
 - **A lost attempt.** A whole worker died (SIGKILL, OOM, a lost host) with the step's message
   unacknowledged. On Redis the message comes back only after the ``visibility_timeout`` (an hour
   by default); the run shows the step running, with no event since.
-- **A lost advancement.** The process that committed a step's completion died before it
-  published the next step's task. The run shows the next step pending, and no task will run it.
+- **A lost publish.** The process that committed a step's completion died before it published
+  the steps that completion made ready. The run shows them pending and ready, and no task will
+  run them.
 
-``Reconciler.run_once()`` lists running runs, and treats a run as stalled when its current step is
-pending or running and neither the run (``updated_at``) nor its log (the last event, progress
-included) moved for ``stale_after_s``. Policy ``requeue`` logs step-failed ``worker-lost``
-(retryable) and enqueues the step again under a new task id, within the step's retry limit;
-past it, or with policy ``fail``, the run fails. A pending step is enqueued (nothing ran).
+``Reconciler.run_once()`` lists running runs and looks at each step that is running, or pending
+with every dependency done (of a linear run: its current step). Such a step is stalled when it
+has been idle for ``stale_after_s``: a running step since its own last event (progress
+included), a ready one since the steps it waited for ended. Policy ``requeue`` logs step-failed
+``worker-lost`` (retryable) and publishes the step again under a new task id, within the step's
+retry limit; past it, or with policy ``fail``, the step fails for good (and the run with it, see
+``FailurePolicy``). A ready step is published (nothing ran). A step waiting for a provider is not
+stalled: it waits for a callback.
 
-Each repair is a versioned commit of the run exactly as the scan saw it, so two reconcilers, or a
-reconciler and a message that came back after all, never both act: the other's write wins and
-the repair is skipped. When the original message does come back, the step refuses it (its attempt
-is superseded) and the body does not run.
+The stalled steps of one run are repaired in one versioned commit of the run exactly as the scan
+saw it, so two reconcilers, or a reconciler and a message that came back after all, never both
+act: the other's write wins and the repair is skipped. When the original message does come back,
+the step refuses it (its attempt is superseded) and the body does not run.
 
 ``stale_after_s`` must exceed your longest step, its retry countdown, and the time a message can
 wait in the queue: a step that is merely slow is indistinguishable from a lost one. Steps that
@@ -31,16 +35,17 @@ beat schedule (``app.conf.beat_schedule``).
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from mpstate.celery.transitions import recover_step
+from mpstate.celery.transitions import recover_steps
 from mpstate.errors import InvalidInputError, MpStateError, RunNotFoundError
+from mpstate.events import PipelineEvent
 from mpstate.fields import utc_now
+from mpstate.graph import active_steps, dependencies
 from mpstate.models import PipelineRun, PipelineRunStatus, StepStatus
 from mpstate.store import check_positive
 
@@ -109,7 +114,8 @@ class Reconciler:
             raise InvalidInputError(f"policy must be one of {choices}, not {policy!r}") from None
 
     def find_stalled(self, now: datetime | None = None) -> Iterator[StalledStep]:
-        """Each running run whose current step has been idle for ``stale_after_s``."""
+        """Each running or ready step of a running run that has been idle for
+        ``stale_after_s``."""
         now = now or utc_now()
         cutoff = now - timedelta(seconds=self.stale_after_s)
         offset = 0
@@ -119,36 +125,48 @@ class Reconciler:
                 status=PipelineRunStatus.RUNNING, until=cutoff, limit=PAGE_SIZE, offset=offset
             )
             for run in page:
-                stalled = self._stalled_step(run, now, cutoff)
-                if stalled is not None:
-                    yield stalled
+                yield from self._stalled_steps(run, now, cutoff)
             if len(page) < PAGE_SIZE:
                 return
             offset += PAGE_SIZE
 
-    def _stalled_step(
+    def _stalled_steps(
         self, run: PipelineRun, now: datetime, cutoff: datetime
-    ) -> StalledStep | None:
-        if run.updated_at > cutoff or run.current_step_index >= len(run.steps):
-            return None
-        step = run.steps[run.current_step_index]
-        if step.status not in (StepStatus.PENDING, StepStatus.RUNNING):
-            return None
+    ) -> list[StalledStep]:
+        active = active_steps(run.steps)
+        if not active or (len(active) == 1 and run.updated_at > cutoff):
+            return []
         try:
             events = self.mp.store.list_events(run.run_id, since_seq=0)
         except RunNotFoundError:
-            return None  # expired or deleted since the page was read
-        last_ms = events[-1].at if events else int(run.updated_at.timestamp() * 1000)
-        if last_ms > cutoff.timestamp() * 1000:
-            return None
-        return StalledStep(
-            run_id=run.run_id,
-            step_id=step.step_id,
-            status=step.status,
-            idle_s=round(now.timestamp() - max(last_ms / 1000, run.updated_at.timestamp()), 3),
-            version=run.version,
-            tenant_id=run.tenant_id,
-        )
+            return []  # expired or deleted since the page was read
+        last_ms = _last_event_ms(run, events)
+        graph = dependencies(run.steps)
+        cutoff_ms = cutoff.timestamp() * 1000
+        stalled = []
+        # With one step in flight every write to the run is about it; with several, another
+        # branch's write says nothing about this step.
+        touched_ms = run.updated_at.timestamp() * 1000 if len(active) == 1 else 0.0
+        for step in active:
+            # A queued step is idle since the steps it waited for ended; a running one since
+            # its own last event (progress counts).
+            sources = graph[step.step_id] if step.status is StepStatus.PENDING else ()
+            times = [last_ms[s] for s in (step.step_id, *sources) if s in last_ms]
+            # A root step with no event yet is as old as the run's last write (its start).
+            idle_since = max(touched_ms, *times) if times else run.updated_at.timestamp() * 1000
+            if idle_since > cutoff_ms:
+                continue
+            stalled.append(
+                StalledStep(
+                    run_id=run.run_id,
+                    step_id=step.step_id,
+                    status=step.status,
+                    idle_s=round(now.timestamp() - idle_since / 1000, 3),
+                    version=run.version,
+                    tenant_id=run.tenant_id,
+                )
+            )
+        return stalled
 
     def run_once(self, *, dry_run: bool = False) -> ReconcileReport:
         """Scan once and repair what is stalled (``dry_run``: only report it)."""
@@ -157,50 +175,66 @@ class Reconciler:
         # paging on while repairing would skip as many runs.
         report.stalled = list(self.find_stalled())
         if not dry_run:
+            by_run: dict[str, list[StalledStep]] = {}
             for stalled in report.stalled:
-                self._repair(stalled, report)
+                by_run.setdefault(stalled.run_id, []).append(stalled)
+            for steps in by_run.values():
+                self._repair(steps, report)
         return report
 
-    def _repair(self, stalled: StalledStep, report: ReconcileReport) -> None:
-        task_id = uuid.uuid4().hex
+    def _repair(self, stalled: list[StalledStep], report: ReconcileReport) -> None:
+        """Repair one run's stalled steps in one versioned commit of the run as scanned."""
+        first = stalled[0]
         requeue = self.policy is ReconcilePolicy.REQUEUE
+        step_ids = [s.step_id for s in stalled]
         try:
             committed = self.mp.lifecycle.apply(
-                stalled.run_id,
-                lambda run: recover_step(
+                first.run_id,
+                lambda run: recover_steps(
                     run,
-                    stalled.step_id,
-                    seen_version=stalled.version,
+                    step_ids,
+                    seen_version=first.version,
                     requeue=requeue,
-                    task_id=task_id,
-                    default_max_retries=self.mp.default_max_retries(run.step(stalled.step_id)),
-                    meta={"by": "reconciler", "idleS": stalled.idle_s},
+                    retry_limits={
+                        step_id: self.mp.default_max_retries(run.step(step_id))
+                        for step_id in step_ids
+                    },
+                    meta={"by": "reconciler", "idleS": max(s.idle_s for s in stalled)},
                 ),
             )
         except MpStateError:
             raise
         except Exception as exc:  # the broker's errors vary by transport
-            # The repair is committed; its publish failed. The step is idle again from now on,
-            # so a later pass enqueues it again: the pass goes on with the other runs.
-            report.unpublished.append(stalled)
+            # The repair is committed; a publish failed. The steps are idle again from now on,
+            # so a later pass publishes them again: the pass goes on with the other runs.
+            report.unpublished.extend(stalled)
             log.error(
-                "run %s: step %s repaired, but not published: %r",
-                stalled.run_id,
-                stalled.step_id,
-                exc,
+                "run %s: steps %s repaired, but not published: %r", first.run_id, step_ids, exc
             )
             return
         if not committed.changed:
-            report.skipped.append(stalled)
-        elif committed.run.status is PipelineRunStatus.FAILED:
-            report.failed.append(stalled)
-            log.warning("run %s: stalled step %s failed", stalled.run_id, stalled.step_id)
-        else:
-            report.requeued.append(stalled)
-            log.warning(
-                "run %s: stalled step %s enqueued again as task %s (idle %.0f s)",
-                stalled.run_id,
-                stalled.step_id,
-                task_id,
-                stalled.idle_s,
-            )
+            report.skipped.extend(stalled)
+            return
+        for step in stalled:
+            if committed.run.step(step.step_id).status is StepStatus.FAILED:
+                report.failed.append(step)
+                log.warning("run %s: stalled step %s failed", step.run_id, step.step_id)
+            else:
+                report.requeued.append(step)
+                log.warning(
+                    "run %s: stalled step %s published again as task %s (idle %.0f s)",
+                    step.run_id,
+                    step.step_id,
+                    committed.run.step(step.step_id).task_id,
+                    step.idle_s,
+                )
+
+
+def _last_event_ms(run: PipelineRun, events: list[PipelineEvent]) -> dict[str, int]:
+    """Each step's last event time (epoch ms), from the log."""
+    last: dict[str, int] = {}
+    for event in events:
+        step_id = getattr(event, "step_id", None)
+        if step_id is not None:
+            last[step_id] = max(last.get(step_id, 0), event.at)
+    return last

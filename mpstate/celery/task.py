@@ -22,6 +22,7 @@ import sys
 from typing import Any, ClassVar
 
 from celery import Task
+from celery.backends.base import DisabledBackend
 from celery.exceptions import Ignore
 from kombu.exceptions import OperationalError
 
@@ -34,8 +35,9 @@ from mpstate.celery.identity import (
 )
 from mpstate.celery.results import StepResult, as_step_result
 from mpstate.celery.transitions import gate_step, may_retry, suspend_step
-from mpstate.errors import StateStoreUnavailableError
+from mpstate.errors import NotInRunError, StateStoreUnavailableError
 from mpstate.events import EventMeta, StepProgress
+from mpstate.graph import upstream
 from mpstate.models import PipelineRun
 
 __all__ = ["PipelineTask"]
@@ -75,10 +77,16 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type hints
     # -- inside the body --------------------------------------------------------------------
 
     @property
+    def in_run(self) -> bool:
+        """Whether this call executes a step of a run (not a plain ``.delay()`` or chain link)."""
+        identity = identity_of(self.request)
+        return identity is not None and identity.is_step
+
+    @property
     def identity(self) -> StepIdentity:
         identity = identity_of(self.request)
         if identity is None:
-            raise RuntimeError(f"task {self.name} was not started as a pipeline step")
+            raise NotInRunError(self.name, "the step identity")
         return identity
 
     @property
@@ -101,7 +109,7 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type hints
         """The run as this attempt last wrote it (at its start, or after ``gate``)."""
         seen = self._seen()
         if seen is None:
-            raise RuntimeError(f"task {self.name} was not started as a pipeline step")
+            raise NotInRunError(self.name, "pipeline_run")
         return seen.run
 
     def _seen(self) -> _SeenRun | None:
@@ -110,13 +118,16 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type hints
 
     @property
     def artifacts(self) -> dict[str, list[str]]:
-        """Artifact ids of the steps before this one, by step id."""
-        earlier = {}
-        for step in self.pipeline_run.steps:
-            if step.step_id == self.step_id:
-                break
-            earlier[step.step_id] = list(step.artifact_ids)
-        return earlier
+        """Artifact ids of the steps this one waits for, directly or through others, by step id
+        (of a linear run: every step before this one)."""
+        run = self.pipeline_run
+        return {step.step_id: list(step.artifact_ids) for step in upstream(run.steps, self.step_id)}
+
+    @property
+    def outputs(self) -> dict[str, dict[str, Any]]:
+        """``StepResult.outputs`` of the steps this one waits for, by step id (as ``artifacts``)."""
+        run = self.pipeline_run
+        return {step.step_id: dict(step.outputs) for step in upstream(run.steps, self.step_id)}
 
     def progress(
         self,
@@ -127,10 +138,14 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type hints
     ) -> None:
         """Log step-progress, and send it as a ``task-progress`` event (Flower shows PROGRESS).
 
-        Progress is not state: while the store or the broker is unavailable the event is dropped
-        with a warning instead of failing the step (the step's next transition rides out the
-        outage).
+        Outside a run (a plain ``.delay()``) only the Celery side happens: the ``task-progress``
+        event, and the PROGRESS state in the result backend when there is one. Progress is not
+        state: while the store or the broker is unavailable the event is dropped with a warning
+        instead of failing the step (the step's next transition rides out the outage).
         """
+        if not self.in_run:
+            self._celery_progress(pct, message)
+            return
         event = StepProgress(
             run_id=self.run_id,
             step_id=self.step_id,
@@ -146,20 +161,34 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type hints
             log.warning(
                 "step-progress of run %r step %r dropped: %s", self.run_id, self.step_id, exc
             )
-        if not self.request.called_directly:
-            try:
-                self.send_event("task-progress", pct=pct, run_id=self.run_id, step_id=self.step_id)
-            except OperationalError as exc:  # kombu: the broker is unreachable
-                log.warning(
-                    "task-progress of run %r step %r not sent: %s", self.run_id, self.step_id, exc
-                )
+        self._send_progress_event(pct, run_id=self.run_id, step_id=self.step_id)
+
+    def _celery_progress(self, pct: float, message: str | None) -> None:
+        if self.request.called_directly:
+            return
+        if not self.ignore_result and not isinstance(self.backend, DisabledBackend):
+            self.update_state(state="PROGRESS", meta={"pct": pct, "message": message})
+        self._send_progress_event(pct)
+
+    def _send_progress_event(self, pct: float, **fields: str) -> None:
+        if self.request.called_directly:
+            return
+        try:
+            self.send_event("task-progress", pct=pct, **fields)
+        except OperationalError as exc:  # kombu: the broker is unreachable
+            log.warning("task-progress of task %s not sent: %s", self.request.id, exc)
 
     def cached(self, cache_key: str, artifact_ids: list[str]) -> StepResult:
         """Return this from the body when a cache answered: the step is logged as step-cached."""
         return StepResult(cache_key=cache_key, artifact_ids=list(artifact_ids))
 
     def gate(self, gate_type: str, verdict: str, passed: bool) -> bool:
-        """Log step-gated; a rejection fails the run and ends the body (the task is IGNORED)."""
+        """Log step-gated; a rejection fails the run and ends the body (the task is IGNORED).
+
+        Raises ``NotInRunError`` outside a run: a gate decides on a run.
+        """
+        if not self.in_run:
+            raise NotInRunError(self.name, "gate()")
         meta = self.event_meta()
         committed = self.mpstate.lifecycle.apply(
             self.run_id,
@@ -178,8 +207,12 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type hints
         """Record the provider's job id (findable before this returns) and suspend the run.
 
         Return the result from the body: the step completes when ``mpstate.resolve_webhook`` is
-        called with this provider and job id.
+        called with this provider and job id. Other branches of the run go on meanwhile; the run
+        is suspended only once nothing else runs. Raises ``NotInRunError`` outside a run: there
+        is no step to resume when the provider calls back.
         """
+        if not self.in_run:
+            raise NotInRunError(self.name, "await_external()")
         meta = self.event_meta()
         self.mpstate.lifecycle.apply(
             self.run_id,
@@ -231,7 +264,9 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type hints
         kwargs = without_identity_kwargs(kwargs)
         identity = identity_of(self.request)
         if identity is None or not identity.is_step:
-            return super().__call__(*args, **kwargs)
+            # A plain call (.delay(), apply(), a link of a plain chain): an ordinary task.
+            retval = super().__call__(*args, **kwargs)
+            return _as_message_value(retval)
         # Task.retry leaves the last limit on the (shared) task object and autoretry_for reuses
         # it: start every attempt from the step's own max_retries instead.
         self.__dict__.pop("override_max_retries", None)
@@ -245,11 +280,7 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type hints
         retval = super().__call__(*args, **kwargs)
         result = as_step_result(retval, strict=True)
         hooks.complete(identity, result, meta=self.event_meta(), known=seen.run)
-        return (
-            retval.model_dump(mode="json", by_alias=True)
-            if isinstance(retval, StepResult)
-            else retval
-        )
+        return _as_message_value(retval)
 
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
@@ -258,3 +289,10 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type hints
         if identity is not None and identity.is_step:
             self.mpstate.hooks.fail(identity, exc, retryable=False, meta=self.event_meta())
         super().on_failure(exc, task_id, args, kwargs, einfo)
+
+
+def _as_message_value(retval: Any) -> Any:
+    """A ``StepResult`` as the dict a result backend and the next link of a chain can carry."""
+    if isinstance(retval, StepResult):
+        return retval.model_dump(mode="json", by_alias=True)
+    return retval

@@ -26,6 +26,7 @@ from mpstate import (
     StepGated,
     StepProgress,
     StepStarted,
+    StepWaiting,
 )
 from mpstate.cli.render import format_cost
 
@@ -39,6 +40,7 @@ _KIND_STYLES = {
     "run-completed": "bold green",
     "step-failed": "red",
     "step-gated": "yellow",
+    "step-waiting": "yellow",
     "run-failed": "bold red",
     "run-suspended": "yellow",
     "run-cancelled": "bold magenta",
@@ -88,6 +90,8 @@ def event_details(event: PipelineEvent, *, with_meta: bool = True) -> list[str]:
             details = [f"code={_quoted(event.code)}", f"retryable={str(event.retryable).lower()}"]
         case StepGated():
             details = [f"gate={_quoted(event.gate_type)}", f"verdict={_quoted(event.verdict)}"]
+        case StepWaiting():
+            details = [f"provider={_quoted(event.provider)}", f"job={_quoted(event.job_id)}"]
         case RunSuspended():
             details = [f"reason={event.reason}"]
         case RunResumed():

@@ -99,6 +99,7 @@ VIDEO_LOG = [
     ("step-started", "generate"),
     ("step-completed", "generate"),
     ("step-started", "submit"),
+    ("step-waiting", "submit"),
     ("run-suspended", None),
     ("run-resumed", None),
     ("step-completed", "submit"),

@@ -139,7 +139,7 @@ def lost_advancement(h: Harness) -> PipelineRun:
     meta = {"taskId": "t-one", "worker": "dead@host"}
     run = commit(h, run, start_step(run, "one", attempt=0, task_id="t-one", meta=meta))
     done = complete_step(run, "one", artifact_ids=["a-1"], cost_usd=0.01, cache_key=None, meta=meta)
-    assert done is not None and done.next_step is not None  # what the dead process never sent
+    assert done is not None and done.enqueue  # what the dead process never sent
     return commit(h, run, done)
 
 

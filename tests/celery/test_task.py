@@ -112,6 +112,7 @@ MEDIA_LOG = [
     ("step-gated", "review"),
     ("step-completed", "review"),
     ("step-started", "render"),
+    ("step-waiting", "render"),
     ("run-suspended", None),
     ("run-resumed", None),
     ("step-completed", "render"),

@@ -90,17 +90,43 @@ def kinds_of(transition: Transition | None) -> list[str]:
     return [event.kind for event in transition.events]
 
 
+def enqueued(transition: Transition | None) -> list[str]:
+    """The ids of the steps ``transition`` publishes, each checked to carry the task id the
+    transition's patch records on that step."""
+    assert transition is not None
+    recorded = {doc["stepId"]: doc["taskId"] for doc in transition.patch.get("steps", [])}
+    for step in transition.enqueue:
+        assert step.task_id, f"step {step.step_id} is published without a task id"
+        assert recorded[step.step_id] == step.task_id
+    return [step.step_id for step in transition.enqueue]
+
+
 # -- start_run / start_step ------------------------------------------------------------------------
 
 
-def test_start_run_moves_a_pending_run_to_running_once() -> None:
+def test_start_run_moves_a_pending_run_to_running_once_and_publishes_its_first_step() -> None:
     runs = Runs()
     transition = start_run(runs.run)
     assert kinds_of(transition) == ["run-started"]
+    assert enqueued(transition) == ["a"]
     run = runs.apply(transition)
     assert run.status is PipelineRunStatus.RUNNING
     assert run.started_at is not None
+    assert run.step("a").task_id == transition.enqueue[0].task_id
+    assert [run.step(s).task_id for s in ("b", "c")] == [None, None]
     assert start_run(run) is None
+
+
+def test_start_step_refuses_a_step_whose_predecessor_is_not_done() -> None:
+    runs = Runs()
+    runs.started()
+    assert start_step(runs.run, "b", attempt=0, task_id="t-2", meta=META) is None
+    runs.start("a")
+    assert start_step(runs.run, "b", attempt=0, task_id="t-2", meta=META) is None
+    runs.apply(runs.complete("a"))
+    assert kinds_of(start_step(runs.run, "b", attempt=0, task_id="t-2", meta=META)) == [
+        "step-started"
+    ]
 
 
 def test_start_step_marks_the_step_running_with_its_task_and_logs_the_attempt() -> None:
@@ -198,8 +224,9 @@ def test_completing_a_middle_step_advances_to_the_next_step_and_adds_its_cost() 
     runs.start("a")
     transition = runs.complete("a", cost=0.25, artifacts=["img-1"])
     assert kinds_of(transition) == ["step-completed"]
-    assert transition.next_step is not None and transition.next_step.step_id == "b"
+    assert enqueued(transition) == ["b"]
     run = runs.apply(transition)
+    assert run.step("b").task_id == transition.enqueue[0].task_id
     step = run.step("a")
     assert (step.status, step.artifact_ids, step.cost_usd) == (
         StepStatus.COMPLETED,
@@ -219,7 +246,7 @@ def test_completing_the_last_step_completes_the_run_with_the_total_cost() -> Non
     runs.start("c")
     transition = runs.complete("c", cost=0.2)
     assert kinds_of(transition) == ["step-completed", "run-completed"]
-    assert transition.next_step is None
+    assert enqueued(transition) == []
     assert transition.events[1].total_cost_usd == pytest.approx(0.4)
     run = runs.apply(transition)
     assert run.status is PipelineRunStatus.COMPLETED
@@ -236,6 +263,7 @@ def test_a_cached_result_logs_step_cached_and_marks_the_step_cached() -> None:
     )
     assert kinds_of(transition) == ["step-cached"]
     assert (transition.events[0].cache_key, transition.events[0].artifact_ids) == ("k", ["c-1"])
+    assert enqueued(transition) == ["b"]  # a cached step satisfies the step after it
     run = runs.apply(transition)
     assert (run.step("a").status, run.step("a").cache_key) == (StepStatus.CACHED, "k")
 
@@ -244,8 +272,9 @@ def test_a_duplicate_completion_returns_none() -> None:
     runs = Runs()
     runs.started()
     runs.start("a")
+    assert enqueued(runs.complete("a", cost=0.1)) == ["b"]
     runs.apply(runs.complete("a", cost=0.1))
-    assert runs.complete("a", cost=0.1) is None
+    assert runs.complete("a", cost=0.1) is None  # so b is not published a second time
 
 
 def test_a_late_completion_for_a_finished_run_returns_none() -> None:
@@ -266,6 +295,7 @@ def test_a_retryable_failure_logs_step_failed_only_and_keeps_the_step_running() 
     transition = fail_step(runs.run, "a", code="Busy", message="later", retryable=True, meta=META)
     assert kinds_of(transition) == ["step-failed"]
     assert transition.events[0].retryable is True
+    assert enqueued(transition) == []  # Celery's own retry runs it again
     run = runs.apply(transition)
     assert run.status is PipelineRunStatus.RUNNING
     step = run.step("a")
@@ -286,6 +316,8 @@ def test_a_final_failure_fails_the_step_and_the_run_with_the_reason() -> None:
     assert run.status is PipelineRunStatus.FAILED
     assert run.error == "step a failed: Bad: no"
     assert run.step("a").status is StepStatus.FAILED
+    assert run.step("a").error == "no"
+    assert enqueued(transition) == []
     assert fail_step(run, "a", code="Bad", message="", retryable=False, meta=META) is None
 
 
@@ -326,13 +358,51 @@ def test_a_rejecting_gate_fails_the_run_as_gate_rejected() -> None:
 # -- suspend / resume ------------------------------------------------------------------------------
 
 
-def suspended_on_b() -> Runs:
+def suspended_on_b(job_id: str = "j1") -> Runs:
     runs = Runs()
     runs.started()
     runs.run_through("a", cost=0.1)
     runs.start("b")
-    runs.apply(suspend_step(runs.run, "b", provider="vid", job_id="j1", meta=META))
+    runs.apply(suspend_step(runs.run, "b", provider="vid", job_id=job_id, meta=META))
     return runs
+
+
+def resume(runs: Runs, step: str = "b", job_id: str = "j1", provider: str = "vid") -> Any:
+    return resume_step(
+        runs.run,
+        step,
+        provider=provider,
+        job_id=job_id,
+        artifact_ids=["v-1"],
+        cost_usd=0.5,
+        meta=META,
+    )
+
+
+def test_suspending_the_only_running_step_logs_step_waiting_then_suspends_the_run() -> None:
+    runs = Runs()
+    runs.started()
+    runs.run_through("a", cost=0.1)
+    runs.start("b")
+    transition = suspend_step(runs.run, "b", provider="vid", job_id="j1", meta=META)
+    assert kinds_of(transition) == ["step-waiting", "run-suspended"]
+    waiting = transition.events[0]
+    assert (waiting.step_id, waiting.provider, waiting.job_id) == ("b", "vid", "j1")
+    assert enqueued(transition) == []
+    run = runs.apply(transition)
+    assert [e.kind for e in run.events] == [
+        "run-created",
+        "run-started",
+        "step-started",
+        "step-completed",
+        "step-started",
+        "step-waiting",
+        "run-suspended",
+    ]
+    step = run.step("b")
+    assert step.status is StepStatus.WAITING
+    assert [(j.provider, j.job_id, j.attempt) for j in step.external_jobs] == [("vid", "j1", 0)]
+    assert step.awaited_job is not None and step.awaited_job.job_id == "j1"
 
 
 def test_suspending_records_the_job_and_a_resume_token() -> None:
@@ -348,14 +418,16 @@ def test_suspending_records_the_job_and_a_resume_token() -> None:
 
 def test_resuming_completes_the_step_and_advances_in_one_transition() -> None:
     runs = suspended_on_b()
-    transition = resume_step(runs.run, "b", artifact_ids=["v-1"], cost_usd=0.5, meta=META)
+    transition = resume(runs)
     assert kinds_of(transition) == ["run-resumed", "step-completed"]
     assert transition.events[0].from_step_id == "b"
-    assert transition.next_step is not None and transition.next_step.step_id == "c"
+    assert enqueued(transition) == ["c"]
     run = runs.apply(transition)
     assert run.status is PipelineRunStatus.RUNNING
     assert run.resumable is False
+    assert run.step("b").status is StepStatus.COMPLETED
     assert run.step("b").artifact_ids == ["v-1"]
+    assert run.step("c").task_id == transition.enqueue[0].task_id
     assert run.cost_usd == pytest.approx(0.6)
 
 
@@ -365,22 +437,56 @@ def test_resuming_the_last_step_completes_the_run() -> None:
     runs.run_through("a", cost=0.1)
     runs.start("b")
     runs.apply(suspend_step(runs.run, "b", provider="vid", job_id="j1", meta=META))
-    transition = resume_step(runs.run, "b", artifact_ids=["v-1"], cost_usd=0.5, meta=META)
+    transition = resume(runs)
     assert kinds_of(transition) == ["run-resumed", "step-completed", "run-completed"]
+    assert enqueued(transition) == []
     assert transition.events[2].total_cost_usd == pytest.approx(0.6)
     assert runs.apply(transition).status is PipelineRunStatus.COMPLETED
 
 
 def test_a_duplicate_resume_returns_none() -> None:
     runs = suspended_on_b()
-    runs.apply(resume_step(runs.run, "b", artifact_ids=["v-1"], cost_usd=0.5, meta=META))
-    assert resume_step(runs.run, "b", artifact_ids=["v-1"], cost_usd=0.5, meta=META) is None
+    runs.apply(resume(runs))
+    assert resume(runs) is None
 
 
-def test_resume_returns_none_unless_the_run_is_suspended_on_that_step() -> None:
+def test_resume_returns_none_unless_the_step_waits_for_that_very_job() -> None:
     runs = suspended_on_b()
-    assert resume_step(runs.run, "c", artifact_ids=["x"], cost_usd=0.0, meta=META) is None
-    assert resume_step(runs.run, "a", artifact_ids=["x"], cost_usd=0.0, meta=META) is None
+    assert resume(runs, step="c") is None  # c waits for nothing
+    assert resume(runs, step="a") is None  # a is done
+    assert resume(runs, job_id="j0") is None  # another job
+    assert resume(runs, provider="other") is None  # the same job id from another provider
+    assert kinds_of(resume(runs)) == ["run-resumed", "step-completed"]
+
+
+def test_a_callback_for_the_job_of_an_earlier_attempt_is_ignored() -> None:
+    runs = suspended_on_b(job_id="j1")
+    runs.apply(
+        fail_awaiting_step(
+            runs.run,
+            "b",
+            provider="vid",
+            job_id="j1",
+            code="PROVIDER_TIMEOUT",
+            message="",
+            retryable=True,
+            default_max_retries=3,
+            meta=META,
+        )
+    )
+    runs.start("b", attempt=1)
+    runs.apply(suspend_step(runs.run, "b", provider="vid", job_id="j2", meta=META))
+    assert [(j.job_id, j.attempt) for j in runs.run.step("b").external_jobs] == [
+        ("j1", 0),
+        ("j2", 1),
+    ]
+    assert resume(runs, job_id="j1") is None
+    assert kinds_of(resume(runs, job_id="j2")) == ["run-resumed", "step-completed"]
+
+
+def test_complete_step_returns_none_for_a_step_waiting_for_its_provider() -> None:
+    runs = suspended_on_b()
+    assert runs.complete("b") is None
 
 
 def test_suspend_returns_none_for_a_finished_run_or_a_done_step() -> None:
@@ -391,6 +497,12 @@ def test_suspend_returns_none_for_a_finished_run_or_a_done_step() -> None:
     assert suspend_step(runs.run, "a", provider="vid", job_id="j", meta=META) is None
     runs.store.cancel(runs.run_id, "stop")
     assert suspend_step(runs.run, "b", provider="vid", job_id="j", meta=META) is None
+
+
+def test_suspend_returns_none_for_a_step_that_is_not_running() -> None:
+    runs = suspended_on_b()
+    assert suspend_step(runs.run, "b", provider="vid", job_id="j2", meta=META) is None  # waits
+    assert suspend_step(runs.run, "c", provider="vid", job_id="j2", meta=META) is None  # pending
 
 
 def test_a_provider_failure_applies_once_however_often_it_is_delivered() -> None:
@@ -406,6 +518,8 @@ def test_a_provider_failure_applies_once_however_often_it_is_delivered() -> None
         return fail_awaiting_step(
             run,
             "a",
+            provider="vid",
+            job_id="j1",
             code="PROVIDER_TIMEOUT",
             message="",
             retryable=True,
@@ -414,11 +528,53 @@ def test_a_provider_failure_applies_once_however_often_it_is_delivered() -> None
         )
 
     first = failure(suspended)
-    assert first is not None and first.next_step is not None
-    assert first.next_step.step_id == "a"
-    runs.apply(first)
+    assert kinds_of(first) == ["step-failed"]
+    assert enqueued(first) == ["a"]
+    assert first.enqueue[0].task_id != suspended.step("a").task_id  # a new message
+    run = runs.apply(first)
+    assert (run.status, run.resumable) == (PipelineRunStatus.RUNNING, False)
+    assert run.step("a").status is StepStatus.RUNNING
     assert failure(runs.run) is None
     assert [e.kind for e in runs.run.events].count("step-failed") == 1
+
+
+def test_a_final_provider_failure_fails_the_step_and_the_run() -> None:
+    runs = suspended_on_b()
+    transition = fail_awaiting_step(
+        runs.run,
+        "b",
+        provider="vid",
+        job_id="j1",
+        code="PROVIDER_REJECTED",
+        message="bad prompt",
+        retryable=False,
+        default_max_retries=3,
+        meta=META,
+    )
+    assert kinds_of(transition) == ["step-failed", "run-failed"]
+    assert enqueued(transition) == []
+    run = runs.apply(transition)
+    assert run.status is PipelineRunStatus.FAILED
+    assert run.error == "step b failed: PROVIDER_REJECTED: bad prompt"
+    assert (run.step("b").status, run.step("b").error) == (StepStatus.FAILED, "bad prompt")
+
+
+def test_a_retryable_provider_failure_past_the_retry_limit_fails_the_run() -> None:
+    runs = suspended_on_b()
+    transition = fail_awaiting_step(
+        runs.run,
+        "b",
+        provider="vid",
+        job_id="j1",
+        code="PROVIDER_TIMEOUT",
+        message="",
+        retryable=True,
+        default_max_retries=0,
+        meta=META,
+    )
+    assert kinds_of(transition) == ["step-failed", "run-failed"]
+    assert transition.events[0].retryable is False
+    assert enqueued(transition) == []
 
 
 def test_a_worker_request_is_read_for_its_identity_from_the_message_headers() -> None:

@@ -20,6 +20,7 @@ RESUMED_LOG = [
     ("run-created", None),
     ("run-started", None),
     ("step-started", "render"),
+    ("step-waiting", "render"),
     ("run-suspended", None),
     ("run-resumed", None),
     ("step-completed", "render"),

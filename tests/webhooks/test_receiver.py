@@ -252,6 +252,7 @@ def test_a_signed_failure_callback_fails_the_step_and_the_run(
         ("run-created", None),
         ("run-started", None),
         ("step-started", "render"),
+        ("step-waiting", "render"),
         ("run-suspended", None),
         ("step-failed", "render"),
         ("run-failed", None),
