@@ -28,6 +28,7 @@ from mpstate import (
     StepProgress,
     StepStarted,
     StepState,
+    StepWaiting,
     audit_run,
 )
 from mpstate.audit import log_findings, state_differences
@@ -37,7 +38,7 @@ from mpstate.celery.transitions import (
     fail_awaiting_step,
     fail_step,
     gate_step,
-    recover_step,
+    recover_steps,
     resume_step,
     start_run,
     start_step,
@@ -208,6 +209,7 @@ def test_completions_of_different_steps_are_not_a_completion_finding() -> None:
         cached("ghost"),
         StepFailed(run_id=RUN, step_id="ghost", code="E", retryable=True),
         StepGated(run_id=RUN, step_id="ghost", gate_type="quality", verdict="ok"),
+        StepWaiting(run_id=RUN, step_id="ghost", provider="runway", job_id="j1"),
     ],
     ids=lambda event: event.kind,
 )
@@ -392,12 +394,27 @@ def test_a_completed_run_written_through_the_transitions_has_no_findings(
     apply(store, lambda run: suspend_step(run, "b", provider="runway", job_id="j1", meta={}))
     apply(
         store,
-        lambda run: resume_step(run, "b", artifact_ids=["vid"], cost_usd=0.75, meta={}),
+        lambda run: resume_step(
+            run,
+            "b",
+            provider="runway",
+            job_id="j1",
+            artifact_ids=["vid"],
+            cost_usd=0.75,
+            meta={},
+        ),
     )
 
     run = store.require(RUN)
     assert run.status is PipelineRunStatus.COMPLETED
-    assert [e.kind for e in run.events][-3:] == ["run-resumed", "step-completed", "run-completed"]
+    assert [e.kind for e in run.events][-6:] == [
+        "step-started",
+        "step-waiting",
+        "run-suspended",
+        "run-resumed",
+        "step-completed",
+        "run-completed",
+    ]
     assert audit_run(run) == []
 
 
@@ -427,6 +444,8 @@ def test_a_run_failed_by_its_provider_and_then_its_reconciler_has_no_findings(
         lambda run: fail_awaiting_step(
             run,
             "a",
+            provider="runway",
+            job_id="j1",
             code="E_PROVIDER",
             message="",
             retryable=True,
@@ -436,19 +455,28 @@ def test_a_run_failed_by_its_provider_and_then_its_reconciler_has_no_findings(
     )
     apply(
         store,
-        lambda run: recover_step(
+        lambda run: recover_steps(
             run,
-            "a",
+            ["a"],
             seen_version=run.version,
             requeue=False,
-            task_id="t9",
-            default_max_retries=None,
+            retry_limits={"a": None},
             meta={},
         ),
     )
 
     run = store.require(RUN)
     assert run.status is PipelineRunStatus.FAILED
+    assert [e.kind for e in run.events] == [
+        "run-created",
+        "run-started",
+        "step-started",
+        "step-waiting",
+        "run-suspended",
+        "step-failed",
+        "step-failed",
+        "run-failed",
+    ]
     assert audit_run(run) == []
 
 

@@ -7,6 +7,7 @@ Needs ``pip install 'mpstate[celery]'``.
 """
 
 from mpstate.celery.binding import RECONCILE, RESOLVE_WEBHOOK, MpState, revoke_running_steps
+from mpstate.celery.canvas import STEP_ID_OPTION, is_canvas, steps_from_canvas, with_step_id
 from mpstate.celery.identity import ROLE, RUN_ID, STEP_ID, StepIdentity
 from mpstate.celery.reconciler import ReconcilePolicy, Reconciler, ReconcileReport, StalledStep
 from mpstate.celery.results import StepResult
@@ -20,6 +21,7 @@ __all__ = [
     "ROLE",
     "RUN_ID",
     "STEP_ID",
+    "STEP_ID_OPTION",
     "CelerySettings",
     "MpState",
     "PayloadAdapter",
@@ -33,5 +35,8 @@ __all__ = [
     "StepResult",
     "WebhookOutcome",
     "default_adapter",
+    "is_canvas",
     "revoke_running_steps",
+    "steps_from_canvas",
+    "with_step_id",
 ]

@@ -39,18 +39,30 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from mpstate.celery.lifecycle import StepLifecycle
 from mpstate.celery.transitions import recover_steps
 from mpstate.errors import InvalidInputError, MpStateError, RunNotFoundError
 from mpstate.events import PipelineEvent
 from mpstate.fields import utc_now
 from mpstate.graph import active_steps, dependencies
-from mpstate.models import PipelineRun, PipelineRunStatus, StepStatus
-from mpstate.store import check_positive
+from mpstate.models import PipelineRun, PipelineRunStatus, StepState, StepStatus
+from mpstate.store import PipelineStateStore, check_positive
 
-if TYPE_CHECKING:
-    from mpstate.celery.binding import MpState
+
+class ReconcilerHost(Protocol):
+    """What the reconciler needs of an ``MpState``: its store, its lifecycle and retry limits
+    (a protocol, so this module does not import the binding that imports it)."""
+
+    @property
+    def store(self) -> PipelineStateStore: ...
+
+    @property
+    def lifecycle(self) -> StepLifecycle: ...
+
+    def default_max_retries(self, step: StepState) -> int | None: ...
+
 
 __all__ = ["ReconcilePolicy", "ReconcileReport", "Reconciler", "StalledStep"]
 
@@ -100,7 +112,7 @@ class Reconciler:
 
     def __init__(
         self,
-        mp: MpState,
+        mp: ReconcilerHost,
         *,
         stale_after_s: float,
         policy: ReconcilePolicy | str = ReconcilePolicy.REQUEUE,

@@ -11,7 +11,7 @@ import logging
 import sys
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from celery import current_task, signals
 from celery.exceptions import WorkerLostError
@@ -21,8 +21,16 @@ from mpstate.celery.identity import RUN_ID, STEP_ID, StepIdentity, attempt_of, i
 from mpstate.celery.results import as_step_result
 from mpstate.events import EventMeta
 
-if TYPE_CHECKING:
-    from mpstate.celery.binding import MpState
+
+class ReceiverHost(Protocol):
+    """What the receivers need of an ``MpState`` (a protocol, so this module does not import the
+    binding that imports it)."""
+
+    @property
+    def hooks(self) -> StepHooks: ...
+
+    def reset_connections(self) -> None: ...
+
 
 __all__ = ["SignalReceivers"]
 
@@ -39,7 +47,7 @@ def _is_step_task(task: Any) -> bool:
 class SignalReceivers:
     """The receivers of one ``MpState``; ``connect``/``disconnect`` them as a group."""
 
-    def __init__(self, mp: MpState) -> None:
+    def __init__(self, mp: ReceiverHost) -> None:
         self.mp = mp
         self._received: OrderedDict[str, StepIdentity] = OrderedDict()
         self._connected: list[tuple[Any, Callable[..., Any]]] = []

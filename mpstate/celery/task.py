@@ -26,6 +26,7 @@ from celery.backends.base import DisabledBackend
 from celery.exceptions import Ignore
 from kombu.exceptions import OperationalError
 
+from mpstate.celery.binding import MpState
 from mpstate.celery.hooks import request_meta
 from mpstate.celery.identity import (
     StepIdentity,
@@ -251,9 +252,8 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type hints
     # -- plumbing ---------------------------------------------------------------------------
 
     @property
-    def mpstate(self) -> Any:
-        from mpstate.celery.binding import MpState  # noqa: PLC0415 - circular at import time
-
+    def mpstate(self) -> MpState:
+        """The ``MpState`` bound to this task's app."""
         return MpState.of(self.app)
 
     def event_meta(self) -> EventMeta:

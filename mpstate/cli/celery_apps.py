@@ -1,8 +1,11 @@
 """The Celery app a command publishes through: ``--app`` (yours) or a bare one on
-``--broker-url``. Shared by ``mpstate webhooks serve`` and ``mpstate reconcile``."""
+``--broker-url``, and the ``MpState`` bound to it. Shared by ``mpstate webhooks serve``,
+``mpstate reconcile`` and ``mpstate runs rerun``."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import click
@@ -13,7 +16,9 @@ from mpstate.cli.exit_codes import EXIT_USAGE, CliError
 if TYPE_CHECKING:
     from celery import Celery
 
-__all__ = ["app_option", "celery_app_for"]
+    from mpstate.celery import MpState
+
+__all__ = ["app_option", "bound_mpstate", "celery_app_for"]
 
 #: ``--app``: your Celery app, as ``celery -A`` takes it.
 app_option = click.option(
@@ -41,3 +46,23 @@ def celery_app_for(obj: CliContext, app_path: str | None, bare_name: str, needs:
     if obj.broker_url:
         return Celery(bare_name, broker=obj.broker_url, set_as_current=False)
     raise CliError("give --app or --broker-url (MPSTATE_BROKER_URL)", EXIT_USAGE)
+
+
+@contextmanager
+def bound_mpstate(app: Celery, obj: CliContext) -> Iterator[MpState]:
+    """The app's own ``MpState``, or one bound here to the CLI's store and closed afterwards."""
+    from mpstate.celery import MpState  # noqa: PLC0415 - imports Celery
+    from mpstate.errors import MpStateError  # noqa: PLC0415
+
+    try:
+        own: MpState | None = MpState.of(app)
+    except MpStateError:
+        own = None
+    if own is not None:
+        yield own
+        return
+    mp = MpState(app, obj.store())
+    try:
+        yield mp
+    finally:
+        mp.close()

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from rich.table import Table
 
-from mpstate.cli.celery_apps import app_option, celery_app_for
+from mpstate.cli.celery_apps import app_option, bound_mpstate, celery_app_for
 from mpstate.cli.context import CliContext
 from mpstate.cli.exit_codes import CliError
 from mpstate.cli.params import DURATION
@@ -21,7 +21,7 @@ from mpstate.cli.render import make_console, print_json
 if TYPE_CHECKING:
     from celery import Celery
 
-    from mpstate.celery import MpState, ReconcileReport
+    from mpstate.celery import ReconcileReport
 
 __all__ = ["reconcile"]
 
@@ -57,12 +57,8 @@ def reconcile(
     never enqueued is enqueued. `mpstate --json reconcile` prints the report as JSON.
     """
     app = _celery_app(obj, app_path)
-    mp, bound_here = _mpstate(app, obj)
-    try:
+    with bound_mpstate(app, obj) as mp:
         report = mp.reconcile(stale_after_s=stale_after, policy=policy, dry_run=dry_run)
-    finally:
-        if bound_here:
-            mp.close()
     if obj.as_json:
         print_json(_report_document(report, dry_run))
     else:
@@ -83,17 +79,6 @@ def _celery_app(obj: CliContext, app_path: str | None) -> Celery:
             mpstate_publish_retry_policy={"max_retries": 1, "interval_start": 0.2},
         )
     return app
-
-
-def _mpstate(app: Celery, obj: CliContext) -> tuple[MpState, bool]:
-    """The app's own MpState, or one bound here to the CLI's store (closed afterwards)."""
-    from mpstate.celery import MpState  # noqa: PLC0415 - imports Celery
-    from mpstate.errors import MpStateError  # noqa: PLC0415
-
-    try:
-        return MpState.of(app), False
-    except MpStateError:
-        return MpState(app, obj.store()), True
 
 
 def _report_document(report: ReconcileReport, dry_run: bool) -> dict[str, Any]:

@@ -19,8 +19,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from mpstate import PipelineRun, StepState
+from mpstate import PipelineRun, StepState, StepStatus
 from mpstate.cli.flower import run_search_api_link, run_search_link, task_link
+from mpstate.graph import active_steps, dependencies, is_explicit
+from mpstate.models import DONE_STEP_STATUSES
 
 __all__ = [
     "STATUS_STYLES",
@@ -41,6 +43,7 @@ STATUS_STYLES = {
     "pending": "dim",
     "running": "cyan",
     "suspended": "yellow",
+    "waiting": "yellow",
     "completed": "green",
     "cached": "green",
     "failed": "red",
@@ -83,16 +86,26 @@ def _status(value: str) -> Text:
 
 
 def _step_position(run: PipelineRun) -> str:
+    """Where the run is: ``2/3 upscale`` for a linear run; for a graph, the steps done and every
+    step in flight (running, queued or waiting), ``1/4 image,voice``."""
     total = len(run.steps)
     if total == 0:
         return "-"
     if run.current_step_index >= total:
         return f"{total}/{total}"
-    return f"{run.current_step_index + 1}/{total} {run.steps[run.current_step_index].step_id}"
+    if not is_explicit(run.steps):
+        return f"{run.current_step_index + 1}/{total} {run.steps[run.current_step_index].step_id}"
+    done = sum(step.status in DONE_STEP_STATUSES for step in run.steps)
+    waiting = [step for step in run.steps if step.status is StepStatus.WAITING]
+    in_flight = {step.step_id for step in [*active_steps(run.steps), *waiting]}
+    names = ",".join(step.step_id for step in run.steps if step.step_id in in_flight)
+    return f"{done}/{total} {names}".rstrip()
 
 
 #: Columns of free text that may fold on a narrow terminal; the others keep their width.
-_FREE_TEXT = frozenset({"run", "pipeline", "tenant", "step", "operation", "last error", "flower"})
+_FREE_TEXT = frozenset(
+    {"run", "pipeline", "tenant", "step", "needs", "operation", "last error", "flower"}
+)
 
 _RUN_COLUMNS = (
     "run",
@@ -154,6 +167,10 @@ def _header(run: PipelineRun, flower_url: str | None) -> Table:
     ]
     if run.error:
         rows.append(("error", Text(run.error, style="red")))
+    if run.rerun_of:
+        rows.append(("re-run of", Text(run.rerun_of)))
+    if run.reruns:
+        rows.append(("re-runs", Text(", ".join(run.reruns))))
     jobs = sorted(run.external_jobs())
     if jobs:
         rows.append(("external jobs", Text(", ".join(f"{p}:{j}" for p, j in jobs))))
@@ -174,7 +191,16 @@ def _step_error(step: StepState) -> Text:
 
 def _steps_table(run: PipelineRun, flower_url: str | None) -> Table:
     table = Table(box=None, header_style="bold", pad_edge=False)
-    names = ["step", "operation", "status", "attempts", "cost", "celery task", "last error"]
+    names = [
+        "step",
+        "needs",
+        "operation",
+        "status",
+        "attempts",
+        "cost",
+        "celery task",
+        "last error",
+    ]
     if flower_url:
         names.append("flower")
     for name in names:
@@ -185,9 +211,11 @@ def _steps_table(run: PipelineRun, flower_url: str | None) -> Table:
             no_wrap=name not in _FREE_TEXT,
             overflow="fold",
         )
+    needs = dependencies(run.steps)
     for step in run.steps:
         cells: list[Text | str] = [
             Text(step.step_id),
+            Text(",".join(needs[step.step_id]) or "-"),
             Text(step.operation),
             _status(step.status.value),
             str(step.attempts),

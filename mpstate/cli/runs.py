@@ -10,6 +10,7 @@ from mpstate import PipelineRunStatus
 from mpstate.cli.context import CliContext
 from mpstate.cli.params import WHEN
 from mpstate.cli.render import make_console, print_json, run_detail, run_document, runs_table
+from mpstate.cli.rerun import rerun
 from mpstate.filters import MAX_PAGE_SIZE
 
 __all__ = ["runs"]
@@ -19,7 +20,10 @@ TENANT_HELP = "Only this tenant's runs."
 
 @click.group()
 def runs() -> None:
-    """List runs, or show one run and its steps."""
+    """List runs, show one run and its steps, or re-run one."""
+
+
+runs.add_command(rerun)
 
 
 @runs.command("list")

@@ -1,5 +1,5 @@
-"""The reconciler's transition, ``recover_step``, and the superseded-attempt rule of ``start_step``
-(pure functions: no Celery, no I/O).
+"""The reconciler's transition, ``recover_steps``, and the superseded-attempt rule of
+``start_step`` (pure functions: no Celery, no I/O).
 
 As in ``test_transitions.py``, decisions are chained by committing them to an in-memory store,
 which only carries the state from one decision to the next.
@@ -17,7 +17,7 @@ from mpstate.celery.transitions import (
     Transition,
     complete_step,
     fail_step,
-    recover_step,
+    recover_steps,
     start_run,
     start_step,
     suspend_step,
@@ -36,6 +36,7 @@ class Runs:
         max_retries: int | None = None,
         *,
         started: bool = True,
+        depends_on: dict[str, list[str]] | None = None,
     ) -> None:
         self.store = InMemoryPipelineStateStore()
         self.run_id = "r1"
@@ -44,7 +45,13 @@ class Runs:
                 "runId": self.run_id,
                 "pipelineId": "p",
                 "steps": [
-                    {"stepId": s, "operation": f"op.{s}", "maxRetries": max_retries} for s in steps
+                    {
+                        "stepId": s,
+                        "operation": f"op.{s}",
+                        "maxRetries": max_retries,
+                        "dependsOn": None if depends_on is None else depends_on.get(s, []),
+                    }
+                    for s in steps
                 ],
             }
         )
@@ -76,30 +83,33 @@ class Runs:
             fail_step(self.run, step, code="Busy", message="", retryable=True, meta={})
         )
 
-    def complete(self, step: str) -> PipelineRun:
-        return self.apply(
-            complete_step(
-                self.run, step, artifact_ids=[f"{step}-1"], cost_usd=0.1, cache_key=None, meta={}
-            )
+    def decide_complete(self, step: str) -> Transition | None:
+        return complete_step(
+            self.run, step, artifact_ids=[f"{step}-1"], cost_usd=0.1, cache_key=None, meta={}
         )
+
+    def complete(self, step: str) -> PipelineRun:
+        return self.apply(self.decide_complete(step))
 
     def recover(
         self,
-        step: str,
-        *,
+        *steps: str,
         requeue: bool = True,
-        task_id: str = "t-new",
         default_max_retries: int | None = 3,
         seen_version: int | None = None,
+        retry_limits: dict[str, int | None] | None = None,
     ) -> Transition | None:
         run = self.run
-        return recover_step(
+        return recover_steps(
             run,
-            step,
+            steps,
             seen_version=run.version if seen_version is None else seen_version,
             requeue=requeue,
-            task_id=task_id,
-            default_max_retries=default_max_retries,
+            retry_limits=(
+                retry_limits
+                if retry_limits is not None
+                else dict.fromkeys(steps, default_max_retries)
+            ),
             meta=META,
         )
 
@@ -124,7 +134,23 @@ def step_doc(transition: Transition, step_id: str) -> dict[str, Any]:
     return doc
 
 
-# -- recover_step: when it does nothing --------------------------------------------------------
+def enqueued(transition: Transition | None) -> list[str]:
+    """The ids of the steps ``transition`` publishes, each checked to carry the task id the
+    transition's patch records on that step."""
+    assert transition is not None
+    for step in transition.enqueue:
+        assert step.task_id and step_doc(transition, step.step_id)["taskId"] == step.task_id
+    return [step.step_id for step in transition.enqueue]
+
+
+def task_of(transition: Transition | None, step_id: str) -> str:
+    assert transition is not None
+    (task_id,) = [s.task_id for s in transition.enqueue if s.step_id == step_id]
+    assert task_id is not None
+    return task_id
+
+
+# -- recover_steps: when it does nothing -------------------------------------------------------
 
 
 def test_recovery_returns_none_when_the_run_moved_since_the_scan_saw_it() -> None:
@@ -135,9 +161,14 @@ def test_recovery_returns_none_when_the_run_moved_since_the_scan_saw_it() -> Non
     assert runs.recover("a", seen_version=runs.run.version) is not None
 
 
-def test_recovery_returns_none_for_a_step_that_is_not_the_current_one() -> None:
+def test_recovery_returns_none_for_a_pending_step_that_is_not_ready() -> None:
     runs = lost_on_a()
-    assert runs.recover("b") is None  # b is pending, but the run is on a
+    assert runs.recover("b") is None  # b is pending, but it waits for a
+
+
+def test_recovery_returns_none_for_no_steps() -> None:
+    runs = lost_on_a()
+    assert runs.recover() is None
 
 
 def test_recovery_returns_none_for_a_step_the_run_has_moved_past() -> None:
@@ -161,26 +192,44 @@ def test_recovery_returns_none_unless_the_run_is_running(status: str) -> None:
     assert runs.recover("a", requeue=False) is None
 
 
-# -- recover_step: a pending step whose enqueue was lost ---------------------------------------
+def test_recovery_returns_none_for_a_step_waiting_for_its_provider() -> None:
+    runs = Runs(("a", "b", "c"), depends_on={"c": ["a", "b"]})
+    runs.start("a")
+    runs.start("b", task_id="t-2")
+    runs.apply(suspend_step(runs.run, "a", provider="vid", job_id="j1", meta={}))
+    assert runs.run.status is PipelineRunStatus.RUNNING  # b still runs
+    assert runs.recover("a") is None
+    assert runs.recover("a", requeue=False) is None
+    transition = runs.recover("a", "b")  # only b is repaired
+    assert kinds_of(transition) == ["step-failed"]
+    assert transition is not None and transition.events[0].step_id == "b"
+    assert enqueued(transition) == ["b"]
+    assert step_doc(transition, "a")["status"] == "waiting"
+
+
+# -- recover_steps: a pending step whose enqueue was lost --------------------------------------
 
 
 @pytest.mark.parametrize("requeue", [True, False], ids=["requeue", "fail"])
-def test_a_pending_step_is_enqueued_under_the_new_task_id_with_no_event(requeue: bool) -> None:
+def test_a_pending_step_is_enqueued_under_a_new_task_id_with_no_event(requeue: bool) -> None:
     runs = Runs()
     runs.start("a")
-    runs.complete("a")  # the process that committed this died before publishing b
+    advanced = runs.decide_complete("a")
+    lost_task = task_of(advanced, "b")
+    runs.apply(advanced)  # the process that committed this died before publishing b
 
-    transition = runs.recover("b", requeue=requeue, task_id="t-new")
+    transition = runs.recover("b", requeue=requeue)
 
     assert transition is not None
     assert transition.events == []
-    assert transition.next_task_id == "t-new"
-    assert transition.next_step is not None
-    assert (transition.next_step.step_id, transition.next_step.task_id) == ("b", "t-new")
-    assert transition.next_step.attempts == 0
-    assert set(transition.patch) == {"steps"}
+    assert enqueued(transition) == ["b"]
+    new_task = task_of(transition, "b")
+    assert new_task != lost_task
+    assert transition.enqueue[0].attempts == 0
+    assert set(transition.patch) == {"steps", "currentStepIndex"}
+    assert transition.patch["currentStepIndex"] == 1
     doc = step_doc(transition, "b")
-    assert (doc["status"], doc["taskId"], doc["attempts"]) == ("pending", "t-new", 0)
+    assert (doc["status"], doc["taskId"], doc["attempts"]) == ("pending", new_task, 0)
     assert step_doc(transition, "a")["status"] == "completed"  # the other steps are untouched
     run = runs.apply(transition)
     assert run.status is PipelineRunStatus.RUNNING
@@ -188,26 +237,26 @@ def test_a_pending_step_is_enqueued_under_the_new_task_id_with_no_event(requeue:
     assert audit_run(run) == []
 
 
-# -- recover_step: a running step whose attempt was lost ---------------------------------------
+# -- recover_steps: a running step whose attempt was lost --------------------------------------
 
 
 def test_a_lost_attempt_with_retries_left_is_failed_retryably_and_enqueued_again() -> None:
     runs = lost_on_a()
 
-    transition = runs.recover("a", task_id="t-new")
+    transition = runs.recover("a")
 
     assert kinds_of(transition) == ["step-failed"]
     failed = transition.events[0]
     assert (failed.step_id, failed.code, failed.retryable) == ("a", WORKER_LOST, True)
     assert failed.meta == META
-    assert transition.next_task_id == "t-new"
-    assert transition.next_step is not None
+    assert enqueued(transition) == ["a"]
+    new_task = task_of(transition, "a")
+    assert new_task != "t-1"
     # The new message carries the attempts made so far: it runs as attempt 1.
-    assert (transition.next_step.step_id, transition.next_step.task_id) == ("a", "t-new")
-    assert transition.next_step.attempts == 1
+    assert transition.enqueue[0].attempts == 1
     run = runs.apply(transition)
     step = run.step("a")
-    assert (step.status, step.task_id, step.attempts) == (StepStatus.RUNNING, "t-new", 1)
+    assert (step.status, step.task_id, step.attempts) == (StepStatus.RUNNING, new_task, 1)
     assert step.last_error is not None
     assert (step.last_error.code, step.last_error.retryable) == (WORKER_LOST, True)
     assert step.error is None
@@ -232,7 +281,7 @@ def test_a_lost_attempt_with_no_retries_left_fails_the_run(
     transition = runs.recover("a", default_max_retries=default_max_retries)
 
     assert kinds_of(transition) == ["step-failed", "run-failed"]
-    assert transition.next_step is None
+    assert enqueued(transition) == []
     assert transition.events[0].retryable is False
     assert transition.events[1].code == WORKER_LOST
     run = runs.apply(transition)
@@ -253,14 +302,14 @@ def test_a_lost_attempt_within_its_retry_limit_is_requeued(
     runs = lost_on_a(attempts, max_retries=max_retries)
     transition = runs.recover("a", default_max_retries=default_max_retries)
     assert kinds_of(transition) == ["step-failed"]
-    assert transition.next_step is not None
+    assert enqueued(transition) == ["a"]
 
 
 def test_policy_fail_fails_a_lost_attempt_even_with_retries_left() -> None:
     runs = lost_on_a()
     transition = runs.recover("a", requeue=False, default_max_retries=None)
     assert kinds_of(transition) == ["step-failed", "run-failed"]
-    assert transition.next_step is None and transition.next_task_id is None
+    assert enqueued(transition) == []
     assert runs.apply(transition).status is PipelineRunStatus.FAILED
 
 
@@ -305,37 +354,125 @@ def test_the_first_start_of_a_step_is_accepted_whatever_task_id_it_was_recorded_
     # original message, if it was merely late, may still be the one that runs it.
     runs = Runs()
     runs.start("a")
+    original = task_of(runs.decide_complete("a"), "b")
     runs.complete("a")
-    runs.apply(runs.recover("b", task_id="t-new"))
-    assert kinds_of(runs.decide_start("b", 0, "t-original")) == ["step-started"]
-    assert kinds_of(runs.decide_start("b", 0, "t-new")) == ["step-started"]
+    recovered = runs.recover("b")
+    new_task = task_of(recovered, "b")
+    runs.apply(recovered)
+    assert runs.run.step("b").task_id == new_task
+    assert kinds_of(runs.decide_start("b", 0, original)) == ["step-started"]
+    assert kinds_of(runs.decide_start("b", 0, new_task)) == ["step-started"]
 
 
 def test_after_a_recovery_the_lost_message_is_refused_and_its_replacement_accepted() -> None:
     runs = lost_on_a()
-    transition = runs.recover("a", task_id="t-new")
-    assert transition is not None and transition.next_step is not None
+    transition = runs.recover("a")
+    assert enqueued(transition) == ["a"]
+    new_task = task_of(transition, "a")
     runs.apply(transition)
-    replacement_attempt = transition.next_step.attempts  # its mpstate_attempt_base header
+    replacement_attempt = transition.enqueue[0].attempts  # its mpstate_attempt_base header
 
     # The original comes back before the replacement starts: the same attempt, another task id.
     assert runs.decide_start("a", 0, "t-1") is None
-    runs.start("a", attempt=replacement_attempt, task_id="t-new")
+    runs.start("a", attempt=replacement_attempt, task_id=new_task)
     # ... or after it started: an older attempt.
     assert runs.decide_start("a", 0, "t-1") is None
     # The replacement's own redelivery is still accepted.
-    assert runs.decide_start("a", replacement_attempt, "t-new") is not None
+    assert runs.decide_start("a", replacement_attempt, new_task) is not None
     run = runs.complete("a")
     assert [e.attempt for e in run.events if e.kind == "step-started"] == [0, 1]
     assert audit_run(runs.store.require(runs.run_id)) == []
 
 
 def test_of_a_lost_pending_steps_two_messages_only_the_first_to_start_runs() -> None:
-    for first, second in (("t-original", "t-new"), ("t-new", "t-original")):
+    for new_first in (False, True):
         runs = Runs()
         runs.start("a")
+        original = task_of(runs.decide_complete("a"), "b")
         runs.complete("a")
-        runs.apply(runs.recover("b", task_id="t-new"))
+        recovered = runs.recover("b")
+        new_task = task_of(recovered, "b")
+        runs.apply(recovered)
+        first, second = (new_task, original) if new_first else (original, new_task)
         runs.start("b", attempt=0, task_id=first)
         assert runs.decide_start("b", 0, second) is None, (first, second)
         assert runs.run.step("b").task_id == first
+
+
+# -- recover_steps: several stalled steps of one run, in one commit ----------------------------
+
+
+def parallel(max_retries: int | None = None) -> Runs:
+    """Steps a and b run in parallel (started under t-a and t-b), c waits for both."""
+    runs = Runs(("a", "b", "c"), max_retries, depends_on={"c": ["a", "b"]})
+    runs.start("a", task_id="t-a")
+    runs.start("b", task_id="t-b")
+    return runs
+
+
+def test_two_lost_attempts_of_one_run_are_failed_and_enqueued_again_in_one_commit() -> None:
+    runs = parallel()
+    version = runs.run.version
+
+    transition = runs.recover("a", "b")
+
+    assert kinds_of(transition) == ["step-failed", "step-failed"]
+    assert transition is not None
+    assert [(e.step_id, e.code, e.retryable) for e in transition.events] == [
+        ("a", WORKER_LOST, True),
+        ("b", WORKER_LOST, True),
+    ]
+    assert enqueued(transition) == ["a", "b"]
+    new_tasks = {s.step_id: s.task_id for s in transition.enqueue}
+    assert set(new_tasks.values()).isdisjoint({"t-a", "t-b"})
+    assert len(set(new_tasks.values())) == 2
+    run = runs.apply(transition)
+    assert run.version == version + 1
+    assert {s: run.step(s).task_id for s in ("a", "b")} == new_tasks
+    assert run.step("c").status is StepStatus.PENDING
+    assert audit_run(run) == []
+
+
+def test_each_stalled_step_is_held_to_its_own_retry_limit() -> None:
+    runs = parallel()
+
+    transition = runs.recover("a", "b", retry_limits={"a": 3, "b": 0})
+
+    assert transition is not None
+    assert [(e.step_id, e.retryable) for e in transition.events[:2]] == [
+        ("a", True),
+        ("b", False),
+    ]
+    # b failed for good: under fail-fast the run fails at once, a is not published again.
+    assert kinds_of(transition)[2:] == ["run-failed"]
+    assert enqueued(transition) == []
+    run = runs.apply(transition)
+    assert run.status is PipelineRunStatus.FAILED
+    assert run.error is not None and run.error.startswith("step b failed: worker-lost")
+    assert audit_run(run) == []
+
+
+def test_a_stalled_step_with_no_limit_given_may_retry_forever() -> None:
+    runs = parallel()
+    transition = runs.recover("a", retry_limits={})
+    assert kinds_of(transition) == ["step-failed"]
+    assert enqueued(transition) == ["a"]
+
+
+def test_a_lost_attempt_and_a_lost_publish_of_one_run_are_repaired_together() -> None:
+    runs = Runs(("a", "b", "c"), depends_on={"c": ["a"]})
+    runs.start("a", task_id="t-a")
+    runs.start("b", task_id="t-b")
+    runs.complete("a")  # published c, but that publish was lost; b's worker died
+
+    transition = runs.recover("b", "c")
+
+    assert kinds_of(transition) == ["step-failed"]
+    assert transition is not None and transition.events[0].step_id == "b"
+    assert enqueued(transition) == ["b", "c"]
+    run = runs.apply(transition)
+    assert (run.step("b").status, run.step("c").status) == (
+        StepStatus.RUNNING,
+        StepStatus.PENDING,
+    )
+    assert audit_run(run) == []
