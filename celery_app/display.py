@@ -25,6 +25,7 @@ from mpstate import (
     StepProgress,
 )
 from mpstate.cli.event_lines import event_details, event_line
+from mpstate.graph import dependencies
 from mpstate.models import StepStatus
 
 __all__ = ["RunBoard", "note"]
@@ -33,6 +34,7 @@ _STATUS_STYLE = {
     "pending": "dim",
     "running": "yellow",
     "suspended": "cyan",
+    "waiting": "cyan",
     "completed": "green",
     "cached": "green",
     "gated": "red",
@@ -125,21 +127,25 @@ class RunBoard:
                 (run.status.value, _STATUS_STYLE.get(run.status.value, "")),
             ),
             title_justify="left",
-            expand=False,
+            expand=True,
         )
         # The stored truth never shrinks; the bar and the note give way.
-        table.add_column("step", no_wrap=True)
-        table.add_column("progress", min_width=10, max_width=20)
-        table.add_column("status", no_wrap=True)
-        table.add_column("attempts", justify="right", no_wrap=True)
-        table.add_column("cost", justify="right", no_wrap=True)
-        table.add_column("last event", no_wrap=True, overflow="ellipsis", max_width=40)
+        table.add_column("step", no_wrap=True, min_width=max(len(s.step_id) for s in run.steps))
+        table.add_column("needs", overflow="fold", min_width=5, max_width=18)
+        table.add_column("progress", width=10)
+        table.add_column("status", no_wrap=True, min_width=9)
+        table.add_column("tries", justify="right", no_wrap=True, min_width=5)
+        table.add_column("cost", justify="right", no_wrap=True, min_width=6)
+        # The note takes what is left and gives way first.
+        table.add_column("last event", no_wrap=True, overflow="ellipsis", ratio=1, min_width=8)
+        needs = dependencies(run.steps)
         for step in run.steps:
             done = step.status in (StepStatus.COMPLETED, StepStatus.CACHED)
             pct = 100.0 if done else view.pct.get(step.step_id, 0.0)
             table.add_row(
                 step.step_id,
-                ProgressBar(total=100, completed=pct, width=20),
+                ",".join(needs[step.step_id]) or "-",
+                ProgressBar(total=100, completed=pct, width=10),
                 Text(step.status.value, style=_STATUS_STYLE.get(step.status.value, "")),
                 str(step.attempts),
                 f"${step.cost_usd:.3f}",

@@ -1,9 +1,11 @@
 """The demo's operations, each a step task (``PipelineTask``): what a media pipeline runs.
 
 - ``image.generate``: renders from a prompt; a prompt seen before is a cache hit (step-cached).
+- ``audio.voiceover``: speaks a script, in parallel with the image branch.
 - ``image.upscale``: reports progress while it works (step-progress, Flower shows PROGRESS).
 - ``image.quality_gate``: scores the image and logs step-gated; a low score fails the run.
-- ``video.generate``: submits to the video provider and suspends the run until its webhook.
+- ``video.generate``: joins both branches: submits the image and the voice-over to the video
+  provider and waits for its webhook.
 
 Work is simulated with short sleeps; costs are what a real provider would bill.
 """
@@ -25,7 +27,7 @@ from mpstate.celery import PipelineTask, StepResult
 __all__ = ["Services", "register_operations"]
 
 #: Seconds each simulated operation takes.
-WORK_S = {"generate": 0.4, "upscale_tick": 0.15}
+WORK_S = {"generate": 0.4, "upscale_tick": 0.15, "voiceover_tick": 0.2}
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,16 @@ def register_operations(app: Celery, services: Services) -> None:
         services.cache.put(cache_key, [artifact_id])
         return StepResult(artifact_ids=[artifact_id], cost_usd=0.04, outputs={"size": size})
 
+    @app.task(base=PipelineTask, bind=True, shared=False, name="audio.voiceover", max_retries=3)  # type: ignore[untyped-decorator]
+    def voiceover(self: PipelineTask, script: str, voice: str = "narrator") -> Any:
+        for pct in (25, 50, 75, 100):
+            time.sleep(WORK_S["voiceover_tick"])
+            self.progress(pct, message=f"speaking ({voice})")
+        digest = hashlib.sha256(f"{voice}|{script}".encode()).hexdigest()[:12]
+        return StepResult(
+            artifact_ids=[f"voice-{digest}"], cost_usd=0.01, outputs={"words": len(script.split())}
+        )
+
     @app.task(base=PipelineTask, bind=True, shared=False, name="image.upscale", max_retries=3)  # type: ignore[untyped-decorator]
     def upscale(self: PipelineTask, factor: int = 2) -> Any:
         source = self.artifacts["generate"][0]
@@ -76,10 +88,13 @@ def register_operations(app: Celery, services: Services) -> None:
     @app.task(base=PipelineTask, bind=True, shared=False, name="video.generate", max_retries=3)  # type: ignore[untyped-decorator]
     def generate_video(self: PipelineTask, seconds: int = 4) -> Any:
         image = self.artifacts["quality"][0]
+        voice = self.artifacts["voiceover"][0]
         callback = f"{services.receiver_url.rstrip('/')}/webhooks/video"
         try:
             job_id = submit_job(
-                services.provider_url, callback, {"image": image, "seconds": seconds}
+                services.provider_url,
+                callback,
+                {"image": image, "audio": voice, "seconds": seconds},
             )
         except httpx.HTTPError as exc:
             raise self.retry(exc=exc, countdown=1) from exc

@@ -1,14 +1,17 @@
 """replay_run: a run's log-determined state rebuilt from its events, one event kind at a time.
 
-The property: a run driven through the transitions of ``mpstate.celery.transitions`` (committed
-the way ``StepLifecycle`` commits them, the reconciler's ``recover_step`` included) and
+The property: a run of any step graph (linear, or explicit with parallel branches, under either
+failure policy) driven through the transitions of ``mpstate.celery.transitions`` (committed the
+way ``StepLifecycle`` commits them, the reconciler's ``recover_steps`` included) and
 ``store.cancel``, in any order, equals its replay and has no audit findings after every commit,
-on every backend.
+on every backend; along the way no step starts before its dependencies are done, no step is
+published twice but to run again, and the run's status follows from its steps.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -47,6 +50,7 @@ from mpstate import (
     StepStarted,
     StepState,
     StepStatus,
+    StepWaiting,
     audit_run,
 )
 from mpstate.celery.transitions import (
@@ -55,12 +59,14 @@ from mpstate.celery.transitions import (
     fail_awaiting_step,
     fail_step,
     gate_step,
-    recover_step,
+    recover_steps,
     resume_step,
     start_run,
     start_step,
     suspend_step,
 )
+from mpstate.graph import active_steps, dependencies, first_open_index, ready_steps
+from mpstate.models import DONE_STEP_STATUSES, FailurePolicy
 from mpstate.replay import LOG_FIELDS, STEP_LOG_FIELDS, log_state, replay_run
 
 RUN = "r1"
@@ -80,170 +86,472 @@ def apply(store: PipelineStateStore, run_id: str, decide: Decide) -> None:
 
 # -- the property -------------------------------------------------------------------------------
 
-#: A step index (wrapped to the run's steps), or None: the step the run is on, most often.
-STEP = st.sampled_from([None, None, None, 0, 1, 2, 3])
+#: Picks one of the candidate steps of a rule (wrapped to how many there are).
+PICK = st.integers(0, 7)
 ARTIFACTS = st.lists(st.sampled_from(["img-1", "img-2", "vid-1", "aud-1"]), max_size=3)
 COST = st.floats(min_value=0, max_value=50, allow_nan=False, allow_infinity=False)
 CODE = st.sampled_from(["timeout", "E_PROVIDER"])
 MAX_RETRIES = st.none() | st.integers(0, 3)
 #: True seven times in eight, so that runs live long enough to do something.
 MOSTLY_TRUE = st.integers(0, 7).map(bool)
+#: Which job a provider's callback names: the one the step awaits, one it awaited before, one
+#: another step awaits, or one nobody awaited.
+WHICH_JOB = st.sampled_from(["awaited", "awaited", "awaited", "earlier", "other-step", "unknown"])
+
+#: Which steps a provider calls back for: one waiting now, mostly, or any that awaited a job.
+AWAITED = st.sampled_from(["waiting", "waiting", "waiting", "any"])
+
+#: The transitions that may publish a step that was published before: to run it again.
+REPUBLISHING = frozenset({"recover", "provider-fails"})
+
+
+@st.composite
+def step_graphs(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """2 to 5 steps: linear (no step names ``depends_on``), or each step depending on any of
+    the steps before it (so the graph is acyclic), with a retry limit now and then."""
+    count = draw(st.integers(2, 5))
+    step_ids = [f"s{i}" for i in range(count)]
+    linear = draw(st.integers(0, 3)) == 0
+    steps: list[dict[str, Any]] = []
+    for index, step_id in enumerate(step_ids):
+        step: dict[str, Any] = {"stepId": step_id, "operation": "render"}
+        if not linear:
+            earlier = step_ids[:index]
+            step["dependsOn"] = (
+                draw(st.lists(st.sampled_from(earlier), unique=True, max_size=3)) if earlier else []
+            )
+        retries = draw(st.none() | st.integers(0, 2))
+        if retries is not None:
+            step["maxRetries"] = retries
+        steps.append(step)
+    return steps
+
+
+def done_before(events: list[PipelineEvent]) -> list[set[str]]:
+    """For each event of the log, the steps completed or cached before it."""
+    done: set[str] = set()
+    seen = []
+    for event in events:
+        seen.append(set(done))
+        if isinstance(event, StepCompleted | StepCached):
+            done.add(event.step_id)
+    return seen
 
 
 class RunDrivenThroughTransitions(RuleBasedStateMachine):
-    """One run of 2 to 4 steps; every rule is one transition (or a cancel) on the stored run."""
+    """One run of a random step graph; every rule is one transition (or a cancel) on the stored
+    run, on a step the rule picks among those it could really happen to (now and then another,
+    to see it refused)."""
 
     def __init__(self, store: PipelineStateStore) -> None:
         super().__init__()
         self.store = store
         self.run_id = f"run-{uuid.uuid4().hex[:12]}"
-        self.step_ids: list[str] = []
         self.jobs = 0
-        self.recoveries = 0
         self.operations = 0
+        #: The run as last committed (only this machine writes it).
+        self.run = PipelineRun(run_id=self.run_id, pipeline_id="p")
+        #: How many times each step was published, over the run's life.
+        self.published: Counter[str] = Counter()
 
-    def step_id(self, run: PipelineRun, index: int | None) -> str:
-        """The step at ``index`` (wrapped), or the run's current step for ``None``."""
-        if index is None:
-            index = min(run.current_step_index, len(run.steps) - 1)
-        return self.step_ids[index % len(self.step_ids)]
+    # -- helpers --------------------------------------------------------------------------------
 
-    def apply(self, decide: Decide) -> None:
+    def read(self) -> PipelineRun:
+        self.run = self.store.require(self.run_id, include_events=False)
+        return self.run
+
+    def commit(self, kind: str, decide: Decide) -> tuple[PipelineRun, Transition | None]:
+        """Decide on the stored run and commit, as ``StepLifecycle`` does; then check what the
+        transition publishes and revokes against the committed run."""
         self.operations += 1
-        apply(self.store, self.run_id, decide)
+        before = self.read()
+        transition = decide(before)
+        if transition is None:
+            return before, None
+        self.store.commit(
+            self.run_id,
+            transition.patch or None,
+            transition.events,
+            expected_version=before.version,
+        )
+        after = self.read()
+        ready = {step.step_id for step in ready_steps(after.steps)}
+        for step in transition.enqueue:
+            stored = after.step(step.step_id)
+            assert step.task_id is not None and stored.task_id == step.task_id, step.step_id
+            if kind in REPUBLISHING:
+                assert stored.status is StepStatus.RUNNING or step.step_id in ready, step.step_id
+            else:
+                assert step.step_id in ready, f"{kind} published {step.step_id}, not ready"
+                assert self.published[step.step_id] == 0, f"{kind} published {step.step_id} again"
+            self.published[step.step_id] += 1
+        if transition.enqueue:
+            assert after.status is PipelineRunStatus.RUNNING, "published steps of a stopped run"
+        if transition.revoke:
+            assert after.status is PipelineRunStatus.FAILED
+            revocable = {s.task_id for s in after.steps if s.status is StepStatus.RUNNING}
+            revocable |= {s.task_id for s in ready_steps(after.steps)}
+            assert set(transition.revoke) <= revocable
+        if after.status is PipelineRunStatus.FAILED and not before.is_terminal:
+            # Whatever else runs in parallel is revoked: a failed run needs none of it.
+            running = {
+                s.task_id
+                for s in after.steps
+                if s.status is StepStatus.RUNNING
+                and s.step_id != getattr(transition.events[0], "step_id", None)
+            }
+            assert running <= set(transition.revoke)
+        failed_for_good = [
+            e for e in transition.events if isinstance(e, StepFailed) and not e.retryable
+        ]
+        if failed_for_good and before.failure_policy is FailurePolicy.FAIL_FAST:
+            assert after.status is PipelineRunStatus.FAILED
+        return before, transition
 
-    @initialize(step_count=st.integers(2, 4))
-    def create_run(self, step_count: int) -> None:
-        self.step_ids = [f"s{i}" for i in range(step_count)]
-        steps = [{"stepId": step_id, "operation": "render"} for step_id in self.step_ids]
-        self.store.create({"runId": self.run_id, "pipelineId": "p", "steps": steps})
+    def steps_with(self, *statuses: StepStatus) -> list[str]:
+        return [s.step_id for s in self.run.steps if s.status in statuses]
 
+    def pick(self, index: int, among: str) -> str:
+        """A step of the run, by ``among``: ``ready`` (pending with its dependencies done),
+        ``running``, ``started`` (a task has begun it once: any status since), or ``any``; any
+        step when none is."""
+        steps = self.run.steps
+        candidates = {
+            "ready": [s.step_id for s in ready_steps(steps)],
+            "running": self.steps_with(StepStatus.RUNNING),
+            "started": [s.step_id for s in steps if s.attempts > 0],
+        }.get(among) or [s.step_id for s in steps]
+        return candidates[index % len(candidates)]
+
+    def pick_awaited(self, index: int, among: str) -> str:
+        """A step that awaited a provider job: one waiting for it now, by ``among``, or any."""
+        waiting = self.steps_with(StepStatus.WAITING)
+        candidates = (waiting if among == "waiting" else []) or [
+            s.step_id for s in self.run.steps if s.external_jobs
+        ]
+        return candidates[index % len(candidates)]
+
+    def job_for(self, run: PipelineRun, step_id: str, which: str) -> tuple[str, str, bool]:
+        """(provider, job id, whether the step waits for exactly it) for ``which`` job."""
+        step = run.step(step_id)
+        if which == "earlier" and len(step.external_jobs) > 1:
+            job = step.external_jobs[0]
+        elif which == "other-step":
+            others = [j for s in run.steps if s.step_id != step_id for j in s.external_jobs]
+            if not others:
+                return "runway", "job-nobody", False
+            job = others[-1]
+        elif which == "unknown":
+            return step.external_jobs[-1].provider, "job-nobody", False
+        else:
+            job = step.external_jobs[-1]
+        awaited = step.awaited_job
+        waits = (
+            not run.is_terminal
+            and awaited is not None
+            and (awaited.provider, awaited.job_id) == (job.provider, job.job_id)
+        )
+        return job.provider, job.job_id, waits
+
+    def live(self) -> bool:
+        return self.run.status in {PipelineRunStatus.RUNNING, PipelineRunStatus.SUSPENDED}
+
+    def has_running(self) -> bool:
+        return not self.run.is_terminal and bool(self.steps_with(StepStatus.RUNNING))
+
+    def has_jobs(self) -> bool:
+        return not self.run.is_terminal and any(s.external_jobs for s in self.run.steps)
+
+    # -- rules ----------------------------------------------------------------------------------
+
+    @initialize(
+        steps=step_graphs(),
+        policy=st.sampled_from(list(FailurePolicy)),
+        start=MOSTLY_TRUE,
+    )
+    def create_run(self, steps: list[dict[str, Any]], policy: FailurePolicy, start: bool) -> None:
+        self.store.create(
+            {"runId": self.run_id, "pipelineId": "p", "steps": steps, "failurePolicy": policy}
+        )
+        self.read()
+        if start:
+            self.run_starts()
+
+    @precondition(lambda self: self.run.status is PipelineRunStatus.PENDING)
     @rule()
     def run_starts(self) -> None:
-        self.apply(start_run)
+        before, transition = self.commit("start-run", start_run)
+        assert (transition is not None) == (before.status is PipelineRunStatus.PENDING)
+        if transition is not None:
+            roots = [s for s, needs in dependencies(before.steps).items() if not needs]
+            assert [s.step_id for s in transition.enqueue] == roots
+            assert [e.kind for e in transition.events] == ["run-started"]
 
-    @rule(step=STEP, attempt=st.integers(0, 3), task_id=st.sampled_from(["task-1", "task-2"]))
-    def step_starts(self, step: int | None, attempt: int, task_id: str) -> None:
-        self.apply(
-            lambda run: start_step(
-                run, self.step_id(run, step), attempt=attempt, task_id=task_id, meta={}
-            )
-        )
-
+    @precondition(lambda self: self.live())
     @rule(
-        step=STEP,
+        pick=PICK,
+        among=st.sampled_from(["ready", "ready", "ready", "running", "any"]),
+        attempt=st.sampled_from(["next", "next", "same", "older", "newer"]),
+        task=st.sampled_from(["recorded", "recorded", "other"]),
+    )
+    def task_starts(self, pick: int, among: str, attempt: str, task: str) -> None:
+        step_id = self.pick(pick, among)
+        step = self.run.step(step_id)
+        number = {
+            "next": step.attempts,
+            "same": max(step.attempts - 1, 0),
+            "older": max(step.attempts - 2, 0),
+            "newer": step.attempts + 1,
+        }[attempt]
+        task_id = step.task_id if task == "recorded" and step.task_id else "task-other"
+        before, transition = self.commit(
+            "start",
+            lambda run: start_step(run, step_id, attempt=number, task_id=task_id, meta={}),
+        )
+        if transition is not None:
+            needs = dependencies(before.steps)[step_id]
+            assert all(before.step(n).status in DONE_STEP_STATUSES for n in needs)
+            assert before.step(step_id).status in {StepStatus.PENDING, StepStatus.RUNNING}
+        elif before.status is PipelineRunStatus.RUNNING and step_id in {
+            s.step_id for s in ready_steps(before.steps)
+        }:
+            # A ready step's first message starts it, whatever task id it came under.
+            raise AssertionError(f"the start of ready step {step_id} was refused")
+
+    @precondition(lambda self: self.has_running())
+    @rule(
+        pick=PICK,
+        among=st.sampled_from(["running", "running", "running", "started"]),
         artifact_ids=ARTIFACTS,
         cost_usd=COST,
-        cache_key=st.none() | st.sampled_from(["ck-1", "ck-2"]),
+        cached=st.integers(0, 3).map(lambda n: n == 0),
     )
-    def step_completes(
-        self, step: int | None, artifact_ids: list[str], cost_usd: float, cache_key: str | None
+    def task_returns(
+        self, pick: int, among: str, artifact_ids: list[str], cost_usd: float, cached: bool
     ) -> None:
-        self.apply(
+        step_id = self.pick(pick, among)
+        before, transition = self.commit(
+            "complete",
             lambda run: complete_step(
                 run,
-                self.step_id(run, step),
+                step_id,
                 artifact_ids=artifact_ids,
-                cost_usd=0.0 if cache_key is not None else cost_usd,
-                cache_key=cache_key,
+                cost_usd=0.0 if cached else cost_usd,
+                cache_key="ck-1" if cached else None,
                 meta={},
-            )
+            ),
         )
+        status = before.step(step_id).status
+        assert (transition is not None) == (status is StepStatus.RUNNING), (step_id, status)
 
-    @rule(step=STEP, code=CODE, retryable=MOSTLY_TRUE)
-    def step_fails(self, step: int | None, code: str, retryable: bool) -> None:
-        self.apply(
+    @precondition(lambda self: self.has_running())
+    @rule(
+        pick=PICK,
+        among=st.sampled_from(["running", "running", "running", "started"]),
+        code=CODE,
+        retryable=MOSTLY_TRUE,
+    )
+    def task_fails(self, pick: int, among: str, code: str, retryable: bool) -> None:
+        step_id = self.pick(pick, among)
+        _, transition = self.commit(
+            "fail",
             lambda run: fail_step(
-                run,
-                self.step_id(run, step),
-                code=code,
-                message="it broke",
-                retryable=retryable,
-                meta={},
-            )
+                run, step_id, code=code, message="it broke", retryable=retryable, meta={}
+            ),
         )
+        if transition is not None:
+            assert transition.enqueue == ()  # Celery's own retry runs it again
 
-    @rule(step=STEP, passed=MOSTLY_TRUE)
-    def gate_decides(self, step: int | None, passed: bool) -> None:
-        self.apply(
+    @precondition(lambda self: self.has_running())
+    @rule(pick=PICK, among=st.sampled_from(["running", "started"]), passed=MOSTLY_TRUE)
+    def gate_decides(self, pick: int, among: str, passed: bool) -> None:
+        step_id = self.pick(pick, among)
+        self.commit(
+            "gate",
             lambda run: gate_step(
-                run,
-                self.step_id(run, step),
-                gate_type="quality",
-                verdict="v",
-                passed=passed,
-                meta={},
-            )
+                run, step_id, gate_type="quality", verdict="v", passed=passed, meta={}
+            ),
         )
 
-    @rule(step=STEP, provider=st.sampled_from(["runway", "replicate"]))
-    def step_suspends(self, step: int | None, provider: str) -> None:
+    @precondition(lambda self: self.has_running())
+    @rule(
+        pick=PICK,
+        among=st.sampled_from(["running", "running", "running", "started"]),
+        provider=st.sampled_from(["runway", "replicate"]),
+    )
+    def task_awaits_a_provider(self, pick: int, among: str, provider: str) -> None:
+        step_id = self.pick(pick, among)
         self.jobs += 1
         job_id = f"job-{self.jobs}"
-        self.apply(
-            lambda run: suspend_step(
-                run, self.step_id(run, step), provider=provider, job_id=job_id, meta={}
-            )
+        before, transition = self.commit(
+            "suspend",
+            lambda run: suspend_step(run, step_id, provider=provider, job_id=job_id, meta={}),
         )
+        assert (transition is not None) == (before.step(step_id).status is StepStatus.RUNNING)
+        if transition is not None:
+            kinds = [e.kind for e in transition.events]
+            others_active = [s for s in active_steps(before.steps) if s.step_id != step_id]
+            expected = ["step-waiting"] if others_active else ["step-waiting", "run-suspended"]
+            assert kinds == expected
 
-    @rule(step=STEP, artifact_ids=ARTIFACTS, cost_usd=COST)
+    @precondition(lambda self: self.has_jobs())
+    @rule(pick=PICK, among=AWAITED, which=WHICH_JOB, artifact_ids=ARTIFACTS, cost_usd=COST)
     def provider_completes(
-        self, step: int | None, artifact_ids: list[str], cost_usd: float
+        self, pick: int, among: str, which: str, artifact_ids: list[str], cost_usd: float
     ) -> None:
-        self.apply(
+        step_id = self.pick_awaited(pick, among)
+        provider, job_id, waits = self.job_for(self.run, step_id, which)
+        before, transition = self.commit(
+            "resume",
             lambda run: resume_step(
-                run, self.step_id(run, step), artifact_ids=artifact_ids, cost_usd=cost_usd, meta={}
-            )
+                run,
+                step_id,
+                provider=provider,
+                job_id=job_id,
+                artifact_ids=artifact_ids,
+                cost_usd=cost_usd,
+                meta={},
+            ),
         )
+        assert (transition is not None) == waits, (step_id, which)
+        if transition is not None:
+            kinds = [e.kind for e in transition.events]
+            if before.status is PipelineRunStatus.SUSPENDED:
+                assert kinds[:2] == ["run-resumed", "step-completed"]
+            else:
+                assert "run-resumed" not in kinds
 
-    @rule(step=STEP, code=CODE, retryable=MOSTLY_TRUE, default_max_retries=MAX_RETRIES)
+    @precondition(lambda self: self.has_jobs())
+    @rule(
+        pick=PICK,
+        among=AWAITED,
+        which=WHICH_JOB,
+        code=CODE,
+        retryable=MOSTLY_TRUE,
+        default_max_retries=MAX_RETRIES,
+    )
     def provider_fails(
-        self, step: int | None, code: str, retryable: bool, default_max_retries: int | None
+        self,
+        pick: int,
+        among: str,
+        which: str,
+        code: str,
+        retryable: bool,
+        default_max_retries: int | None,
     ) -> None:
-        self.apply(
+        step_id = self.pick_awaited(pick, among)
+        provider, job_id, waits = self.job_for(self.run, step_id, which)
+        _, transition = self.commit(
+            "provider-fails",
             lambda run: fail_awaiting_step(
                 run,
-                self.step_id(run, step),
+                step_id,
+                provider=provider,
+                job_id=job_id,
                 code=code,
                 message="provider said no",
                 retryable=retryable,
                 default_max_retries=default_max_retries,
                 meta={},
-            )
+            ),
         )
+        assert (transition is not None) == waits, (step_id, which)
+        if transition is not None:
+            (failed,) = [e for e in transition.events if isinstance(e, StepFailed)]
+            expected = [step_id] if failed.retryable else []
+            assert [s.step_id for s in transition.enqueue] == expected
 
-    @rule(step=STEP, requeue=MOSTLY_TRUE, default_max_retries=MAX_RETRIES)
+    @precondition(lambda self: self.run.status is PipelineRunStatus.RUNNING)
+    @rule(
+        picks=st.lists(PICK, min_size=1, max_size=3),
+        requeue=MOSTLY_TRUE,
+        default_max_retries=MAX_RETRIES,
+        stale=st.integers(0, 5).map(lambda n: n == 0),
+    )
     def reconciler_recovers(
-        self, step: int | None, requeue: bool, default_max_retries: int | None
+        self, picks: list[int], requeue: bool, default_max_retries: int | None, stale: bool
     ) -> None:
-        self.recoveries += 1
-        task_id = f"task-recovered-{self.recoveries}"
-        self.apply(
-            lambda run: recover_step(
+        # What the reconciler's scan looks at: running and ready steps; and a waiting one, which
+        # is never stalled (it waits for a callback), to see it left alone.
+        active = {s.step_id for s in active_steps(self.run.steps)}
+        candidates = [*active, *self.steps_with(StepStatus.WAITING)]
+        step_ids = list(dict.fromkeys(candidates[p % len(candidates)] for p in picks))
+        before, transition = self.commit(
+            "recover",
+            lambda run: recover_steps(
                 run,
-                self.step_id(run, step),
-                seen_version=run.version,
+                step_ids,
+                seen_version=run.version - 1 if stale else run.version,
                 requeue=requeue,
-                task_id=task_id,
-                default_max_retries=default_max_retries,
+                retry_limits=dict.fromkeys(step_ids, default_max_retries),
                 meta={},
-            )
+            ),
         )
+        repairable = [s for s in step_ids if s in active]
+        assert (transition is not None) == (bool(repairable) and not stale)
+        if transition is not None:
+            repaired = {s.step_id for s in transition.enqueue}
+            repaired |= {e.step_id for e in transition.events if isinstance(e, StepFailed)}
+            assert repaired == set(repairable) or before.failure_policy is FailurePolicy.FAIL_FAST
+            assert repaired <= set(repairable)
 
-    @precondition(lambda self: self.operations >= 8)
+    @precondition(lambda self: self.operations >= 12)
     @rule(reason=st.sampled_from(["user asked", ""]))
     def run_is_cancelled(self, reason: str) -> None:
+        finished = {PipelineRunStatus.COMPLETED, PipelineRunStatus.FAILED}
         try:
             self.store.cancel(self.run_id, reason)
         except InvalidTransitionError:
-            finished = {PipelineRunStatus.COMPLETED, PipelineRunStatus.FAILED}
-            assert self.store.require(self.run_id).status in finished
+            assert self.read().status in finished
+        else:
+            assert self.read().status is PipelineRunStatus.CANCELLED
+
+    # -- invariants -----------------------------------------------------------------------------
 
     @invariant()
     def the_run_agrees_with_its_log(self) -> None:
         run = self.store.require(self.run_id)
         assert audit_run(run) == []
         assert log_state(replay_run(run, run.events)) == log_state(run)
+        assert run.current_step_index == first_open_index(run.steps)
+        needs = dependencies(run.steps)
+        for event, done in zip(run.events, done_before(run.events), strict=True):
+            if isinstance(event, StepStarted):
+                missing = set(needs[event.step_id]) - done
+                assert not missing, f"seq {event.seq}: {event.step_id} started before {missing}"
+
+    @invariant()
+    def every_ready_step_of_a_live_run_was_published(self) -> None:
+        if self.live():
+            unpublished = {s.step_id for s in ready_steps(self.run.steps)} - set(self.published)
+            assert not unpublished
+
+    @invariant()
+    def the_run_status_follows_from_its_steps(self) -> None:
+        run = self.run
+        steps = run.steps
+        active = active_steps(steps)
+        waiting = self.steps_with(StepStatus.WAITING)
+        failed = self.steps_with(StepStatus.FAILED, StepStatus.GATED)
+        fail_fast = run.failure_policy is FailurePolicy.FAIL_FAST
+        if run.status is PipelineRunStatus.RUNNING:
+            assert active, "running with nothing running or queued"
+            assert not run.resumable
+            assert not (failed and fail_fast)
+        elif run.status is PipelineRunStatus.SUSPENDED:
+            assert not active and waiting, "suspended, yet something is active or nothing waits"
+            assert run.resumable and run.resume_token
+            assert not (failed and fail_fast)
+        elif run.status is PipelineRunStatus.COMPLETED:
+            assert all(s.status in DONE_STEP_STATUSES for s in steps)
+            assert not run.resumable
+        elif run.status is PipelineRunStatus.FAILED:
+            assert failed
+            last = self.store.list_events(self.run_id, since_seq=0)[-1]
+            assert isinstance(last, RunFailed)
+            if not fail_fast and last.code != "gate-rejected":
+                # The other branches ran to their end first.
+                assert not active and not waiting
 
 
 def test_a_run_driven_through_any_transitions_equals_its_replay(
@@ -253,7 +561,7 @@ def test_a_run_driven_through_any_transitions_equals_its_replay(
         lambda: RunDrivenThroughTransitions(store),
         settings=settings(
             max_examples=60,
-            stateful_step_count=20,
+            stateful_step_count=25,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow],
         ),
@@ -381,13 +689,46 @@ def test_run_started_makes_the_run_running() -> None:
 
 
 def test_a_started_step_is_running_with_its_attempts_and_the_run_runs_on_it() -> None:
-    run = replayed(started("b", attempt=2))
+    run = replayed(started("a"), completed("a"), started("b", attempt=2))
 
     assert run.status is PipelineRunStatus.RUNNING
     assert run.current_step_index == 1
     assert run.step("b").status is StepStatus.RUNNING
     assert run.step("b").attempts == 3
+    assert run.step("a").status is StepStatus.COMPLETED
+
+
+def test_the_current_step_is_the_first_step_in_definition_order_not_done() -> None:
+    # Of parallel steps, one finishing before an earlier one leaves the run's current step on
+    # the earlier; a started step is not done, so it does not move it either.
+    run = replayed(started("b", attempt=2))
+    assert run.current_step_index == 0
     assert run.step("a").status is StepStatus.PENDING
+
+    graph = definition("a", "b", "c")
+    run = replay_run(graph, logged(started("a"), started("b"), completed("b", 1.0)))
+    assert run.current_step_index == 0
+    run = replay_run(graph, logged(started("a"), started("b"), completed("b"), completed("a")))
+    assert run.current_step_index == 2
+
+
+def test_a_step_waiting_for_its_provider_is_waiting_and_the_run_keeps_its_status() -> None:
+    waiting = StepWaiting(run_id=RUN, step_id="a", provider="runway", job_id="j1")
+
+    run = replayed(started("a"), waiting)
+
+    assert run.step("a").status is StepStatus.WAITING
+    assert run.step("a").attempts == 1
+    assert run.status is PipelineRunStatus.RUNNING
+    assert run.resumable is False
+    assert run.current_step_index == 0
+
+    run = replayed(started("a"), waiting, suspended("tok-2"))
+    assert (run.status, run.resume_token, run.resumable) == (
+        PipelineRunStatus.SUSPENDED,
+        "tok-2",
+        True,
+    )
 
 
 def test_a_redelivered_earlier_attempt_does_not_lower_the_attempts() -> None:
@@ -535,6 +876,7 @@ def test_a_cancelled_run_replays_as_cancelled_with_the_reason_as_its_error() -> 
         failed("ghost", retryable=True),
         failed("ghost", retryable=False),
         gated("ghost"),
+        StepWaiting(run_id=RUN, step_id="ghost", provider="runway", job_id="j1"),
     ],
     ids=lambda event: event.kind,
 )

@@ -144,6 +144,7 @@ def _settle(
     suspended = run.status is PipelineRunStatus.SUSPENDED
     if suspended and resumed_from is not None:
         lead.append(RunResumed(run_id=run.run_id, from_step_id=resumed_from, meta=meta))
+        patch.update(status=PipelineRunStatus.RUNNING, resumable=False)
     if all(step.status in DONE_STEP_STATUSES for step in steps):
         total = patch.get("costUsd", run.cost_usd)
         patch.update(status=PipelineRunStatus.COMPLETED, completedAt=now)

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEMO_PREFIX = "mpstate-demo"
 DEMO_QUEUE = "mpstate-demo"
 
-STEPS = ["generate", "upscale", "quality", "video"]
+STEPS = ["generate", "voiceover", "upscale", "quality", "video"]
 
 TERMINAL_KINDS = {"run-completed", "run-failed", "run-cancelled"}
 
@@ -59,8 +59,8 @@ def step_statuses(output: str) -> list[dict[str, str]]:
     rows = []
     for line in output.splitlines():
         cells = [cell.strip() for cell in line.split("│")]
-        if len(cells) == 8 and cells[1] in STEPS:
-            rows.append({"step": cells[1], "status": cells[3], "attempts": cells[4]})
+        if len(cells) == 9 and cells[1] in STEPS:
+            rows.append({"step": cells[1], "status": cells[4], "attempts": cells[5]})
     return rows
 
 
@@ -151,6 +151,7 @@ def test_the_demo_fails_when_the_video_provider_always_fails() -> None:
     attempts = {row["step"]: row["attempts"] for row in rows}
     assert statuses == {
         "generate": "completed",
+        "voiceover": "completed",
         "upscale": "completed",
         "quality": "completed",
         "video": "failed",

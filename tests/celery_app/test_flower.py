@@ -51,6 +51,7 @@ DEADLINE = 30.0
 #: The product-photo steps and the task each runs.
 STEP_TASKS = {
     "generate": "image.generate",
+    "voiceover": "audio.voiceover",
     "upscale": "image.upscale",
     "quality": "image.quality_gate",
     "video": "video.generate",
@@ -246,7 +247,7 @@ def observed(redis_url: str) -> Iterator[ObservedRun]:
         assert run.status is PipelineRunStatus.COMPLETED, run.error
         wait_for(
             lambda: caught_up(flower, run.run_id),
-            "Flower to show the run's four step tasks succeeded",
+            "Flower to show every step task of the run succeeded",
             flower,
         )
         yield ObservedRun(flower, run, mp.store)
