@@ -8,6 +8,7 @@ from datetime import timedelta
 
 from chaos.load import PlannedRun
 from mpstate import PipelineRun, PipelineRunStatus, RunFailed, audit_run
+from mpstate.graph import dependencies
 from mpstate.store import PipelineStateStore
 
 __all__ = ["PERMANENT_FAILURES", "RunVerdicts", "Violation", "check_runs"]
@@ -40,6 +41,8 @@ class RunVerdicts:
     retried_steps: int
     reconciler_requeues: int
     total_cost_usd: float
+    #: Runs in which two steps executed at once (the graph's branches ran in parallel).
+    parallel_runs: int = 0
 
 
 def check_runs(
@@ -49,7 +52,7 @@ def check_runs(
     violations: list[Violation] = []
     statuses: Counter[str] = Counter()
     codes: Counter[str] = Counter()
-    applied = cache_hits = retried = requeued = 0
+    applied = cache_hits = retried = requeued = parallel = 0
     total_cost = 0.0
     for plan in planned:
         if plan.run_id is None:
@@ -70,14 +73,61 @@ def check_runs(
             if event.kind == "run-failed":
                 codes[getattr(event, "code", "?")] += 1
         total_cost += run.cost_usd
+        parallel += branches_overlapped(run)
     violations.extend(_tenancy_violations(store, planned))
     return RunVerdicts(
-        statuses, codes, violations, applied, cache_hits, retried, requeued, round(total_cost, 6)
+        statuses,
+        codes,
+        violations,
+        applied,
+        cache_hits,
+        retried,
+        requeued,
+        round(total_cost, 6),
+        parallel,
     )
+
+
+def _graph_violations(run: PipelineRun) -> list[Violation]:
+    """A step that started before every step it depends on had completed: the graph's order
+    broken (the log is in commit order, so this reads it as it happened)."""
+    found = []
+    done: set[str] = set()
+    needs = dependencies(run.steps)
+    for event in run.events:
+        step_id = getattr(event, "step_id", None)
+        if event.kind in ("step-completed", "step-cached") and step_id is not None:
+            done.add(step_id)
+        elif event.kind == "step-started" and step_id is not None:
+            early = [need for need in needs.get(step_id, ()) if need not in done]
+            if early:
+                found.append(
+                    Violation(run.run_id, "graph", f"{step_id} started before {early} completed")
+                )
+    return found
+
+
+def branches_overlapped(run: PipelineRun) -> bool:
+    """Whether two steps of the run were executing at once (its branches ran in parallel)."""
+    executing: set[str] = set()
+    for event in run.events:
+        step_id = getattr(event, "step_id", None)
+        if step_id is None:
+            continue
+        if event.kind == "step-started":
+            executing.add(step_id)
+            if len(executing) > 1:
+                return True
+        elif event.kind in ("step-completed", "step-cached", "step-waiting") or (
+            event.kind == "step-failed" and not getattr(event, "retryable", False)
+        ):
+            executing.discard(step_id)
+    return False
 
 
 def _run_violations(run: PipelineRun, plan: PlannedRun, bound_s: float) -> list[Violation]:
     found = [Violation(run.run_id, f"audit:{f.rule}", f.detail) for f in audit_run(run)]
+    found.extend(_graph_violations(run))
     if not run.is_terminal:
         step = run.steps[min(run.current_step_index, len(run.steps) - 1)]
         found.append(

@@ -69,11 +69,14 @@ class PlannedRun:
     other_run_ids: set[str] = field(default_factory=set)
 
     def steps(self) -> list[dict[str, Any]]:
-        steps = [dict(step) for step in PRODUCT_PHOTO]
-        steps[0] = {**steps[0], "inputs": {"prompt": self.prompt}}
+        """The product-photo graph: the image branch and the voice-over run in parallel."""
+        inputs: dict[str, dict[str, Any]] = {"generate": {"prompt": self.prompt}}
         if self.doomed:  # no image scores above 1.0: the gate rejects it
-            steps[2] = {**steps[2], "inputs": {"min_quality": 1.01}}
-        return steps
+            inputs["quality"] = {"min_quality": 1.01}
+        return [
+            {**step, "inputs": inputs.get(step["stepId"], step.get("inputs", {}))}
+            for step in PRODUCT_PHOTO
+        ]
 
 
 def plan(config: ChaosConfig, rng: random.Random) -> list[PlannedRun]:

@@ -32,6 +32,7 @@ class Summary:
     worker_lost_steps: int = 0
     retried_steps: int = 0
     cache_hits: int = 0
+    parallel_runs: int = 0
     provider: dict[str, int] = field(default_factory=dict)
     callbacks_applied: int = 0
     duplicate_callbacks_absorbed: int = 0
@@ -77,6 +78,7 @@ class Summary:
             ("reconciler requeued / failed / skipped", _slashed(self.reconciler)),
             ("step retries (retryable step-failed)", str(self.retried_steps)),
             ("cache hits (step-cached)", str(self.cache_hits)),
+            ("runs whose branches ran in parallel", str(self.parallel_runs)),
             (
                 "callbacks delivered (duplicates, late, early)",
                 f"{self.provider.get('callbacks_sent', 0)} ("

@@ -127,6 +127,7 @@ def _judge(
     summary.worker_lost_steps = verdicts.reconciler_requeues
     summary.retried_steps = verdicts.retried_steps
     summary.cache_hits = verdicts.cache_hits
+    summary.parallel_runs = verdicts.parallel_runs
     summary.total_cost_usd = verdicts.total_cost_usd
     summary.violations = [str(v) for v in verdicts.violations]
 
