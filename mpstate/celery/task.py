@@ -177,7 +177,12 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type hints
         try:
             self.send_event("task-progress", pct=pct, **fields)
         except OperationalError as exc:  # kombu: the broker is unreachable
-            log.warning("task-progress of task %s not sent: %s", self.request.id, exc)
+            where = (
+                f"run {fields['run_id']!r} step {fields['step_id']!r}"
+                if fields
+                else f"task {self.request.id}"
+            )
+            log.warning("task-progress of %s not sent: %s", where, exc)
 
     def cached(self, cache_key: str, artifact_ids: list[str]) -> StepResult:
         """Return this from the body when a cache answered: the step is logged as step-cached."""

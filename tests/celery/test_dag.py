@@ -908,7 +908,7 @@ def test_under_fail_fast_a_failed_branch_fails_the_run_at_once_and_revokes_the_r
     (run_failed,) = events_of(failed, "run-failed")
     assert run_failed.code == "PermanentError"
     assert "step b failed" in run_failed.terminal_reason
-    assert revoked == [c_task]
+    assert wait_for(lambda: list(revoked), what="the revoke") == [c_task]
     wait_for(lambda: c_task in worker_state.revoked, what="the revoke to reach the worker")
 
     h.latch("c").set()
@@ -941,7 +941,7 @@ def test_under_fail_fast_a_sibling_still_queued_never_runs_its_body(h: Harness) 
         failed = h.wait_status(run_id, "failed")
         c_task = failed.step("c").task_id
         assert c_task and failed.step("c").status is StepStatus.PENDING
-        assert revoked == [c_task]
+        assert wait_for(lambda: list(revoked), what="the revoke") == [c_task]
         wait_for(lambda: c_task in worker_state.revoked, what="the revoke to reach the worker")
         wait_for(
             lambda: (
@@ -988,6 +988,36 @@ def test_under_finish_branches_the_sibling_runs_to_its_end_then_the_run_fails(
     assert dm.ran("d") == [] and h.finished_tasks("dag.d") == []
     assert revoked == []
     assert_audited(h, run_id)
+
+
+class QuotaExceededError(Exception):
+    """A failure with a code of its own, whose constructor takes more than its message (so it
+    does not survive a pickle round trip)."""
+
+    def __init__(self, tenant: str, limit: int) -> None:
+        super().__init__(f"tenant {tenant} is over its limit of {limit}")
+        self.code = "QUOTA"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Celery hands on_failure a picklable stand-in (get_pickleable_exception), here an "
+    "UnpickleableExceptionWrapper without the code attribute, and PipelineTask.on_failure "
+    "records error_code() of that: see the report",
+)
+def test_a_branch_failing_with_an_unpicklable_exception_records_the_exceptions_own_code(
+    h: Harness,
+) -> None:
+    def fail_b(task: Any, letter: str) -> None:
+        raise QuotaExceededError("acme", 3)
+
+    Diamond(h, hooks={"b": fail_b}).define()
+    h.start_worker(pool="threads", concurrency=4)
+    run = h.wait_terminal(start(h).run_id)
+
+    assert run.status is PipelineRunStatus.FAILED
+    assert [e.code for e in step_events(run, "b", "step-failed")] == ["QUOTA"]
+    assert events_of(run, "run-failed")[0].code == "QUOTA"
 
 
 # -- 7. a canvas -------------------------------------------------------------------------------
@@ -1090,6 +1120,7 @@ def test_a_pipeline_task_called_with_delay_apply_async_or_in_a_plain_chain_is_an
     assert chain(t["add"].s(1), t["times"].s()).apply_async().get(timeout=DEADLINE) == 20
 
     assert seen == [("add", False), ("add", False), ("add", False), ("times", False)]
+    wait_for(lambda: len(hb.finished_tasks()) == 4, what="the four calls to finish")
     assert [f.state for f in hb.finished_tasks()] == ["SUCCESS"] * 4
     assert all("mpstate_run_id" not in f.headers for f in hb.finished_tasks())
     assert hb.store.list_runs() == []
@@ -1150,8 +1181,7 @@ def test_await_external_in_a_plain_call_fails_the_task_with_not_in_run_error(
     assert stored["status"] == "FAILURE"
     assert stored["result"]["exc_module"] == "mpstate.errors"
     assert "await_external() needs a pipeline run" in str(stored["result"]["exc_message"])
-    (finished,) = hb.finished_tasks(task_id=result.id)
-    assert finished.state == "FAILURE"
+    assert hb.wait_finished(result.id).state == "FAILURE"
     assert hb.store.list_runs() == []
     assert hb.store.find_by_external_job_id(PROVIDER, "job-nobody-awaits") is None
 
@@ -1171,8 +1201,7 @@ def test_a_plain_caller_sees_the_failure_as_not_in_run_error(hb: Harness) -> Non
 
     stored = json.loads(hb.client.get(f"celery-task-meta-{result.id}"))
     assert stored["result"]["exc_type"] == "NotInRunError"
-    (finished,) = hb.finished_tasks(task_id=result.id)
-    assert isinstance(finished.retval, NotInRunError)
+    assert isinstance(hb.wait_finished(result.id).retval, NotInRunError)
     with pytest.raises(NotInRunError):
         result.get(timeout=DEADLINE)
 
@@ -1383,22 +1412,3 @@ def test_a_rerun_takes_over_the_originals_idempotency_key(h: Harness) -> None:
     run = h.wait_terminal(rerun.run_id)
     assert run.status is PipelineRunStatus.COMPLETED, run.error
     assert len(dm.ran("d")) == 1
-
-
-class QuotaExceeded(Exception):
-    """A failure with a code of its own, whose constructor takes more than its message."""
-
-    def __init__(self, tenant: str, limit: int) -> None:
-        super().__init__(f"tenant {tenant} is over its limit of {limit}")
-        self.code = "QUOTA"
-
-
-def test_probe_code(h: Harness) -> None:
-    def fail_b(task: Any, letter: str) -> None:
-        raise QuotaExceeded("acme", 3)
-
-    dm = Diamond(h, hooks={"b": fail_b})
-    dm.define()
-    h.start_worker(pool="threads", concurrency=4)
-    run = h.wait_terminal(start(h).run_id)
-    print("PROBE", [(e.code, e.retryable) for e in events_of(run, "step-failed")], events_of(run, "run-failed")[0].code, run.error)

@@ -21,6 +21,7 @@ from mpstate import (
     StepGated,
     StepProgress,
     StepStarted,
+    StepWaiting,
 )
 from mpstate.cli.event_lines import event_details, event_line, event_time
 from mpstate.events import EVENT_TYPES
@@ -58,6 +59,10 @@ CASES: list[tuple[PipelineEvent, list[str]]] = [
     (
         StepGated(run_id=R, step_id="s", gate_type="quality", verdict="blurry"),
         ['gate="quality"', 'verdict="blurry"'],
+    ),
+    (
+        StepWaiting(run_id=R, step_id="s", provider="veo", job_id="job 1"),
+        ['provider="veo"', 'job="job 1"'],
     ),
     (RunSuspended(run_id=R, reason="webhook", resume_token="tok"), ["reason=webhook"]),
     (RunResumed(run_id=R, from_step_id="s"), ["from=s"]),

@@ -171,10 +171,13 @@ def test_runs_show_prints_the_header_and_every_step(
     assert re.search(r"cost\s+\$0\.04", out)
     assert re.search(r"version\s+2", out)
     assert re.search(r"external jobs\s+veo:job-42", out)
-    assert re.search(r"generate\s+image\.generate\s+completed\s+2\s+\$0\.04\s+task-gen-1", out)
-    assert re.search(r"upscale\s+image\.upscale\s+running\s+1\s+\$0\.00\s+task-up-7", out)
+    # Each step with what it waits for (a linear run: the step before it).
+    assert re.search(r"generate\s+-\s+image\.generate\s+completed\s+2\s+\$0\.04\s+task-gen-1", out)
+    assert re.search(
+        r"upscale\s+generate\s+image\.upscale\s+running\s+1\s+\$0\.00\s+task-up-7", out
+    )
     assert "provider-timeout: took too long" in out
-    assert re.search(r"video\s+video\.generate\s+pending\s+0\s+\$0\.00\s+-", out)
+    assert re.search(r"video\s+upscale\s+video\.generate\s+pending\s+0\s+\$0\.00\s+-", out)
     assert "flower" not in out
     assert "http" not in out
 
