@@ -32,13 +32,9 @@ from mpstate.celery.reconciler import Reconciler, ReconcileReport
 from mpstate.celery.settings import CelerySettings
 from mpstate.celery.signals import SignalReceivers
 from mpstate.celery.transitions import (
-    Transition,
     awaits_job,
-    fail_awaiting_step,
-    resume_step,
-    start_run,
 )
-from mpstate.celery.webhook import PayloadAdapter, ProviderError, WebhookOutcome, default_adapter
+from mpstate.celery.webhook import PayloadAdapter, WebhookOutcome, default_adapter
 from mpstate.definitions import fresh_step, new_run
 from mpstate.errors import (
     IdempotencyKeyInUseError,
@@ -92,6 +88,7 @@ class MpState:
             revoke=self._revoke,
             outage_window_s=settings.outage_window_s,
         )
+        #: Deprecated: the lifecycle's step methods under their old names (``mp.lifecycle``).
         self.hooks = StepHooks(self.lifecycle)
         # Shorthands of ``settings`` for the webhook task and ``_enqueue``.
         self.webhook_retry_interval_s = settings.webhook_retry_interval_s
@@ -168,7 +165,7 @@ class MpState:
         # Also for a run that existed already: a caller retrying after a failure between create
         # and start must start it. Of racing callers exactly one commits run-started and
         # publishes (the lifecycle publishes what the winning commit made ready).
-        return self.lifecycle.apply(stored.run_id, start_run, known=stored).run
+        return self.lifecycle.start_run(stored)
 
     def rerun(self, run_id: str, *, from_step: str | None = None, reason: str = "") -> PipelineRun:
         """Re-drive a failed or cancelled run as a new run, and return the new run.
@@ -219,9 +216,7 @@ class MpState:
                 existing_run_id=stored.run_id,
             )
         meta: EventMeta = {"rerunOf": original.run_id, "reason": reason}
-        return self.lifecycle.apply(
-            new_id, lambda pending: start_run(pending, carried, meta=meta), known=stored
-        ).run
+        return self.lifecycle.start_run(stored, carried, meta=meta)
 
     def _rerun_id(self, original: PipelineRun) -> str | PipelineRun | None:
         """The id the next re-run of ``original`` gets, reserved on the original; the live re-run
@@ -233,16 +228,8 @@ class MpState:
             if not last.is_terminal:
                 return last
         new_id = rerun_id(original, len(original.reruns) + 1)
-        reserved = self.lifecycle.apply(
-            original.run_id,
-            lambda run: (
-                Transition({"reruns": [*run.reruns, new_id]}, [])
-                if run.reruns == original.reruns
-                else None
-            ),
-            known=original,
-        )
-        return new_id if reserved.changed else None
+        reserved = self.lifecycle.reserve_rerun(original, new_id)
+        return new_id if reserved else None
 
     def cancel_run(self, run_id: str, reason: str, *, terminate: bool = False) -> PipelineRun:
         """Cancel the run in the store, then revoke its in-flight step task.
@@ -313,41 +300,18 @@ class MpState:
                 ),
             )
             return "progress"
-        if outcome.status == "succeeded":
-            result = outcome.step_result()
-            committed = self.lifecycle.apply(
-                run.run_id,
-                lambda current: resume_step(
-                    current,
-                    step_id,
-                    provider=provider,
-                    job_id=job_id,
-                    artifact_ids=result.artifact_ids,
-                    cost_usd=result.cost_usd,
-                    outputs=result.outputs,
-                    meta=meta,
-                ),
-                known=run,
-            )
-            return "resumed" if committed.changed else "ignored"
-        error = outcome.error or ProviderError()
-        default_max_retries = self.default_max_retries(step)
-        committed = self.lifecycle.apply(
-            run.run_id,
-            lambda current: fail_awaiting_step(
-                current,
-                step_id,
-                provider=provider,
-                job_id=job_id,
-                code=error.code,
-                message=error.message,
-                retryable=error.retryable,
-                default_max_retries=default_max_retries,
-                meta=meta,
-            ),
-            known=run,
+        committed = self.lifecycle.resolve_job(
+            run,
+            step,
+            outcome,
+            provider=provider,
+            job_id=job_id,
+            retry_limit=self.default_max_retries(step),
+            meta=meta,
         )
-        return "failed" if committed.changed else "ignored"
+        if not committed.changed:
+            return "ignored"
+        return "resumed" if outcome.status == "succeeded" else "failed"
 
     def default_max_retries(self, step: StepState) -> int | None:
         """The retry limit of the step's task (Celery's default, 3, when it is not registered

@@ -11,9 +11,8 @@ import logging
 from typing import Any
 
 from mpstate.celery.identity import StepIdentity
-from mpstate.celery.lifecycle import StepLifecycle
+from mpstate.celery.lifecycle import StepLifecycle, error_code
 from mpstate.celery.results import StepResult
-from mpstate.celery.transitions import complete_step, fail_step, start_step
 from mpstate.events import EventMeta
 from mpstate.models import PipelineRun
 
@@ -33,31 +32,15 @@ def request_meta(request: Any) -> EventMeta:
     return meta
 
 
-def error_code(exc: BaseException) -> str:
-    """A failure's code: the exception's own ``code`` attribute if it is a string, else its type."""
-    code = getattr(exc, "code", None)
-    return code if isinstance(code, str) and code else type(exc).__name__
-
-
 class StepHooks:
-    """The step lifecycle as seen from a task."""
+    """Deprecated view of ``StepLifecycle``'s step methods (``start``/``complete``/``fail``);
+    call ``mp.lifecycle`` instead."""
 
     def __init__(self, lifecycle: StepLifecycle) -> None:
         self.lifecycle = lifecycle
 
     def start(self, identity: StepIdentity, *, attempt: int, meta: EventMeta) -> PipelineRun | None:
-        """Log step-started; the run to execute against, or None when the body must not run."""
-        committed = self.lifecycle.apply(
-            identity.run_id,
-            lambda run: start_step(
-                run,
-                identity.step_id,
-                attempt=attempt,
-                task_id=str(meta.get("taskId") or ""),
-                meta=meta,
-            ),
-        )
-        return committed.run if committed.changed else None
+        return self.lifecycle.start_step(identity, attempt=attempt, meta=meta)
 
     def complete(
         self,
@@ -67,46 +50,9 @@ class StepHooks:
         meta: EventMeta,
         known: PipelineRun | None = None,
     ) -> None:
-        """Log step-completed (or -cached) and publish what it made ready, unless the step
-        awaits a provider.
-
-        ``known``: the run as step-started committed it, decided on without another read.
-        """
-        if result.suspended:
-            return
-        committed = self.lifecycle.apply(
-            identity.run_id,
-            lambda run: complete_step(
-                run,
-                identity.step_id,
-                artifact_ids=result.artifact_ids,
-                cost_usd=result.cost_usd,
-                cache_key=result.cache_key,
-                outputs=result.outputs,
-                meta=meta,
-            ),
-            known=known,
-        )
-        if not committed.changed:
-            log.info(
-                "late or duplicate result for run %r step %r ignored (run %s)",
-                identity.run_id,
-                identity.step_id,
-                committed.run.status,
-            )
+        self.lifecycle.complete_step(identity, result, meta=meta, known=known)
 
     def fail(
         self, identity: StepIdentity, exc: BaseException, *, retryable: bool, meta: EventMeta
     ) -> None:
-        """Log step-failed; when it is final, run-failed with the reason."""
-        self.lifecycle.apply(
-            identity.run_id,
-            lambda run: fail_step(
-                run,
-                identity.step_id,
-                code=error_code(exc),
-                message=str(exc),
-                retryable=retryable,
-                meta=meta,
-            ),
-        )
+        self.lifecycle.fail_step(identity, exc, retryable=retryable, meta=meta)

@@ -1,82 +1,58 @@
-"""``StepLifecycle``: the one place that applies step transitions to the store.
+"""``StepLifecycle``: the one owner of decide -> commit -> publish for every run transition.
 
-Both entry points call it: ``PipelineTask``'s hooks and the signal receivers for plain tasks. Each
-transition reads the run, asks a pure function of ``mpstate.celery.transitions`` what to write,
-and commits the patch and its events together with ``expected_version``; on a version conflict it
-reads again and decides again. So of two workers racing to complete one step, exactly one commits
-the completion, and only that one enqueues the next step: advancement happens once.
-
-Store outages (``StateStoreUnavailableError``) are retried with exponential backoff for a bounded
-window, then raised: a transition is never dropped silently. The window is ONE deadline, taken
-when ``apply`` starts (``time.monotonic() + outage_window_s``) and passed down: the retries of the
-whole transition (read, decide, commit) and the retries of one commit inside it (same operation
-id) stop at it, and no wait sleeps past it. Nested windows would add up: with 1 s, a transition
-on a read-only Redis gave up after 3.4 s and 12 commit attempts; with 60 s, after about 3 min.
-
-The bound: no retry starts after the deadline, but the store call in flight then runs to its end.
-With the store down, ``apply`` raises within ``outage_window_s + W``, W being the longest one
-store call can block. W is the store's own: ``RedisPipelineStateStore.from_url`` retries each
-request below this layer, not knowing the deadline; with its defaults (``socket_timeout`` 5 s,
-``socket_connect_timeout`` 2 s, ``retries`` 2, backoff 0.1 + 0.2 s) W <= 3 * (2 + 5) + 0.3 =
-21.3 s (15.3 s for a hung server, about 0.3 s for a refused connection), so the default 60 s
-window ends within about 81 s. Shorter store timeouts shrink W. A store that answers the read in
-flight at the deadline is back: the commit that follows still gets one attempt (W at most).
+Every entry point calls one of its methods and nothing else: ``PipelineTask``'s hooks and helpers
+(start, complete, fail, gate, await), the signal receivers for plain tasks, the webhook receiver
+and poller (``resolve_job``), the reconciler (``recover_steps``), ``MpState.start_run`` and
+``MpState.rerun``. Each method asks one pure function of ``mpstate.celery.transitions`` what to
+write; the ``Committer`` commits it at the version it was decided on (``mpstate.celery.commits``:
+conflicts, outages, one deadline); and only the commit's winner then publishes the 0..N steps that
+commit made ready and revokes the tasks a failed run no longer needs. So advancement happens once
+per commit, whoever calls.
 """
 
 from __future__ import annotations
 
 import logging
-import random
-import time
-import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception_type,
-    wait_exponential,
-    wait_random,
+from mpstate.celery.commits import Committed, Committer, Decide
+from mpstate.celery.identity import StepIdentity
+from mpstate.celery.results import StepResult
+from mpstate.celery.transitions import (
+    Transition,
+    complete_step,
+    fail_awaiting_step,
+    fail_step,
+    gate_step,
+    recover_steps,
+    resume_step,
+    start_run,
+    start_step,
+    suspend_step,
 )
-
-from mpstate.celery.transitions import Transition
-from mpstate.changes import CommitResult
-from mpstate.core import check_positive
-from mpstate.errors import RunNotFoundError, StateStoreUnavailableError, VersionConflictError
+from mpstate.celery.webhook import ProviderError, WebhookOutcome
+from mpstate.events import EventMeta
 from mpstate.models import PipelineRun, StepState
 from mpstate.store import PipelineStateStore
 
-__all__ = ["Committed", "StepLifecycle"]
+__all__ = ["Committed", "StepLifecycle", "error_code"]
 
 log = logging.getLogger("mpstate.celery")
 
-Decide = Callable[[PipelineRun], Transition | None]
-#: Publishes a step's task: (run, step, task id or None for a fresh one).
+#: Publishes a step's task: (run, step, the task id the commit recorded on the step).
 Enqueue = Callable[[PipelineRun, StepState, str | None], None]
 #: Revokes Celery tasks by id.
 Revoke = Callable[[Sequence[str]], None]
 
-#: Versions conflicts tolerated for one transition before giving up (each is another writer's
-#: successful commit, so this only trips under pathological contention).
-MAX_CONFLICTS = 100
 
-
-@dataclass(frozen=True, slots=True)
-class Committed:
-    """The run after a transition, and the transition if one was written (None: a no-op)."""
-
-    run: PipelineRun
-    transition: Transition | None
-
-    @property
-    def changed(self) -> bool:
-        return self.transition is not None
+def error_code(exc: BaseException) -> str:
+    """A failure's code: the exception's own ``code`` attribute if it is a string, else its type."""
+    code = getattr(exc, "code", None)
+    return code if isinstance(code, str) and code else type(exc).__name__
 
 
 class StepLifecycle:
-    """Applies transitions to one store, then publishes the steps a commit made ready (0..N) and
-    revokes the tasks a failed run no longer needs: the one owner of decide -> commit -> publish."""
+    """Applies transitions to one store, then publishes what each commit made ready."""
 
     def __init__(
         self,
@@ -90,100 +66,214 @@ class StepLifecycle:
         self.enqueue = enqueue
         #: Revokes the tasks of steps a failed run no longer needs (best effort).
         self.revoke = revoke
-        #: How long one transition rides out a store outage (see the module's docstring).
-        self.outage_window_s = check_positive(outage_window_s, "outage_window_s")
+        self.committer = Committer(store, outage_window_s=outage_window_s)
+
+    @property
+    def outage_window_s(self) -> float:
+        """How long one transition rides out a store outage."""
+        return self.committer.outage_window_s
 
     def apply(self, run_id: str, decide: Decide, *, known: PipelineRun | None = None) -> Committed:
-        """Decide on the current run and commit the result; retried on conflicts and outages.
-
-        ``known`` is the run as a previous commit returned it: the first decision is taken on it
-        without reading, and the run is read only if its version turns out to be stale.
-        """
-        deadline = time.monotonic() + self.outage_window_s
-        committed = self._apply_through_outage(run_id, decide, known, deadline)
+        """Commit what ``decide`` says on the current run, then publish and revoke what the
+        commit asks for (only the winner of a race gets a transition back)."""
+        committed = self.committer.apply(run_id, decide, known=known)
         transition = committed.transition
         if transition is not None:
-            # Only the commit's winner gets here with the transition: each step it made ready is
-            # published once, under the task id the commit recorded on it.
             for step in transition.enqueue:
                 self.enqueue(committed.run, step, step.task_id)
             if transition.revoke and self.revoke is not None:
                 self.revoke(transition.revoke)
         return committed
 
-    def _apply_through_outage(
-        self, run_id: str, decide: Decide, known: PipelineRun | None, deadline: float
+    # -- runs -------------------------------------------------------------------------------
+
+    def start_run(
+        self,
+        run: PipelineRun,
+        carried: Mapping[str, StepState] | None = None,
+        *,
+        meta: EventMeta | None = None,
+    ) -> PipelineRun:
+        """run-started, and the steps that depend on nothing published (``carried``: the steps
+        a re-run takes over, logged as step-cached in the same commit)."""
+        return self.apply(
+            run.run_id, lambda pending: start_run(pending, carried, meta=meta), known=run
+        ).run
+
+    def reserve_rerun(self, original: PipelineRun, rerun_id: str) -> bool:
+        """Link ``rerun_id`` to ``original`` as its next re-run, unless another caller linked one
+        since ``original`` was read (False: read it again)."""
+
+        def decide(run: PipelineRun) -> Transition | None:
+            if run.reruns != original.reruns:
+                return None
+            return Transition({"reruns": [*run.reruns, rerun_id]}, [])
+
+        return self.apply(original.run_id, decide, known=original).changed
+
+    # -- a step's task ----------------------------------------------------------------------
+
+    def start_step(
+        self, identity: StepIdentity, *, attempt: int, meta: EventMeta
+    ) -> PipelineRun | None:
+        """Log step-started; the run to execute against, or None when the body must not run."""
+        committed = self.apply(
+            identity.run_id,
+            lambda run: start_step(
+                run,
+                identity.step_id,
+                attempt=attempt,
+                task_id=str(meta.get("taskId") or ""),
+                meta=meta,
+            ),
+        )
+        return committed.run if committed.changed else None
+
+    def complete_step(
+        self,
+        identity: StepIdentity,
+        result: StepResult,
+        *,
+        meta: EventMeta,
+        known: PipelineRun | None = None,
+    ) -> Committed | None:
+        """Log step-completed (or -cached) and publish what it made ready, unless the step
+        awaits a provider (None then). ``known``: the run as step-started committed it."""
+        if result.suspended:
+            return None
+        committed = self.apply(
+            identity.run_id,
+            lambda run: complete_step(
+                run,
+                identity.step_id,
+                artifact_ids=result.artifact_ids,
+                cost_usd=result.cost_usd,
+                cache_key=result.cache_key,
+                outputs=result.outputs,
+                meta=meta,
+            ),
+            known=known,
+        )
+        if not committed.changed:
+            log.info(
+                "late or duplicate result for run %r step %r ignored (run %s)",
+                identity.run_id,
+                identity.step_id,
+                committed.run.status,
+            )
+        return committed
+
+    def fail_step(
+        self, identity: StepIdentity, exc: BaseException, *, retryable: bool, meta: EventMeta
     ) -> Committed:
-        """``_apply_once``, retried through an outage until ``deadline``. Only the first attempt
-        decides on ``known``: after an outage, which may hide whether a commit was applied, the
-        run is read again."""
-        for attempt in self._outage_retrying(run_id, deadline, "applying a transition to"):
-            with attempt:
-                first = attempt.retry_state.attempt_number == 1
-                return self._apply_once(run_id, decide, known if first else None, deadline)
-        raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
-
-    @staticmethod
-    def _outage_retrying(run_id: str, deadline: float, doing: str) -> Retrying:
-        """Retry ``StateStoreUnavailableError`` with backoff until ``deadline`` (monotonic): no
-        attempt starts after it, and the last wait is cut short so one attempt lands on it."""
-        backoff = wait_exponential(multiplier=0.05, max=5.0) + wait_random(0, 0.05)
-
-        def wait(state: RetryCallState) -> float:
-            return max(0.0, min(backoff(state), deadline - time.monotonic()))
-
-        def past_deadline(_state: RetryCallState) -> bool:
-            return time.monotonic() >= deadline
-
-        return Retrying(
-            retry=retry_if_exception_type(StateStoreUnavailableError),
-            wait=wait,
-            stop=past_deadline,
-            reraise=True,
-            before_sleep=lambda state: log.warning(
-                "store unavailable while %s run %r (attempt %d, %.1f s left); retrying",
-                doing,
-                run_id,
-                state.attempt_number,
-                max(0.0, deadline - time.monotonic()),
+        """Log step-failed; when it is final, the run fails (see ``FailurePolicy``)."""
+        return self.apply(
+            identity.run_id,
+            lambda run: fail_step(
+                run,
+                identity.step_id,
+                code=error_code(exc),
+                message=str(exc),
+                retryable=retryable,
+                meta=meta,
             ),
         )
 
-    def _apply_once(
-        self, run_id: str, decide: Decide, known: PipelineRun | None, deadline: float
+    def gate_step(
+        self, identity: StepIdentity, *, gate_type: str, verdict: str, passed: bool, meta: EventMeta
     ) -> Committed:
-        for conflicts in range(MAX_CONFLICTS):
-            run = known if known is not None else self.store.get(run_id, include_events=False)
-            known = None
-            if run is None:
-                raise RunNotFoundError(run_id)
-            transition = decide(run)
-            if transition is None:
-                return Committed(run, None)
-            try:
-                result = self._commit(run_id, run, transition, deadline)
-            except VersionConflictError:
-                # Another writer committed first: decide again on what it wrote.
-                time.sleep(random.uniform(0, 0.002 * min(conflicts, 10)))
-                continue
-            return Committed(result.run, transition)
-        raise VersionConflictError(run_id, expected=-1, actual=-1)
+        """Log step-gated; a rejection fails the run."""
+        return self.apply(
+            identity.run_id,
+            lambda run: gate_step(
+                run,
+                identity.step_id,
+                gate_type=gate_type,
+                verdict=verdict,
+                passed=passed,
+                meta=meta,
+            ),
+        )
 
-    def _commit(
-        self, run_id: str, run: PipelineRun, transition: Transition, deadline: float
-    ) -> CommitResult:
-        """Commit one decision, retrying the very same commit (same operation id) through an
-        outage until ``apply``'s deadline: if an attempt was applied but its reply lost, the retry
-        reports it as applied, so the transition, and the advancement it carries, is not mistaken
-        for a duplicate."""
-        operation_id = uuid.uuid4().hex
-        for attempt in self._outage_retrying(run_id, deadline, "committing a transition to"):
-            with attempt:
-                return self.store.commit(
-                    run_id,
-                    transition.patch or None,
-                    transition.events,
-                    expected_version=run.version,
-                    operation_id=operation_id,
-                )
-        raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+    def suspend_step(
+        self, identity: StepIdentity, *, provider: str, job_id: str, meta: EventMeta
+    ) -> Committed:
+        """Record the provider job on the step (step-waiting); suspend the run if nothing else
+        runs."""
+        return self.apply(
+            identity.run_id,
+            lambda run: suspend_step(
+                run, identity.step_id, provider=provider, job_id=job_id, meta=meta
+            ),
+        )
+
+    # -- from outside the task --------------------------------------------------------------
+
+    def resolve_job(
+        self,
+        run: PipelineRun,
+        step: StepState,
+        outcome: WebhookOutcome,
+        *,
+        provider: str,
+        job_id: str,
+        retry_limit: int | None,
+        meta: EventMeta,
+    ) -> Committed:
+        """A provider's terminal answer for the job ``step`` waits for (a webhook or a poll):
+        resume the step with its result, or fail it (retried within ``retry_limit``)."""
+        if outcome.status == "succeeded":
+            result = outcome.step_result()
+            return self.apply(
+                run.run_id,
+                lambda current: resume_step(
+                    current,
+                    step.step_id,
+                    provider=provider,
+                    job_id=job_id,
+                    artifact_ids=result.artifact_ids,
+                    cost_usd=result.cost_usd,
+                    outputs=result.outputs,
+                    meta=meta,
+                ),
+                known=run,
+            )
+        error = outcome.error or ProviderError()
+        return self.apply(
+            run.run_id,
+            lambda current: fail_awaiting_step(
+                current,
+                step.step_id,
+                provider=provider,
+                job_id=job_id,
+                code=error.code,
+                message=error.message,
+                retryable=error.retryable,
+                default_max_retries=retry_limit,
+                meta=meta,
+            ),
+            known=run,
+        )
+
+    def recover_steps(
+        self,
+        run_id: str,
+        step_ids: Sequence[str],
+        *,
+        seen_version: int,
+        requeue: bool,
+        retry_limits: Callable[[StepState], int | None],
+        meta: EventMeta,
+    ) -> Committed:
+        """Publish stalled steps again, or fail them, in one commit of the run as scanned."""
+        return self.apply(
+            run_id,
+            lambda run: recover_steps(
+                run,
+                step_ids,
+                seen_version=seen_version,
+                requeue=requeue,
+                retry_limits={step_id: retry_limits(run.step(step_id)) for step_id in step_ids},
+                meta=meta,
+            ),
+        )

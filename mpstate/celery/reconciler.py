@@ -42,7 +42,6 @@ from enum import StrEnum
 from typing import Protocol
 
 from mpstate.celery.lifecycle import StepLifecycle
-from mpstate.celery.transitions import recover_steps
 from mpstate.errors import InvalidInputError, MpStateError, RunNotFoundError
 from mpstate.events import PipelineEvent
 from mpstate.fields import utc_now
@@ -200,19 +199,13 @@ class Reconciler:
         requeue = self.policy is ReconcilePolicy.REQUEUE
         step_ids = [s.step_id for s in stalled]
         try:
-            committed = self.mp.lifecycle.apply(
+            committed = self.mp.lifecycle.recover_steps(
                 first.run_id,
-                lambda run: recover_steps(
-                    run,
-                    step_ids,
-                    seen_version=first.version,
-                    requeue=requeue,
-                    retry_limits={
-                        step_id: self.mp.default_max_retries(run.step(step_id))
-                        for step_id in step_ids
-                    },
-                    meta={"by": "reconciler", "idleS": max(s.idle_s for s in stalled)},
-                ),
+                step_ids,
+                seen_version=first.version,
+                requeue=requeue,
+                retry_limits=self.mp.default_max_retries,
+                meta={"by": "reconciler", "idleS": max(s.idle_s for s in stalled)},
             )
         except MpStateError:
             raise

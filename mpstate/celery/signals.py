@@ -16,8 +16,9 @@ from typing import Any, Protocol
 from celery import current_task, signals
 from celery.exceptions import WorkerLostError
 
-from mpstate.celery.hooks import StepHooks, request_meta
+from mpstate.celery.hooks import request_meta
 from mpstate.celery.identity import RUN_ID, STEP_ID, StepIdentity, attempt_of, identity_of
+from mpstate.celery.lifecycle import StepLifecycle
 from mpstate.celery.results import as_step_result
 from mpstate.events import EventMeta
 
@@ -27,7 +28,7 @@ class ReceiverHost(Protocol):
     binding that imports it)."""
 
     @property
-    def hooks(self) -> StepHooks: ...
+    def lifecycle(self) -> StepLifecycle: ...
 
     def reset_connections(self) -> None: ...
 
@@ -53,8 +54,8 @@ class SignalReceivers:
         self._connected: list[tuple[Any, Callable[..., Any]]] = []
 
     @property
-    def hooks(self) -> StepHooks:
-        return self.mp.hooks
+    def lifecycle(self) -> StepLifecycle:
+        return self.mp.lifecycle
 
     def connect(self) -> None:
         for signal, receiver in (
@@ -102,7 +103,7 @@ class SignalReceivers:
             meta = request_meta(task.request)
             self._guarded(
                 "step-failed (retrying) for a plain task",
-                lambda: self.hooks.fail(identity, exc, retryable=True, meta=meta),
+                lambda: self.lifecycle.fail_step(identity, exc, retryable=True, meta=meta),
             )
             task.request.mpstate_retry_logged = True  # only once it is written
 
@@ -121,7 +122,7 @@ class SignalReceivers:
             return
         self._guarded(
             "step-started for a plain task",
-            lambda: self.hooks.start(
+            lambda: self.lifecycle.start_step(
                 identity, attempt=attempt_of(task.request), meta=request_meta(task.request)
             ),
         )
@@ -134,7 +135,7 @@ class SignalReceivers:
             return
         self._guarded(
             "step-completed for a plain task",
-            lambda: self.hooks.complete(
+            lambda: self.lifecycle.complete_step(
                 identity, as_step_result(result, strict=False), meta=request_meta(sender.request)
             ),
         )
@@ -154,7 +155,9 @@ class SignalReceivers:
         exc = getattr(reason, "exc", None) or reason
         self._guarded(
             "step-failed (retrying) for a plain task",
-            lambda: self.hooks.fail(identity, exc, retryable=True, meta=request_meta(request)),
+            lambda: self.lifecycle.fail_step(
+                identity, exc, retryable=True, meta=request_meta(request)
+            ),
         )
 
     def task_failure(
@@ -186,7 +189,7 @@ class SignalReceivers:
             return
         self._guarded(
             "step-failed for a task failure",
-            lambda: self.hooks.fail(identity, exception, retryable=False, meta=meta),
+            lambda: self.lifecycle.fail_step(identity, exception, retryable=False, meta=meta),
         )
 
     def worker_process_init(self, **_: Any) -> None:

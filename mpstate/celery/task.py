@@ -35,7 +35,7 @@ from mpstate.celery.identity import (
     without_identity_kwargs,
 )
 from mpstate.celery.results import StepResult, as_step_result
-from mpstate.celery.transitions import gate_step, may_retry, suspend_step
+from mpstate.celery.transitions import may_retry
 from mpstate.errors import NotInRunError, StateStoreUnavailableError
 from mpstate.events import EventMeta, StepProgress
 from mpstate.graph import upstream
@@ -195,12 +195,12 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type hints
         """
         if not self.in_run:
             raise NotInRunError(self.name, "gate()")
-        meta = self.event_meta()
-        committed = self.mpstate.lifecycle.apply(
-            self.run_id,
-            lambda run: gate_step(
-                run, self.step_id, gate_type=gate_type, verdict=verdict, passed=passed, meta=meta
-            ),
+        committed = self.mpstate.lifecycle.gate_step(
+            self.identity,
+            gate_type=gate_type,
+            verdict=verdict,
+            passed=passed,
+            meta=self.event_meta(),
         )
         seen = self._seen()
         if seen is not None:
@@ -219,12 +219,8 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type hints
         """
         if not self.in_run:
             raise NotInRunError(self.name, "await_external()")
-        meta = self.event_meta()
-        self.mpstate.lifecycle.apply(
-            self.run_id,
-            lambda run: suspend_step(
-                run, self.step_id, provider=provider, job_id=job_id, meta=meta
-            ),
+        self.mpstate.lifecycle.suspend_step(
+            self.identity, provider=provider, job_id=job_id, meta=self.event_meta()
         )
         return StepResult(suspended=True)
 
@@ -249,7 +245,7 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type hints
             max_retries = max(0, limit - (self.attempt - int(self.request.retries or 0)))
         if may_retry(step, self.attempt + 1, self.max_retries):
             exc = kwargs.get("exc") or sys.exc_info()[1] or RuntimeError("retry requested")
-            self.mpstate.hooks.fail(identity, exc, retryable=True, meta=self.event_meta())
+            self.mpstate.lifecycle.fail_step(identity, exc, retryable=True, meta=self.event_meta())
         if not args and kwargs.get("kwargs") is None:
             kwargs["kwargs"] = {**(self.request.kwargs or {}), **identity.kwargs()}
         return super().retry(*args, max_retries=max_retries, **kwargs)
@@ -275,8 +271,8 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type hints
         # Task.retry leaves the last limit on the (shared) task object and autoretry_for reuses
         # it: start every attempt from the step's own max_retries instead.
         self.__dict__.pop("override_max_retries", None)
-        hooks = self.mpstate.hooks
-        run = hooks.start(identity, attempt=self.attempt, meta=self.event_meta())
+        lifecycle = self.mpstate.lifecycle
+        run = lifecycle.start_step(identity, attempt=self.attempt, meta=self.event_meta())
         if run is None:
             raise Ignore()
         # A holder, not the run: the body's request context is a copy of this one, and what the
@@ -284,7 +280,7 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type hints
         seen = self.request.mpstate_seen = _SeenRun(run)
         retval = super().__call__(*args, **kwargs)
         result = as_step_result(retval, strict=True)
-        hooks.complete(identity, result, meta=self.event_meta(), known=seen.run)
+        lifecycle.complete_step(identity, result, meta=self.event_meta(), known=seen.run)
         return _as_message_value(retval)
 
     def on_failure(
@@ -292,7 +288,7 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type hints
     ) -> None:
         identity = identity_of(self.request)
         if identity is not None and identity.is_step:
-            self.mpstate.hooks.fail(identity, exc, retryable=False, meta=self.event_meta())
+            self.mpstate.lifecycle.fail_step(identity, exc, retryable=False, meta=self.event_meta())
         super().on_failure(exc, task_id, args, kwargs, einfo)
 
 
