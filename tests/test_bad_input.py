@@ -153,8 +153,8 @@ patches = targeted_patches | st.dictionaries(
 )
 
 EVENT_KINDS = ["run-created", "run-started", "step-started", "step-progress", "step-cached",
-               "step-completed", "step-failed", "step-gated", "run-suspended", "run-resumed",
-               "run-completed", "run-failed", "run-cancelled"]  # fmt: skip
+               "step-completed", "step-failed", "step-gated", "step-waiting", "run-suspended",
+               "run-resumed", "run-completed", "run-failed", "run-cancelled"]  # fmt: skip
 EVENT_FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "stepId": valid_ids | malformed_ids,
     "attempt": st.integers(-1, 2**70) | json_values,
@@ -172,6 +172,8 @@ EVENT_FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "reason": st.sampled_from(["webhook", "budget", "gate"]) | text,
     "resumeToken": text,
     "fromStepId": valid_ids,
+    "provider": valid_ids | malformed_ids,
+    "jobId": valid_ids | malformed_ids,
     "totalCostUsd": costs,
     "terminalReason": text,
     "pipelineDefHash": text,

@@ -27,6 +27,7 @@ from mpstate import (
     StepGated,
     StepProgress,
     StepStarted,
+    StepWaiting,
 )
 from mpstate.events import TERMINAL_EVENT_KINDS
 
@@ -54,6 +55,7 @@ EVERY_KIND: list[PipelineEvent] = [
     StepCompleted(run_id="r1", at=AT, meta=META, step_id="s1", artifact_ids=["a"], cost_usd=0.75),
     StepFailed(run_id="r1", at=AT, meta=META, step_id="s1", code="E_TIMEOUT", retryable=True),
     StepGated(run_id="r1", at=AT, meta=META, step_id="s1", gate_type="quality", verdict="reject"),
+    StepWaiting(run_id="r1", at=AT, meta=META, step_id="s1", provider="veo", job_id="op/1"),
     RunSuspended(run_id="r1", at=AT, meta=META, reason="webhook", resume_token="tok"),
     RunResumed(run_id="r1", at=AT, meta=META, from_step_id="s1"),
     RunCompleted(run_id="r1", at=AT, meta=META, total_cost_usd=1.5),
@@ -69,7 +71,7 @@ def make_run(store: PipelineStateStore, run_id: str = "r1") -> None:
 
 def test_there_is_one_sample_per_event_kind() -> None:
     union = typing.get_args(typing.get_args(PipelineEvent)[0])
-    assert len(KINDS) == len(set(KINDS)) == len(union) == 13
+    assert len(KINDS) == len(set(KINDS)) == len(union) == 14
 
 
 def test_append_event_returns_contiguous_one_based_seqs(store: PipelineStateStore) -> None:
