@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from mpstate.audit import AuditFinding, audit_run
 from mpstate.changes import CommitResult
+from mpstate.deliveries import UnmatchedCallback, UnmatchedReason
 from mpstate.errors import (
     IdempotencyKeyInUseError,
     InvalidInputError,
@@ -114,6 +115,8 @@ __all__ = [
     "StepState",
     "StepStatus",
     "StepWaiting",
+    "UnmatchedCallback",
+    "UnmatchedReason",
     "VersionConflictError",
     "WebhookSignatureError",
     "WriteNotReplicatedError",

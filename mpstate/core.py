@@ -23,6 +23,7 @@ from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import PydanticSerializationError
 
 from mpstate.changes import Applied, CommitResult, Refusal, RunChange, refusal_error
+from mpstate.deliveries import UNMATCHED_KEPT, UnmatchedCallback, unmatched_callback
 from mpstate.errors import InvalidInputError, LockTimeoutError, RunNotFoundError
 from mpstate.events import EVENT_TYPES as _EVENT_TYPES
 from mpstate.events import (
@@ -104,6 +105,8 @@ class StoreOptions:
     external_job_ttl_seconds: float = 7 * 86400
     lock_acquire_timeout_ms: int = 5000
     lock_poll_interval_ms: int = 100
+    #: Unmatched callbacks kept (the newest); ``count_unmatched`` counts every one regardless.
+    unmatched_kept: int = UNMATCHED_KEPT
 
     def __post_init__(self) -> None:
         for name in (
@@ -115,6 +118,7 @@ class StoreOptions:
             check_positive(getattr(self, name), name)
         check_int(self.lock_acquire_timeout_ms, "lock_acquire_timeout_ms", minimum=0)
         check_int(self.lock_poll_interval_ms, "lock_poll_interval_ms", minimum=1)
+        check_int(self.unmatched_kept, "unmatched_kept", minimum=1)
 
     @property
     def lock_ttl_ms(self) -> int:
@@ -445,6 +449,46 @@ class StoreCore(ABC):
         check_int(ttl, "ttl_ms", minimum=1)
         return (yield from self._extend_lock(run_id, token, ttl))
 
+    # -- webhook deliveries (``mpstate.deliveries``) ----------------------------------------
+
+    def _untenanted(self, operation: str) -> None:
+        """Refuse a delivery operation on a tenant view: deliveries belong to no tenant.
+
+        A delivery is claimed before it is matched to a run, and an unmatched callback has no
+        run; listing them through a tenant's view could show another tenant's job ids.
+        """
+        if self._tenant is not None:
+            raise InvalidInputError(
+                f"{operation} is not scoped to a tenant: call it on the unscoped store, "
+                f"not on tenant {self._tenant!r}'s view"
+            )
+
+    def _plan_claim_delivery(self, provider: str, delivery_id: str, ttl_s: float) -> Plan[bool]:
+        self._untenanted("claim_delivery")
+        check_id(provider, "provider")
+        check_id(delivery_id, "delivery_id")
+        ttl_ms = math.ceil(check_positive(ttl_s, "ttl_s") * 1000)
+        if ttl_ms > MAX_SAFE_INTEGER:
+            raise InvalidInputError(f"ttl_s must be at most {MAX_SAFE_INTEGER // 1000} seconds")
+        return (yield from self._claim_delivery(provider, delivery_id, ttl_ms))
+
+    def _plan_record_unmatched(self, callback: UnmatchedCallback | Mapping[str, Any]) -> Plan[None]:
+        self._untenanted("record_unmatched")
+        yield from self._record_unmatched(unmatched_callback(callback))
+
+    def _plan_list_unmatched(
+        self, provider: str | None, limit: int
+    ) -> Plan[list[UnmatchedCallback]]:
+        self._untenanted("list_unmatched")
+        if provider is not None:
+            check_id(provider, "provider")
+        check_int(limit, "limit", minimum=1)
+        return (yield from self._list_unmatched(provider, min(limit, self.options.unmatched_kept)))
+
+    def _plan_count_unmatched(self) -> Plan[dict[tuple[str, str], int]]:
+        self._untenanted("count_unmatched")
+        return (yield from self._count_unmatched())
+
     # -- primitives a backend supplies (each a plan) ----------------------------------------
 
     @abstractmethod
@@ -502,3 +546,20 @@ class StoreCore(ABC):
     @abstractmethod
     def _extend_lock(self, run_id: str, token: str, ttl_ms: int) -> Plan[bool]:
         """Reset the lock's TTL if ``token`` holds it; False when it does not."""
+
+    @abstractmethod
+    def _claim_delivery(self, provider: str, delivery_id: str, ttl_ms: int) -> Plan[bool]:
+        """Atomically mark the delivery taken for ``ttl_ms``; False when it already was."""
+
+    @abstractmethod
+    def _record_unmatched(self, callback: UnmatchedCallback) -> Plan[None]:
+        """Keep the callback (dropping the oldest beyond ``unmatched_kept``) and count it."""
+
+    @abstractmethod
+    def _list_unmatched(self, provider: str | None, limit: int) -> Plan[list[UnmatchedCallback]]:
+        """Up to ``limit`` of the newest ``unmatched_kept`` callbacks (of ``provider``), newest
+        first."""
+
+    @abstractmethod
+    def _count_unmatched(self) -> Plan[dict[tuple[str, str], int]]:
+        """Callbacks recorded per (provider, reason), including those no longer kept."""

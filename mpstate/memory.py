@@ -5,20 +5,23 @@ block, as ``Blocking`` requests); ``InMemoryPipelineStateStore`` is its sync she
 ``mpstate.aio.AsyncInMemoryPipelineStateStore`` its asyncio shell.
 
 Thread-safe (one re-entrant lock guards all state, and lock waiters sleep on a condition), returns
-copies so callers never alias stored state, and expires locks with a real TTL. Run, idempotency
-and external job TTLs are not enforced: nothing here outlives the process anyway.
+copies so callers never alias stored state, and expires locks and delivery claims with a real
+TTL. Run, idempotency and external job TTLs are not enforced: nothing here outlives the process
+anyway.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 from mpstate.changes import Applied, Refusal, RunChange, refusal_error
 from mpstate.core import LockAttempt, StoreCore, StoreOptions
+from mpstate.deliveries import UNMATCHED_KEPT, UnmatchedCallback
 from mpstate.events import TERMINAL_EVENT_KINDS, PipelineEvent, RunCreated
 from mpstate.fields import utc_now
 from mpstate.filters import RunFilter, sort_key
@@ -58,6 +61,14 @@ class _State:
     jobs: dict[tuple[str, str], str] = field(default_factory=dict)
     #: (run id, operation id) -> seqs of commits made with an operation id, newest last.
     operations: OrderedDict[tuple[str, str], tuple[int, ...]] = field(default_factory=OrderedDict)
+    #: (provider, delivery id) -> when its claim expires (``time.monotonic``).
+    deliveries: dict[tuple[str, str], float] = field(default_factory=dict)
+    #: Size of ``deliveries`` at which expired claims are next swept out.
+    deliveries_sweep_at: int = 1024
+    #: Unmatched callbacks kept, oldest first (bounded: ``unmatched_kept``).
+    unmatched: deque[UnmatchedCallback] = field(default_factory=deque)
+    #: Unmatched callbacks recorded by (provider, reason), kept or not.
+    unmatched_counts: Counter[tuple[str, str]] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
         self.released = threading.Condition(self.mutex)
@@ -73,15 +84,17 @@ class MemoryBackend(StoreCore):
         lock_ttl_seconds: float = 60,
         lock_acquire_timeout_ms: int = 5000,
         lock_poll_interval_ms: int = 100,
+        unmatched_kept: int = UNMATCHED_KEPT,
     ) -> None:
         super().__init__(
             StoreOptions(
                 lock_ttl_seconds=lock_ttl_seconds,
                 lock_acquire_timeout_ms=lock_acquire_timeout_ms,
                 lock_poll_interval_ms=lock_poll_interval_ms,
+                unmatched_kept=unmatched_kept,
             )
         )
-        self._state = _State()
+        self._state = _State(unmatched=deque(maxlen=self.options.unmatched_kept))
 
     # -- primitives ---------------------------------------------------------------------------
 
@@ -236,6 +249,41 @@ class MemoryBackend(StoreCore):
         with self._state.mutex:
             run_id = self._state.jobs.get((provider, job_id))
             return None if run_id is None else self._copy_of(run_id, include_events=False)
+
+    # -- delivery primitives ------------------------------------------------------------------
+
+    @immediate
+    def _claim_delivery(self, provider: str, delivery_id: str, ttl_ms: int) -> bool:
+        state = self._state
+        key = (provider, delivery_id)
+        with state.mutex:
+            now = time.monotonic()
+            if state.deliveries.get(key, 0.0) > now:
+                return False
+            state.deliveries[key] = now + ttl_ms / 1000
+            if len(state.deliveries) >= state.deliveries_sweep_at:
+                # Sweep expired claims when the dict doubles: amortised O(1) per claim.
+                state.deliveries = {k: t for k, t in state.deliveries.items() if t > now}
+                state.deliveries_sweep_at = max(1024, 2 * len(state.deliveries))
+            return True
+
+    @immediate
+    def _record_unmatched(self, callback: UnmatchedCallback) -> None:
+        with self._state.mutex:
+            self._state.unmatched.append(callback)  # the deque drops the oldest beyond its cap
+            self._state.unmatched_counts[(callback.provider, callback.reason)] += 1
+
+    @immediate
+    def _list_unmatched(self, provider: str | None, limit: int) -> list[UnmatchedCallback]:
+        with self._state.mutex:
+            newest_first = reversed(self._state.unmatched)
+            matching = (c for c in newest_first if provider is None or c.provider == provider)
+            return list(islice(matching, limit))
+
+    @immediate
+    def _count_unmatched(self) -> dict[tuple[str, str], int]:
+        with self._state.mutex:
+            return dict(self._state.unmatched_counts)
 
     # -- lock primitives --------------------------------------------------------------------
 

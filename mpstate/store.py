@@ -29,6 +29,7 @@ from mpstate.core import (
     check_int,
     check_positive,
 )
+from mpstate.deliveries import UnmatchedCallback
 from mpstate.errors import InvalidInputError, LockNotOwnedError
 from mpstate.events import PipelineEvent
 from mpstate.filters import RunFilter
@@ -209,6 +210,39 @@ class PipelineStateStore(StoreCore):
         The event's ``runId`` must be ``run_id``; nothing may follow a terminal event.
         """
         return self._drive(self._plan_append_event(run_id, event, fence))
+
+    # -- webhook deliveries -------------------------------------------------------------------
+
+    def claim_delivery(self, provider: str, delivery_id: str, ttl_s: float) -> bool:
+        """Take a webhook delivery: True the first time within ``ttl_s``, False for a repeat.
+
+        A provider retries a delivery it believes was lost (Standard Webhooks' ``webhook-id``,
+        fal's request id), so a receiver handles it only when this returns True. Of concurrent
+        claims of one (provider, delivery id), exactly one wins; the claim is forgotten after
+        ``ttl_s`` (make it longer than the provider's retry window). Deliveries belong to no
+        tenant: a tenant view refuses this (``InvalidInputError``), as the other delivery
+        operations.
+        """
+        return self._drive(self._plan_claim_delivery(provider, delivery_id, ttl_s))
+
+    def record_unmatched(self, callback: UnmatchedCallback | Mapping[str, Any]) -> None:
+        """Keep a callback that can never match a run, for operators, and count it.
+
+        The newest ``unmatched_kept`` (default 10,000) are kept for ``list_unmatched``; the
+        counts by (provider, reason) cover every one recorded. On Redis both live as long as the
+        run TTL after the last one recorded.
+        """
+        self._drive(self._plan_record_unmatched(callback))
+
+    def list_unmatched(
+        self, *, provider: str | None = None, limit: int = 100
+    ) -> list[UnmatchedCallback]:
+        """The unmatched callbacks kept (of ``provider`` only, if given), newest first."""
+        return self._drive(self._plan_list_unmatched(provider, limit))
+
+    def count_unmatched(self) -> dict[tuple[str, str], int]:
+        """How many unmatched callbacks were recorded, by (provider, reason), for metrics."""
+        return self._drive(self._plan_count_unmatched())
 
     # -- locking ----------------------------------------------------------------------------
 

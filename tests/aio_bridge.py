@@ -30,6 +30,10 @@ _PASSTHROUGH = (
     "commit",
     "cancel",
     "append_event",
+    "claim_delivery",
+    "record_unmatched",
+    "list_unmatched",
+    "count_unmatched",
 )
 
 
@@ -85,6 +89,10 @@ class BlockingView:
     def keys(self) -> Any:
         store: Any = self.async_store  # the Redis stores' key builder
         return store.keys
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Await ``coroutine`` on the view's event loop (to race tasks on the async store)."""
+        return self._loop.run(coroutine)
 
     def for_tenant(self, tenant_id: str) -> BlockingView:
         return BlockingView(self.async_store.for_tenant(tenant_id), self._loop)

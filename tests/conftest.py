@@ -218,7 +218,13 @@ def make_store(backend: str, request: pytest.FixtureRequest, prefix: str) -> Ite
             memory_options = {
                 k: v
                 for k, v in options.items()
-                if k in {"lock_ttl_seconds", "lock_acquire_timeout_ms", "lock_poll_interval_ms"}
+                if k
+                in {
+                    "lock_ttl_seconds",
+                    "lock_acquire_timeout_ms",
+                    "lock_poll_interval_ms",
+                    "unmatched_kept",
+                }
             }
             if backend == "memory":
                 return InMemoryPipelineStateStore(**memory_options)

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from mpstate.changes import CommitResult
 from mpstate.core import FollowCursor, StoreCore
+from mpstate.deliveries import UnmatchedCallback
 from mpstate.errors import InvalidInputError, LockNotOwnedError
 from mpstate.events import PipelineEvent
 from mpstate.filters import RunFilter
@@ -145,6 +146,24 @@ class AsyncPipelineStateStore(StoreCore):
     ) -> int:
         """See ``PipelineStateStore.append_event``."""
         return await self._drive(self._plan_append_event(run_id, event, fence))
+
+    async def claim_delivery(self, provider: str, delivery_id: str, ttl_s: float) -> bool:
+        """See ``PipelineStateStore.claim_delivery``."""
+        return await self._drive(self._plan_claim_delivery(provider, delivery_id, ttl_s))
+
+    async def record_unmatched(self, callback: UnmatchedCallback | Mapping[str, Any]) -> None:
+        """See ``PipelineStateStore.record_unmatched``."""
+        await self._drive(self._plan_record_unmatched(callback))
+
+    async def list_unmatched(
+        self, *, provider: str | None = None, limit: int = 100
+    ) -> list[UnmatchedCallback]:
+        """See ``PipelineStateStore.list_unmatched``."""
+        return await self._drive(self._plan_list_unmatched(provider, limit))
+
+    async def count_unmatched(self) -> dict[tuple[str, str], int]:
+        """See ``PipelineStateStore.count_unmatched``."""
+        return await self._drive(self._plan_count_unmatched())
 
     async def with_lock(
         self,

@@ -21,6 +21,12 @@ from typing import Any
 
 from mpstate.changes import Applied, Refusal, RunChange, refusal_error
 from mpstate.core import LockAttempt, StoreCore, StoreOptions
+from mpstate.deliveries import (
+    UNMATCHED_KEPT,
+    UnmatchedCallback,
+    counts_field,
+    parse_counts_field,
+)
 from mpstate.events import PipelineEvent, RunCreated, event_document
 from mpstate.fields import epoch_ms, iso_z, now_ms, utc_now
 from mpstate.filters import RunFilter, sort_key
@@ -30,6 +36,7 @@ from mpstate.redis.codec import (
     decode_events,
     decode_run,
     decode_run_hash,
+    decode_unmatched,
     encode_fields,
     json_value,
     run_document,
@@ -49,6 +56,8 @@ _OPERATION_TTL_MS = 10 * 60 * 1000
 _CLAIM_GRACE_S = (0.005, 0.015, 0.045)
 #: Run id -> (tenant, score) entries kept so a status change needs no read first.
 _RUN_CACHE_SIZE = 10_000
+#: Unmatched callbacks read per XREVRANGE when only one provider's are wanted.
+_UNMATCHED_PAGE = 500
 
 #: An index zset a selection reads: its group and, for a status zset, that status.
 _Source = tuple[IndexGroup, PipelineRunStatus | None]
@@ -94,6 +103,7 @@ class RedisBackend(StoreCore):
         external_job_ttl_seconds: float = 7 * 86400,
         lock_acquire_timeout_ms: int = 5000,
         lock_poll_interval_ms: int = 100,
+        unmatched_kept: int = UNMATCHED_KEPT,
     ) -> None:
         super().__init__(
             StoreOptions(
@@ -103,6 +113,7 @@ class RedisBackend(StoreCore):
                 external_job_ttl_seconds=external_job_ttl_seconds,
                 lock_acquire_timeout_ms=lock_acquire_timeout_ms,
                 lock_poll_interval_ms=lock_poll_interval_ms,
+                unmatched_kept=unmatched_kept,
             )
         )
         self.keys = RedisKeys(prefix)
@@ -544,6 +555,57 @@ class RedisBackend(StoreCore):
             return []
         replies = yield Batch(tuple(Command(("HGETALL", self.keys.run(r))) for r in run_ids))
         return [decode_run_hash(reply) for reply in replies]
+
+    # -- webhook deliveries -----------------------------------------------------------------
+
+    def _claim_delivery(self, provider: str, delivery_id: str, ttl_ms: int) -> Plan[bool]:
+        """``SET NX`` of a random token: one claimer wins, and a retry whose first attempt took
+        the claim (its reply lost) finds its own token there and still wins."""
+        key = self.keys.delivery(provider, delivery_id)
+        token = os.urandom(8).hex()
+        if (yield Command(("SET", key, token, "NX", "PX", ttl_ms))):
+            return True
+        holder = yield Command(("GET", key))
+        return holder is not None and text(holder) == token
+
+    def _record_unmatched(self, callback: UnmatchedCallback) -> Plan[None]:
+        # Stream and counts share one slot: one script appends, trims and counts together. A
+        # retry after a lost reply may record the callback twice (operators' data: acceptable).
+        k = self.keys
+        yield Script(
+            "record_unmatched",
+            [k.unmatched(), k.unmatched_counts()],
+            [callback.model_dump_json(), counts_field(callback), self.options.unmatched_kept,
+             self._run_ttl_ms],
+        )  # fmt: skip
+
+    def _list_unmatched(self, provider: str | None, limit: int) -> Plan[list[UnmatchedCallback]]:
+        """XREVRANGE in pages until ``limit`` match or the kept ones are read.
+
+        Only the newest ``unmatched_kept`` entries are read: ``MAXLEN ~`` trims in whole stream
+        nodes and may leave a few more, which are treated as dropped already.
+        """
+        unread = self.options.unmatched_kept
+        found: list[UnmatchedCallback] = []
+        end = "+"
+        while unread > 0:
+            count = min(unread, limit if provider is None else max(limit, _UNMATCHED_PAGE))
+            entries = yield Command(("XREVRANGE", self.keys.unmatched(), end, "-", "COUNT", count))
+            for _, fields in entries:
+                callback = decode_unmatched(fields)
+                if provider is None or callback.provider == provider:
+                    found.append(callback)
+                    if len(found) == limit:
+                        return found
+            if len(entries) < count:
+                break
+            unread -= len(entries)
+            end = f"({text(entries[-1][0])}"  # exclusive: before the oldest entry read
+        return found
+
+    def _count_unmatched(self) -> Plan[dict[tuple[str, str], int]]:
+        counts = yield Command(("HGETALL", self.keys.unmatched_counts()))
+        return {parse_counts_field(text(name)): int(n) for name, n in counts.items()}
 
     # -- locking ----------------------------------------------------------------------------
 

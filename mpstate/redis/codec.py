@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic_core import to_json
 
+from mpstate.deliveries import UnmatchedCallback
 from mpstate.events import PipelineEvent, parse_stored_event
 from mpstate.models import PipelineRun
 
@@ -19,6 +20,7 @@ __all__ = [
     "decode_events",
     "decode_run",
     "decode_run_hash",
+    "decode_unmatched",
     "encode_fields",
     "json_value",
     "run_document",
@@ -70,11 +72,22 @@ def decode_run_hash(reply: Mapping[Any, Any]) -> PipelineRun | None:
     return PipelineRun.model_validate_json("{" + ",".join(parts) + "}")
 
 
+def _only_field(fields: Mapping[Any, Any] | Sequence[Any], name: str) -> Any:
+    """The value of a stream entry's one field, as a mapping or a flat ``[name, value]`` reply."""
+    if isinstance(fields, Mapping):
+        return fields.get(name.encode(), fields.get(name))
+    return fields[1]
+
+
 def decode_events(entries: Sequence[Any]) -> list[PipelineEvent]:
     """Events from XRANGE entries ``[(id, {e: json}), ...]``; the seq is the id's sequence part."""
     events = []
     for entry_id, fields in entries:
         seq = int(text(entry_id).partition("-")[2])
-        document = fields.get(b"e", fields.get("e")) if isinstance(fields, Mapping) else fields[1]
-        events.append(parse_stored_event(document, seq))
+        events.append(parse_stored_event(_only_field(fields, "e"), seq))
     return events
+
+
+def decode_unmatched(fields: Mapping[Any, Any] | Sequence[Any]) -> UnmatchedCallback:
+    """An unmatched callback from its stream entry's fields ``{c: json}``."""
+    return UnmatchedCallback.model_validate_json(_only_field(fields, "c"))

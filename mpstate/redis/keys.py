@@ -9,7 +9,8 @@ share the tag ``{<escaped run id>}``, so each per-run script touches one slot. T
 in three kinds of groups, each group one slot: the global indexes (``{all}``), each tenant's
 (``{T}``) and each idempotency key's; the idempotency claim and each external job pointer have
 slots of their own. Writes to those are follow-up calls made by the store around the per-run
-script (``mpstate.redis.indexing``).
+script (``mpstate.redis.indexing``). Each webhook delivery claim has a slot of its own; the
+unmatched callbacks and their counts share one slot (``{unmatched}``), so one script writes both.
 
 Layout (prefix ``mp``)::
 
@@ -21,6 +22,9 @@ Layout (prefix ``mp``)::
     mp:run:{R}:void              set     claim tokens whose create of R was called off
     mp:idem:{T:K}                string  "<claim token>:<run id>" holding idempotency key K of T
     mp:job:{P:J}                 string  run id that recorded job J of provider P
+    mp:delivery:{P:D}            string  random token of the claim of delivery D of provider P
+    mp:{unmatched}               stream  callbacks that matched no run, field c = JSON; capped
+    mp:{unmatched}:counts        hash    "<provider>\\n<reason>" -> callbacks recorded (all)
     mp:idx:{all}                 zset    every run, score = created_at (epoch ms), member = run id
     mp:idx:{all}:status:<s>      zset    runs by status
     mp:idx:{all}:entries         hash    run id -> "score:version" and writers' pending marks
@@ -87,6 +91,20 @@ class RedisKeys:
 
     def job(self, provider: str, job_id: str) -> str:
         return f"{self.prefix}:job:{{{escape_id(provider)}:{escape_id(job_id)}}}"
+
+    def delivery(self, provider: str, delivery_id: str) -> str:
+        return f"{self.prefix}:delivery:{{{escape_id(provider)}:{escape_id(delivery_id)}}}"
+
+    def unmatched(self) -> str:
+        """The stream of unmatched callbacks: one key (one slot) for the whole store.
+
+        Fine on a cluster: callbacks that match no run are rare, so this slot is never hot.
+        """
+        return f"{self.prefix}:{{unmatched}}"
+
+    def unmatched_counts(self) -> str:
+        """Unmatched callbacks by provider and reason, in the stream's slot."""
+        return f"{self.prefix}:{{unmatched}}:counts"
 
     def all_runs(self) -> str:
         return self.global_group().everything

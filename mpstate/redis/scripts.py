@@ -29,6 +29,7 @@ SCRIPT_NAMES = (
     "load_run",
     "page_index",
     "read_events",
+    "record_unmatched",
     "release_lock",
     "settle_index_entries",
     "void_claim",

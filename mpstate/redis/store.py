@@ -18,6 +18,7 @@ from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 from mpstate.core import check_int
+from mpstate.deliveries import UNMATCHED_KEPT
 from mpstate.errors import InvalidInputError, WriteNotReplicatedError
 from mpstate.plans import Pause
 from mpstate.redis.backend import RedisBackend
@@ -57,6 +58,7 @@ class RedisPipelineStateStore(RedisBackend, PipelineStateStore):
         external_job_ttl_seconds: float = 7 * 86400,
         lock_acquire_timeout_ms: int = 5000,
         lock_poll_interval_ms: int = 100,
+        unmatched_kept: int = UNMATCHED_KEPT,
         retry: Retry | None = None,
         replica_acks: int = 0,
         replica_ack_timeout_ms: int = 1000,
@@ -69,6 +71,7 @@ class RedisPipelineStateStore(RedisBackend, PipelineStateStore):
             external_job_ttl_seconds=external_job_ttl_seconds,
             lock_acquire_timeout_ms=lock_acquire_timeout_ms,
             lock_poll_interval_ms=lock_poll_interval_ms,
+            unmatched_kept=unmatched_kept,
         )
         if not isinstance(client, redis.Redis | RedisCluster):
             raise InvalidInputError(

@@ -80,6 +80,9 @@ def labelled_keys(keys: RedisKeys, a: str, b: str) -> list[tuple[str, tuple[obje
         (keys.idempotency(a, b), ("idempotency", a, b)),
         (keys.idempotency(None, a), ("idempotency", None, a)),
         (keys.job(a, b), ("job", a, b)),
+        (keys.delivery(a, b), ("delivery", a, b)),
+        (keys.unmatched(), ("unmatched",)),
+        (keys.unmatched_counts(), ("unmatched_counts",)),
         (keys.by_tenant(a), ("by_tenant", a)),
         (keys.by_idempotency_key(a), ("by_idempotency_key", a)),
         (keys.all_runs(), ("all_runs",)),
@@ -131,7 +134,7 @@ def test_no_two_tricky_ids_share_any_key() -> None:
     keys = RedisKeys("mp")
     seen: dict[str, tuple[str, str]] = {}
     for a, b in itertools.product(TRICKY_IDS[:10], repeat=2):
-        for key in [keys.idempotency(a, b), keys.job(a, b)]:
+        for key in [keys.idempotency(a, b), keys.job(a, b), keys.delivery(a, b)]:
             assert seen.setdefault(key, (a, b)) == (a, b)
     for value in TRICKY_IDS:
         for key in [
@@ -187,6 +190,15 @@ def test_idempotency_and_job_keys_hash_on_both_of_their_ids() -> None:
     assert hash_tag(keys.idempotency("t:1", "k{2}")) == f"{escape_id('t:1')}:{escape_id('k{2}')}"
     assert hash_tag(keys.idempotency(None, "k")) == ":k"
     assert hash_tag(keys.job("fal", "a:b")) == f"fal:{escape_id('a:b')}"
+    assert hash_tag(keys.delivery("fal", "a:b")) == f"fal:{escape_id('a:b')}"
+
+
+def test_the_unmatched_callbacks_and_their_counts_share_one_slot_of_their_own() -> None:
+    keys = RedisKeys("mp")
+    assert keys.unmatched() == "mp:{unmatched}"
+    assert keys.unmatched_counts() == "mp:{unmatched}:counts"
+    assert hash_tag(keys.unmatched()) == hash_tag(keys.unmatched_counts()) == "unmatched"
+    assert key_slot(keys.unmatched().encode()) != key_slot(keys.all_runs().encode())
 
 
 # -- prefixes -----------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from mpstate import (
     RunStarted,
     StateStoreUnavailableError,
     StepProgress,
+    UnmatchedCallback,
 )
 from mpstate.fields import epoch_ms
 from mpstate.redis.keys import RedisKeys
@@ -201,6 +202,10 @@ def write_everything(store: RedisPipelineStateStore) -> None:
     store.list_runs(status=["pending", "cancelled"])
     store.list_runs(idempotency_key="key1")
     store.find_by_external_job_id("fal", "j0b")
+    assert store.claim_delivery("fal", "req-1", 60)
+    store.record_unmatched(UnmatchedCallback(provider="fal", job_id="j9", reason="unknown-job"))
+    store.list_unmatched(provider="fal")
+    store.count_unmatched()
 
 
 def undocumented_keys(client: redis.Redis, prefix: str) -> list[str]:
@@ -286,9 +291,45 @@ def test_every_key_the_store_writes_has_a_ttl(redis_client: redis.Redis, prefix:
         k.tenant_group("t1").entries,
         k.by_idempotency_key("key2"),
         k.idempotency_group("kv").entries,
+        k.delivery("fal", "req-1"),
+        k.unmatched(),
+        k.unmatched_counts(),
     ]:
         assert expected_key in written
     assert any(":op:" in key for key in written)
+
+
+def test_delivery_claims_and_unmatched_callbacks_are_written_where_documented(
+    redis_client: redis.Redis, prefix: str
+) -> None:
+    store = new_store(redis_client, prefix, run_ttl_seconds=1000, unmatched_kept=100)
+    k = store.keys
+    assert store.claim_delivery("fal", "a:b", 30)
+    callbacks = [
+        UnmatchedCallback(provider="fal", job_id=f"j{n}", reason="unknown-job", at=n)
+        for n in range(350)
+    ]
+    for callback in callbacks:
+        store.record_unmatched(callback)
+
+    assert k.delivery("fal", "a:b") == f"{prefix}:delivery:{{fal:a%3Ab}}"
+    assert keys_under(redis_client, prefix) == {
+        k.delivery("fal", "a:b"),
+        k.unmatched(),
+        k.unmatched_counts(),
+    }
+    assert re.fullmatch(r"[0-9a-f]{16}", text(redis_client.get(k.delivery("fal", "a:b"))))
+    assert 29_000 < redis_client.pttl(k.delivery("fal", "a:b")) <= 30_000
+    for key in [k.unmatched(), k.unmatched_counts()]:
+        assert 995_000 < redis_client.pttl(key) <= 1_000_000, key  # the run TTL
+    assert redis_client.type(k.unmatched()) == b"stream"
+    # MAXLEN ~ trims whole stream nodes (100 entries by default): a little over the cap is kept,
+    # and only the newest 100 are listed.
+    assert 100 <= redis_client.xlen(k.unmatched()) < 250
+    entries: Any = redis_client.xrevrange(k.unmatched(), count=1)
+    assert entries[0][1] == {b"c": callbacks[-1].model_dump_json().encode()}
+    assert store.list_unmatched(limit=1000) == callbacks[::-1][:100]
+    assert redis_client.hgetall(k.unmatched_counts()) == {b"fal\nunknown-job": b"350"}
 
 
 def assert_every_key_has_a_ttl(client: redis.Redis, prefix: str) -> set[str]:
