@@ -168,13 +168,12 @@ class RunDrivenThroughTransitions(RuleBasedStateMachine):
         transition = decide(before)
         if transition is None:
             return before, None
-        self.store.commit(
+        after = self.run = self.store.commit(
             self.run_id,
             transition.patch or None,
             transition.events,
             expected_version=before.version,
-        )
-        after = self.read()
+        ).run
         ready = {step.step_id for step in ready_steps(after.steps)}
         for step in transition.enqueue:
             stored = after.step(step.step_id)
@@ -193,14 +192,10 @@ class RunDrivenThroughTransitions(RuleBasedStateMachine):
             revocable |= {s.task_id for s in ready_steps(after.steps)}
             assert set(transition.revoke) <= revocable
         if after.status is PipelineRunStatus.FAILED and not before.is_terminal:
-            # Whatever else runs in parallel is revoked: a failed run needs none of it.
-            running = {
-                s.task_id
-                for s in after.steps
-                if s.status is StepStatus.RUNNING
-                and s.step_id != getattr(transition.events[0], "step_id", None)
-            }
-            assert running <= set(transition.revoke)
+            # Whatever else runs or is queued is revoked: a failed run needs none of it.
+            in_flight = {s.task_id for s in after.steps if s.status is StepStatus.RUNNING}
+            in_flight |= {s.task_id for s in ready_steps(after.steps) if s.task_id}
+            assert in_flight <= set(transition.revoke)
         failed_for_good = [
             e for e in transition.events if isinstance(e, StepFailed) and not e.retryable
         ]

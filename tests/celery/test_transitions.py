@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from mpstate import InMemoryPipelineStateStore, PipelineRun
+from mpstate import InMemoryPipelineStateStore, PipelineRun, RunSuspended, audit_run
 from mpstate.celery.identity import (
     ATTEMPT_BASE,
     ROLE,
@@ -575,6 +575,60 @@ def test_a_retryable_provider_failure_past_the_retry_limit_fails_the_run() -> No
     assert kinds_of(transition) == ["step-failed", "run-failed"]
     assert transition.events[0].retryable is False
     assert enqueued(transition) == []
+
+
+def legacy_suspended_on_a() -> Runs:
+    """A run suspended before steps recorded their jobs: its step is running, the job is only in
+    the run-level map, and the log has no step-waiting."""
+    runs = Runs(steps=("a", "b"))
+    runs.started()
+    runs.start("a")
+    runs.store.commit(
+        runs.run_id,
+        {
+            "status": "suspended",
+            "resumeToken": "tok-old",
+            "resumable": True,
+            "externalJobIds": {"vid": "j1"},
+        },
+        [RunSuspended(run_id=runs.run_id, reason="webhook", resume_token="tok-old")],
+    )
+    run = runs.run
+    assert (run.step("a").status, run.step("a").external_jobs) == (StepStatus.RUNNING, [])
+    return runs
+
+
+def test_a_run_suspended_before_steps_recorded_their_jobs_is_resumed_by_its_job() -> None:
+    runs = legacy_suspended_on_a()
+    assert resume(runs, step="a", job_id="j0") is None
+    assert resume(runs, step="b", job_id="j1") is None
+    transition = resume(runs, step="a", job_id="j1")
+    assert kinds_of(transition) == ["run-resumed", "step-completed"]
+    assert enqueued(transition) == ["b"]
+    run = runs.apply(transition)
+    assert (run.status, run.resumable) == (PipelineRunStatus.RUNNING, False)
+    assert audit_run(run) == []
+    assert resume(runs, step="a", job_id="j1") is None
+
+
+def test_a_run_suspended_before_steps_recorded_their_jobs_takes_its_jobs_failure() -> None:
+    runs = legacy_suspended_on_a()
+    transition = fail_awaiting_step(
+        runs.run,
+        "a",
+        provider="vid",
+        job_id="j1",
+        code="PROVIDER_TIMEOUT",
+        message="",
+        retryable=True,
+        default_max_retries=3,
+        meta=META,
+    )
+    assert kinds_of(transition) == ["step-failed"]
+    assert enqueued(transition) == ["a"]
+    run = runs.apply(transition)
+    assert (run.status, run.resumable) == (PipelineRunStatus.RUNNING, False)
+    assert audit_run(run) == []
 
 
 def test_a_worker_request_is_read_for_its_identity_from_the_message_headers() -> None:
