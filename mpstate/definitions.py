@@ -25,7 +25,8 @@ def definition_hash(steps: Sequence[StepState]) -> str:
     graph, its dependencies (a linear run hashes as it did before graphs existed)."""
     explicit = is_explicit(steps)
     lines = (
-        f"{s.step_id}\t{s.operation}" + (f"\t{','.join(sorted(s.depends_on or ()))}" if explicit else "")
+        f"{s.step_id}\t{s.operation}"
+        + (f"\t{','.join(sorted(s.depends_on or ()))}" if explicit else "")
         for s in steps
     )
     return sha256("\n".join(lines).encode()).hexdigest()[:16]
