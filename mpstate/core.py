@@ -316,6 +316,13 @@ class StoreCore(ABC):
             return None
         return run
 
+    def _plan_find_job_providers(self, job_id: str) -> Plan[list[str]]:
+        # Refused on a tenant view rather than filtered: its caller (a webhook receiver) has not
+        # matched the callback to a tenant yet, and filtering would load a run per provider.
+        self._untenanted("find_job_providers")
+        check_id(job_id, "job_id")
+        return sorted((yield from self._job_providers(job_id)))
+
     # -- writing ----------------------------------------------------------------------------
 
     def _plan_commit(
@@ -455,7 +462,8 @@ class StoreCore(ABC):
         """Refuse a delivery operation on a tenant view: deliveries belong to no tenant.
 
         A delivery is claimed before it is matched to a run, and an unmatched callback has no
-        run; listing them through a tenant's view could show another tenant's job ids.
+        run; listing them through a tenant's view could show another tenant's job ids. Likewise
+        ``find_job_providers``: it would tell a tenant that another tenant's run recorded a job.
         """
         if self._tenant is not None:
             raise InvalidInputError(
@@ -471,6 +479,12 @@ class StoreCore(ABC):
         if ttl_ms > MAX_SAFE_INTEGER:
             raise InvalidInputError(f"ttl_s must be at most {MAX_SAFE_INTEGER // 1000} seconds")
         return (yield from self._claim_delivery(provider, delivery_id, ttl_ms))
+
+    def _plan_release_delivery(self, provider: str, delivery_id: str) -> Plan[None]:
+        self._untenanted("release_delivery")
+        check_id(provider, "provider")
+        check_id(delivery_id, "delivery_id")
+        yield from self._release_delivery(provider, delivery_id)
 
     def _plan_record_unmatched(self, callback: UnmatchedCallback | Mapping[str, Any]) -> Plan[None]:
         self._untenanted("record_unmatched")
@@ -529,6 +543,10 @@ class StoreCore(ABC):
         """The run indexed under this job (the caller verifies it still names the job)."""
 
     @abstractmethod
+    def _job_providers(self, job_id: str) -> Plan[set[str]]:
+        """Providers with a job pointer for ``job_id`` (a hint: some may point at nothing now)."""
+
+    @abstractmethod
     def _try_lock(self, run_id: str, token: str, ttl_ms: int) -> Plan[LockAttempt]:
         """One atomic try to take the lock with ``token``; on a grant, also return the run.
 
@@ -550,6 +568,10 @@ class StoreCore(ABC):
     @abstractmethod
     def _claim_delivery(self, provider: str, delivery_id: str, ttl_ms: int) -> Plan[bool]:
         """Atomically mark the delivery taken for ``ttl_ms``; False when it already was."""
+
+    @abstractmethod
+    def _release_delivery(self, provider: str, delivery_id: str) -> Plan[None]:
+        """Forget a claim, so the delivery is taken again (it was not handled after all)."""
 
     @abstractmethod
     def _record_unmatched(self, callback: UnmatchedCallback) -> Plan[None]:

@@ -59,6 +59,8 @@ class _State:
     runs: dict[str, _StoredRun] = field(default_factory=dict)
     idempotency: dict[tuple[str | None, str], str] = field(default_factory=dict)
     jobs: dict[tuple[str, str], str] = field(default_factory=dict)
+    #: Job id -> the providers it was recorded under (``jobs`` by job id alone).
+    job_providers: dict[str, set[str]] = field(default_factory=dict)
     #: (run id, operation id) -> seqs of commits made with an operation id, newest last.
     operations: OrderedDict[tuple[str, str], tuple[int, ...]] = field(default_factory=OrderedDict)
     #: (provider, delivery id) -> when its claim expires (``time.monotonic``).
@@ -125,8 +127,7 @@ class MemoryBackend(StoreCore):
             stored = _StoredRun(run.model_copy(deep=True))
             stored.events.append(created_event.model_copy(update={"seq": 1}))
             state.runs[run.run_id] = stored
-            for job in run.external_jobs():
-                state.jobs[job] = run.run_id
+            self._point_jobs(run)
             return run.model_copy(deep=True), True
 
     @immediate
@@ -191,9 +192,17 @@ class MemoryBackend(StoreCore):
             seqs.append(seq)
         if seqs:
             self._state.appended.notify_all()
-        for job in run.external_jobs():
-            self._state.jobs[job] = run.run_id
+        self._point_jobs(run)
         return Applied(run.model_copy(deep=True) if change.returns_run else None, tuple(seqs))
+
+    def _point_jobs(self, run: PipelineRun) -> None:
+        """Index the run's jobs by (provider, job id) and by job id (the caller holds the lock).
+
+        Never removed, like a Redis pointer: a hint the readers confirm against the run.
+        """
+        for provider, job_id in run.external_jobs():
+            self._state.jobs[(provider, job_id)] = run.run_id
+            self._state.job_providers.setdefault(job_id, set()).add(provider)
 
     @immediate
     def _load(self, run_id: str, *, include_events: bool) -> PipelineRun | None:
@@ -250,6 +259,11 @@ class MemoryBackend(StoreCore):
             run_id = self._state.jobs.get((provider, job_id))
             return None if run_id is None else self._copy_of(run_id, include_events=False)
 
+    @immediate
+    def _job_providers(self, job_id: str) -> set[str]:
+        with self._state.mutex:
+            return set(self._state.job_providers.get(job_id, ()))
+
     # -- delivery primitives ------------------------------------------------------------------
 
     @immediate
@@ -266,6 +280,11 @@ class MemoryBackend(StoreCore):
                 state.deliveries = {k: t for k, t in state.deliveries.items() if t > now}
                 state.deliveries_sweep_at = max(1024, 2 * len(state.deliveries))
             return True
+
+    @immediate
+    def _release_delivery(self, provider: str, delivery_id: str) -> None:
+        with self._state.mutex:
+            self._state.deliveries.pop((provider, delivery_id), None)
 
     @immediate
     def _record_unmatched(self, callback: UnmatchedCallback) -> None:

@@ -142,6 +142,17 @@ class PipelineStateStore(StoreCore):
         """The run that recorded this provider job (``external_job_ids`` or the legacy field)."""
         return self._drive(self._plan_find_job(provider, job_id))
 
+    def find_job_providers(self, job_id: str) -> list[str]:
+        """The providers (sorted) under which some run recorded ``job_id``, within the job TTL.
+
+        For a callback that matched no run: a job id recorded under another provider name points
+        at a misconfigured provider, not at an unknown job. Like the pointer behind
+        ``find_by_external_job_id`` it is a hint (a provider can outlive its run's record of the
+        job), so confirm with ``find_by_external_job_id(provider, job_id)``. A tenant view
+        refuses it (``InvalidInputError``): it would reveal other tenants' jobs.
+        """
+        return self._drive(self._plan_find_job_providers(job_id))
+
     # -- writing ----------------------------------------------------------------------------
 
     def update(
@@ -224,6 +235,12 @@ class PipelineStateStore(StoreCore):
         operations.
         """
         return self._drive(self._plan_claim_delivery(provider, delivery_id, ttl_s))
+
+    def release_delivery(self, provider: str, delivery_id: str) -> None:
+        """Forget a claimed delivery: the receiver could not handle it (the store or the broker
+        was down, it answered 503), so the provider's retry must be handled, not refused as a
+        repeat."""
+        self._drive(self._plan_release_delivery(provider, delivery_id))
 
     def record_unmatched(self, callback: UnmatchedCallback | Mapping[str, Any]) -> None:
         """Keep a callback that can never match a run, for operators, and count it.

@@ -103,6 +103,10 @@ class AsyncPipelineStateStore(StoreCore):
         """See ``PipelineStateStore.find_by_external_job_id``."""
         return await self._drive(self._plan_find_job(provider, job_id))
 
+    async def find_job_providers(self, job_id: str) -> list[str]:
+        """See ``PipelineStateStore.find_job_providers``."""
+        return await self._drive(self._plan_find_job_providers(job_id))
+
     async def update(
         self,
         run_id: str,
@@ -150,6 +154,10 @@ class AsyncPipelineStateStore(StoreCore):
     async def claim_delivery(self, provider: str, delivery_id: str, ttl_s: float) -> bool:
         """See ``PipelineStateStore.claim_delivery``."""
         return await self._drive(self._plan_claim_delivery(provider, delivery_id, ttl_s))
+
+    async def release_delivery(self, provider: str, delivery_id: str) -> None:
+        """See ``PipelineStateStore.release_delivery``."""
+        await self._drive(self._plan_release_delivery(provider, delivery_id))
 
     async def record_unmatched(self, callback: UnmatchedCallback | Mapping[str, Any]) -> None:
         """See ``PipelineStateStore.record_unmatched``."""

@@ -227,16 +227,26 @@ class RedisBackend(StoreCore):
         return (yield from self._load(run_id, include_events=False))
 
     def _job_pointers(self, run_id: str, jobs: Iterable[tuple[str, str]]) -> list[Batch]:
-        """Point each external job at the run, before the write that records it on the run.
+        """Point each external job at the run, before the write that records it on the run, and
+        add its provider to the job id's set (``find_job_providers``).
 
         A pointer is only a hint (``find_by_external_job_id`` checks the run names the job), so
-        one left by a refused write is harmless, while a recorded job is never without one.
+        one left by a refused write is harmless, while a recorded job is never without one. The
+        set is a hint too: each pointer written renews the whole set's TTL, so it outlives every
+        pointer of its job id, and a provider may stay named after its own pointer expired.
         """
-        pointers = tuple(
-            Command(("SET", self.keys.job(provider, job), run_id, "PX", self._job_ttl_ms))
-            for provider, job in sorted(jobs)
-        )
-        return [Batch(pointers)] if pointers else []
+        k, ttl = self.keys, self._job_ttl_ms
+        providers: dict[str, list[str]] = {}
+        commands: list[Command] = []
+        for provider, job in sorted(jobs):
+            commands.append(Command(("SET", k.job(provider, job), run_id, "PX", ttl)))
+            providers.setdefault(job, []).append(provider)
+        for job, names in providers.items():
+            # One key, so one node: the pipeline sends SADD before PEXPIRE, and the set never
+            # lives without a TTL.
+            commands.append(Command(("SADD", k.job_providers(job), *names)))
+            commands.append(Command(("PEXPIRE", k.job_providers(job), ttl)))
+        return [Batch(tuple(commands))] if commands else []
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -442,6 +452,10 @@ class RedisBackend(StoreCore):
             return None
         return (yield from self._load(text(run_id), include_events=False))
 
+    def _job_providers(self, job_id: str) -> Plan[set[str]]:
+        members = yield Command(("SMEMBERS", self.keys.job_providers(job_id)))
+        return {text(member) for member in members}
+
     def _select(self, run_filter: RunFilter) -> Plan[list[PipelineRun]]:
         """Read one page of the most selective index, then only the runs on that page.
 
@@ -567,6 +581,9 @@ class RedisBackend(StoreCore):
             return True
         holder = yield Command(("GET", key))
         return holder is not None and text(holder) == token
+
+    def _release_delivery(self, provider: str, delivery_id: str) -> Plan[None]:
+        yield Command(("DEL", self.keys.delivery(provider, delivery_id)))
 
     def _record_unmatched(self, callback: UnmatchedCallback) -> Plan[None]:
         # Stream and counts share one slot: one script appends, trims and counts together. A

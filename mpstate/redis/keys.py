@@ -7,10 +7,11 @@ keys and no id can reach another key space.
 Every key carries a hash tag (``{...}``), which decides its Redis Cluster slot. All keys of one run
 share the tag ``{<escaped run id>}``, so each per-run script touches one slot. The indexes live
 in three kinds of groups, each group one slot: the global indexes (``{all}``), each tenant's
-(``{T}``) and each idempotency key's; the idempotency claim and each external job pointer have
-slots of their own. Writes to those are follow-up calls made by the store around the per-run
-script (``mpstate.redis.indexing``). Each webhook delivery claim has a slot of its own; the
-unmatched callbacks and their counts share one slot (``{unmatched}``), so one script writes both.
+(``{T}``) and each idempotency key's; the idempotency claim, each external job pointer and each
+job id's set of providers have slots of their own. Writes to those are follow-up calls made by
+the store around the per-run script (``mpstate.redis.indexing``). Each webhook delivery claim has
+a slot of its own; the unmatched callbacks and their counts share one slot (``{unmatched}``), so
+one script writes both.
 
 Layout (prefix ``mp``)::
 
@@ -22,6 +23,7 @@ Layout (prefix ``mp``)::
     mp:run:{R}:void              set     claim tokens whose create of R was called off
     mp:idem:{T:K}                string  "<claim token>:<run id>" holding idempotency key K of T
     mp:job:{P:J}                 string  run id that recorded job J of provider P
+    mp:jobproviders:{J}          set     providers P with a pointer mp:job:{P:J} (a hint)
     mp:delivery:{P:D}            string  random token of the claim of delivery D of provider P
     mp:{unmatched}               stream  callbacks that matched no run, field c = JSON; capped
     mp:{unmatched}:counts        hash    "<provider>\\n<reason>" -> callbacks recorded (all)
@@ -91,6 +93,10 @@ class RedisKeys:
 
     def job(self, provider: str, job_id: str) -> str:
         return f"{self.prefix}:job:{{{escape_id(provider)}:{escape_id(job_id)}}}"
+
+    def job_providers(self, job_id: str) -> str:
+        """The providers that recorded ``job_id``: tagged by the job id alone, one slot per id."""
+        return f"{self.prefix}:jobproviders:{{{escape_id(job_id)}}}"
 
     def delivery(self, provider: str, delivery_id: str) -> str:
         return f"{self.prefix}:delivery:{{{escape_id(provider)}:{escape_id(delivery_id)}}}"

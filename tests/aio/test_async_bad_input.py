@@ -74,6 +74,7 @@ BAD_CALLS: dict[str, Call] = {
     "find_by_external_job_id with an empty provider": lambda s: s.find_by_external_job_id(
         "", "job"
     ),
+    "find_job_providers with an empty job id": lambda s: s.find_job_providers(""),
     "update of an unknown field": lambda s: s.update("r1", {"nope": 1}),
     "update of the version": lambda s: s.update("r1", {"version": 3}),
     "update with expected_version 0": lambda s: s.update("r1", {"error": "e"}, expected_version=0),

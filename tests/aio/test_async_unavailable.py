@@ -49,6 +49,7 @@ OPERATIONS: dict[str, Operation] = {
     "follow_events": _follow,
     "list_runs": lambda s, r: s.list_runs(),
     "find_by_external_job_id": lambda s, r: s.find_by_external_job_id("provider", "job"),
+    "find_job_providers": lambda s, r: s.find_job_providers("job"),
     "lock": _lock,
     "with_lock": lambda s, r: s.with_lock(r, lambda run: run.version, timeout_ms=100),
 }

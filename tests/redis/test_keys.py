@@ -80,6 +80,7 @@ def labelled_keys(keys: RedisKeys, a: str, b: str) -> list[tuple[str, tuple[obje
         (keys.idempotency(a, b), ("idempotency", a, b)),
         (keys.idempotency(None, a), ("idempotency", None, a)),
         (keys.job(a, b), ("job", a, b)),
+        (keys.job_providers(a), ("job_providers", a)),
         (keys.delivery(a, b), ("delivery", a, b)),
         (keys.unmatched(), ("unmatched",)),
         (keys.unmatched_counts(), ("unmatched_counts",)),
@@ -141,6 +142,7 @@ def test_no_two_tricky_ids_share_any_key() -> None:
             *per_run_keys(keys, value),
             keys.by_tenant(value),
             keys.by_idempotency_key(value),
+            keys.job_providers(value),
         ]:
             assert key not in seen
             seen[key] = (value, "")
@@ -191,6 +193,14 @@ def test_idempotency_and_job_keys_hash_on_both_of_their_ids() -> None:
     assert hash_tag(keys.idempotency(None, "k")) == ":k"
     assert hash_tag(keys.job("fal", "a:b")) == f"fal:{escape_id('a:b')}"
     assert hash_tag(keys.delivery("fal", "a:b")) == f"fal:{escape_id('a:b')}"
+
+
+@pytest.mark.parametrize("job_id", TRICKY_IDS)
+def test_a_job_ids_providers_hash_on_the_job_id_alone(job_id: str) -> None:
+    # One key per job id, whatever the providers: SADD and PEXPIRE go to one slot.
+    keys = RedisKeys("mp")
+    assert keys.job_providers(job_id) == f"mp:jobproviders:{{{escape_id(job_id)}}}"
+    assert hash_tag(keys.job_providers(job_id)) == escape_id(job_id)
 
 
 def test_the_unmatched_callbacks_and_their_counts_share_one_slot_of_their_own() -> None:

@@ -114,6 +114,8 @@ def test_tenant_key_and_job_keys_are_written_where_documented(
         k.idempotency("t", "key"),
         k.job("fal", "j1"),
         k.job("replicate", "j2"),
+        k.job_providers("j1"),
+        k.job_providers("j2"),
         k.all_runs(),
         k.by_status(PipelineRunStatus.PENDING),
         k.global_group().entries,
@@ -130,6 +132,9 @@ def test_tenant_key_and_job_keys_are_written_where_documented(
     assert re.fullmatch(r"[0-9a-f]+:r1", claim), claim
     assert redis_client.get(k.job("fal", "j1")) == b"r1"
     assert redis_client.get(k.job("replicate", "j2")) == b"r1"
+    assert k.job_providers("j1") == f"{prefix}:jobproviders:{{j1}}"
+    assert redis_client.smembers(k.job_providers("j1")) == {b"fal"}
+    assert redis_client.smembers(k.job_providers("j2")) == {b"replicate"}
     settled = f"{epoch_ms(T0)}:1".encode()  # "score:version", no pending mark left
     for group in [k.global_group(), k.tenant_group("t"), k.idempotency_group("key")]:
         assert redis_client.hgetall(group.entries) == {b"r1": settled}, group
@@ -202,6 +207,7 @@ def write_everything(store: RedisPipelineStateStore) -> None:
     store.list_runs(status=["pending", "cancelled"])
     store.list_runs(idempotency_key="key1")
     store.find_by_external_job_id("fal", "j0b")
+    assert store.find_job_providers("j0b") == ["fal"]
     assert store.claim_delivery("fal", "req-1", 60)
     store.record_unmatched(UnmatchedCallback(provider="fal", job_id="j9", reason="unknown-job"))
     store.list_unmatched(provider="fal")
@@ -283,6 +289,8 @@ def test_every_key_the_store_writes_has_a_ttl(redis_client: redis.Redis, prefix:
         k.idempotency("t1", "kv"),
         k.job("fal", "j0b"),
         k.job("legacy", "l1"),
+        k.job_providers("j0b"),
+        k.job_providers("l1"),
         k.all_runs(),
         k.by_status(PipelineRunStatus.CANCELLED),
         k.global_group().entries,
@@ -391,8 +399,24 @@ def test_keys_expire_after_their_configured_lifetimes(
     for key in [k.idempotency("t", "k"), k.idempotency(None, "k2"), k.void("stalled")]:
         assert 495 < ttl_s(key) <= 500, key
     assert 295 < ttl_s(k.job("f", "j")) <= 300
+    assert 295 < ttl_s(k.job_providers("j")) <= 300
     with store.lock("r1"):
         assert 55 < ttl_s(k.lock("r1")) <= 60
+
+
+def test_a_job_ids_providers_live_as_long_as_its_newest_pointer(
+    redis_client: redis.Redis, prefix: str
+) -> None:
+    store = new_store(redis_client, prefix, external_job_ttl_seconds=300)
+    k = store.keys
+    store.create({"runId": "r1", "pipelineId": "p", "externalJobIds": {"veo": "J"}})
+    redis_client.pexpire(k.job_providers("J"), 1000)  # as if written long ago
+    store.create({"runId": "r2", "pipelineId": "p"})
+    store.update("r2", {"externalJobIds": {"video": "J"}})
+
+    assert redis_client.smembers(k.job_providers("J")) == {b"veo", b"video"}
+    assert 295_000 < redis_client.pttl(k.job_providers("J")) <= 300_000
+    assert store.find_job_providers("J") == ["veo", "video"]
 
 
 def test_a_run_kept_alive_by_writes_stays_listed(redis_client: redis.Redis, prefix: str) -> None:
@@ -434,10 +458,12 @@ def test_idempotency_keys_and_job_ids_expire_after_their_own_ttls(
         store.create({"runId": "early", "pipelineId": "p", "idempotencyKey": "k"})
     found = store.find_by_external_job_id("f", "j")
     assert found is not None
+    assert store.find_job_providers("j") == ["f"]
     time.sleep(0.3)
 
     assert store.get("first") is not None
     assert store.find_by_external_job_id("f", "j") is None
+    assert store.find_job_providers("j") == []
     store.create({"runId": "second", "pipelineId": "p", "idempotencyKey": "k"})
     assert ids(store.list_runs(idempotency_key="k")) == ["first", "second"]
     with pytest.raises(IdempotencyKeyInUseError) as caught:

@@ -47,6 +47,20 @@ def test_a_delivery_can_be_claimed_again_once_its_ttl_has_passed(
     assert store.claim_delivery("standard", "msg_1", 0.2) is False
 
 
+def test_a_released_delivery_is_claimed_again_and_only_that_one(
+    store: PipelineStateStore,
+) -> None:
+    assert store.claim_delivery("fal", "req-1", 60) is True
+    assert store.claim_delivery("fal", "req-2", 60) is True
+
+    store.release_delivery("fal", "req-1")  # the receiver could not handle it: 503
+    store.release_delivery("fal", "never-claimed")  # nothing to forget: no error
+
+    assert store.claim_delivery("fal", "req-1", 60) is True
+    assert store.claim_delivery("fal", "req-1", 60) is False
+    assert store.claim_delivery("fal", "req-2", 60) is False
+
+
 def test_claims_of_other_providers_and_other_delivery_ids_are_independent(
     store: PipelineStateStore,
 ) -> None:
