@@ -48,7 +48,22 @@ __all__ = [
 
 
 class MpStateError(Exception):
-    """Base class of every error raised by mpstate."""
+    """Base class of every error raised by mpstate.
+
+    An error with structured fields keeps its constructor's arguments as ``args`` (and its
+    message apart), so ``cls(*error.args)`` rebuilds it: pickling, and Celery's result backends
+    (which rebuild a task's exception that way), hand the caller the same error, not a stand-in.
+    """
+
+    _message: str | None = None
+
+    def _keep(self, message: str, *arguments: object) -> None:
+        """Set the message, and ``args`` to the constructor's own arguments."""
+        self._message = message
+        self.args = arguments
+
+    def __str__(self) -> str:
+        return self._message if self._message is not None else super().__str__()
 
 
 class InvalidInputError(MpStateError, ValueError):
@@ -58,24 +73,27 @@ class InvalidInputError(MpStateError, ValueError):
 class InvalidPipelineError(InvalidInputError):
     """A run's steps cannot form a pipeline; ``step_ids`` names the offending steps."""
 
-    def __init__(self, message: str, *, step_ids: tuple[str, ...] = ()) -> None:
+    def __init__(self, message: str, step_ids: tuple[str, ...] = ()) -> None:
         super().__init__(message)
-        self.step_ids = step_ids
+        self._keep(message, message, tuple(step_ids))
+        self.step_ids = tuple(step_ids)
 
 
 class RunNotFoundError(MpStateError, LookupError):
     """The run does not exist, has expired, or belongs to another tenant."""
 
     def __init__(self, run_id: str) -> None:
-        super().__init__(f"run {run_id!r} not found")
+        super().__init__(run_id)
+        self._keep(f"run {run_id!r} not found", run_id)
         self.run_id = run_id
 
 
 class RunInProgressError(MpStateError):
     """The run exists or is being changed by someone else; retrying may succeed."""
 
-    def __init__(self, message: str, *, run_id: str) -> None:
+    def __init__(self, message: str, run_id: str) -> None:
         super().__init__(message)
+        self._keep(message, message, run_id)
         self.run_id = run_id
 
 
@@ -84,16 +102,18 @@ class RunAlreadyExistsError(RunInProgressError):
 
     def __init__(self, run_id: str) -> None:
         super().__init__(f"run {run_id!r} already exists", run_id=run_id)
+        self.args = (run_id,)
 
 
 class IdempotencyKeyInUseError(RunInProgressError):
     """The idempotency key is held by another live run, named by ``existing_run_id``."""
 
-    def __init__(self, run_id: str, *, idempotency_key: str, existing_run_id: str) -> None:
+    def __init__(self, run_id: str, idempotency_key: str, existing_run_id: str) -> None:
         super().__init__(
             f"idempotency key {idempotency_key!r} is held by run {existing_run_id!r}",
             run_id=run_id,
         )
+        self.args = (run_id, idempotency_key, existing_run_id)
         self.idempotency_key = idempotency_key
         self.existing_run_id = existing_run_id
 
@@ -101,10 +121,11 @@ class IdempotencyKeyInUseError(RunInProgressError):
 class VersionConflictError(RunInProgressError):
     """A compare-and-set update found another version than the one expected."""
 
-    def __init__(self, run_id: str, *, expected: int, actual: int) -> None:
+    def __init__(self, run_id: str, expected: int, actual: int) -> None:
         super().__init__(
             f"run {run_id!r} is at version {actual}, expected {expected}", run_id=run_id
         )
+        self.args = (run_id, expected, actual)
         self.expected = expected
         self.actual = actual
 
@@ -112,22 +133,24 @@ class VersionConflictError(RunInProgressError):
 class LockTimeoutError(RunInProgressError):
     """The run's exclusive lock could not be acquired within the timeout."""
 
-    def __init__(self, run_id: str, *, timeout_ms: int) -> None:
+    def __init__(self, run_id: str, timeout_ms: int) -> None:
         super().__init__(
             f"lock on run {run_id!r} not acquired within {timeout_ms} ms", run_id=run_id
         )
+        self.args = (run_id, timeout_ms)
         self.timeout_ms = timeout_ms
 
 
 class StaleFenceError(RunInProgressError):
     """A write made under a lock carried a fence older than the newest grant."""
 
-    def __init__(self, run_id: str, *, fence: int, current: int) -> None:
+    def __init__(self, run_id: str, fence: int, current: int) -> None:
         super().__init__(
             f"write to run {run_id!r} carried fence {fence}, the lock was since granted "
             f"with fence {current}",
             run_id=run_id,
         )
+        self.args = (run_id, fence, current)
         self.fence = fence
         self.current = current
 
@@ -136,15 +159,17 @@ class LockNotOwnedError(MpStateError):
     """The lock expired or passed to another holder before it was released or extended."""
 
     def __init__(self, run_id: str) -> None:
-        super().__init__(f"lock on run {run_id!r} is no longer held by this holder")
+        super().__init__(run_id)
+        self._keep(f"lock on run {run_id!r} is no longer held by this holder", run_id)
         self.run_id = run_id
 
 
 class InvalidTransitionError(MpStateError):
     """The requested change is not allowed from the run's current status."""
 
-    def __init__(self, message: str, *, run_id: str, status: str) -> None:
+    def __init__(self, message: str, run_id: str, status: str) -> None:
         super().__init__(message)
+        self._keep(message, message, run_id, status)
         self.run_id = run_id
         self.status = status
 
@@ -165,6 +190,7 @@ class WriteNotReplicatedError(StateStoreUnavailableError):
         super().__init__(
             f"only {acknowledged} of {wanted} replicas confirmed the write within {timeout_ms} ms"
         )
+        self._keep(str(self.args[0]), wanted, acknowledged, timeout_ms)
         self.wanted = wanted
         self.acknowledged = acknowledged
 
@@ -181,9 +207,12 @@ class NotInRunError(MpStateError, RuntimeError):
     """
 
     def __init__(self, task_name: str, helper: str) -> None:
-        super().__init__(
+        super().__init__(task_name, helper)
+        self._keep(
             f"{helper} needs a pipeline run, but task {task_name} was called outside one "
-            "(start it with MpState.start_run)"
+            "(start it with MpState.start_run)",
+            task_name,
+            helper,
         )
         self.task_name = task_name
         self.helper = helper

@@ -1,0 +1,57 @@
+"""Errors survive the trips Celery makes them take: pickling, and ``cls(*error.args)``.
+
+A step's exception reaches the caller through a result backend, which rebuilds it from its type
+and ``args``; an error whose ``args`` did not match its constructor was replaced by a stand-in
+(``MpStateError`` or Celery's ``UnpickleableExceptionWrapper``), and its fields were lost.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from mpstate import errors
+
+SAMPLES: list[errors.MpStateError] = [
+    errors.InvalidInputError("bad input"),
+    errors.InvalidPipelineError("steps form a cycle: a -> b -> a", step_ids=("a", "b")),
+    errors.RunNotFoundError("r1"),
+    errors.RunInProgressError("busy", run_id="r1"),
+    errors.RunAlreadyExistsError("r1"),
+    errors.IdempotencyKeyInUseError("r2", idempotency_key="k", existing_run_id="r1"),
+    errors.VersionConflictError("r1", expected=3, actual=4),
+    errors.LockTimeoutError("r1", timeout_ms=50),
+    errors.StaleFenceError("r1", fence=2, current=3),
+    errors.LockNotOwnedError("r1"),
+    errors.InvalidTransitionError("run 'r1' is completed", run_id="r1", status="completed"),
+    errors.StateStoreUnavailableError("connection refused"),
+    errors.WriteNotReplicatedError(2, 1, 100),
+    errors.WebhookSignatureError("no signature matches"),
+    errors.NotInRunError("image.generate", "await_external()"),
+]
+
+
+def test_every_error_class_has_a_sample() -> None:
+    assert {type(error).__name__ for error in SAMPLES} == set(errors.__all__) - {"MpStateError"}
+
+
+@pytest.mark.parametrize("error", SAMPLES, ids=lambda e: type(e).__name__)
+def test_an_error_survives_a_pickle_round_trip_with_its_message_and_fields(
+    error: errors.MpStateError,
+) -> None:
+    copy = pickle.loads(pickle.dumps(error))
+
+    assert type(copy) is type(error)
+    assert str(copy) == str(error)
+    assert vars(copy) == vars(error)
+
+
+@pytest.mark.parametrize("error", SAMPLES, ids=lambda e: type(e).__name__)
+def test_an_error_is_rebuilt_from_its_type_and_args_as_result_backends_do(
+    error: errors.MpStateError,
+) -> None:
+    rebuilt = type(error)(*error.args)
+
+    assert str(rebuilt) == str(error)
+    assert vars(rebuilt) == vars(error)
