@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import redis
 from celery import Celery, signals
 from celery.contrib.testing.worker import start_worker
+from celery.worker import state as worker_state
 from key_cleanup import delete_prefix, delete_prefix_on_cluster
 from redis.cluster import RedisCluster
 
@@ -146,6 +147,8 @@ class Harness:
 
     def start_worker(self, pool: str = "solo", concurrency: int = 1) -> None:
         """Start a real worker thread consuming this test's queue (stopped at teardown)."""
+        # Runs after the worker's context exits, even when it raised (ExitStack is LIFO).
+        self.stack.callback(let_workers_start)
         self.stack.enter_context(
             start_worker(
                 self.app,
@@ -238,6 +241,18 @@ class Harness:
 HarnessFactory = Callable[..., Harness]
 
 
+def let_workers_start() -> None:
+    """Undo the stop request Celery's ``start_worker`` leaves behind when its thread is slow.
+
+    At exit ``start_worker`` sets ``celery.worker.state.should_terminate`` to stop its thread and
+    resets it once the thread has exited; a thread that outlives ``shutdown_timeout`` makes it
+    raise before the reset (the test fails: correct), but every later worker of this process (of
+    this xdist worker) would then stop before it is ready while ``start_worker`` waits for ready
+    forever: each later test hangs until pytest-timeout.
+    """
+    worker_state.should_terminate = None
+
+
 @contextmanager
 def harness(
     broker_url: str, store_url: str, prefix: str, *, client_url: str | None = None, **conf: Any
@@ -252,16 +267,16 @@ def harness(
     name = f"mpstate-test-{uuid.uuid4().hex[:10]}"
     queue = f"{prefix}-q"
     app = Celery(name, broker=broker_url, set_as_current=False)
-    app.conf.update(
-        task_default_queue=queue,
-        task_acks_late=True,
-        task_ignore_result=True,
-        worker_hijack_root_logger=False,
-        worker_prefetch_multiplier=1,
-        broker_connection_retry_on_startup=True,
-        mpstate_webhook_retry_interval_s=0.2,
-        **conf,
-    )
+    defaults: dict[str, Any] = {
+        "task_default_queue": queue,
+        "task_acks_late": True,
+        "task_ignore_result": True,
+        "worker_hijack_root_logger": False,
+        "worker_prefetch_multiplier": 1,
+        "broker_connection_retry_on_startup": True,
+        "mpstate_webhook_retry_interval_s": 0.2,
+    }
+    app.conf.update({**defaults, **conf})  # the test's settings win
     store = RedisPipelineStateStore.from_url(store_url, prefix=prefix)
     cluster_node_url = cluster_url(store_url)
     if client_url is None:

@@ -6,7 +6,8 @@ The kill sits in the lifecycle's ``enqueue``, which ``StepLifecycle.apply`` call
 commit succeeded: the first time the child is about to publish step d it sets a marker and kills
 itself, so the store holds d pending and ready (with the task id the commit recorded) and no
 message for d exists anywhere. Step c waits for b's completion first, so it is c's completion
-that makes d ready. Each body counts its executions in ``<prefix>:dag:body:<step>``.
+that makes d ready. Each body counts its executions in ``<prefix>:dag:body:<step>``, and each
+delivery of a step's task (its body run or not) in ``<prefix>:dag:delivery:<step>``.
 
 Configured from the environment (each test has its own broker queue and store prefix):
 
@@ -29,7 +30,7 @@ import time
 from typing import Any
 
 import redis
-from celery import Celery
+from celery import Celery, signals
 
 from mpstate import RedisPipelineStateStore
 from mpstate.celery import MpState, PipelineTask
@@ -72,26 +73,34 @@ def publish_or_die(run: PipelineRun, step: StepState, task_id: str | None) -> No
 mp.lifecycle.enqueue = publish_or_die
 
 
-def count(step: str) -> None:
-    markers.incr(marker(f"body:{step}"))
-    markers.expire(marker(f"body:{step}"), 300)
+def count(name: str) -> None:
+    markers.incr(marker(name))
+    markers.expire(marker(name), 300)
+
+
+@signals.task_prerun.connect
+def count_delivery(sender: Any = None, **_: Any) -> None:
+    """Count each delivery of a step's task (``delivery:<step>``), body run or not."""
+    name = getattr(sender, "name", "")
+    if name.startswith("dagk."):
+        count(f"delivery:{name.removeprefix('dagk.')}")
 
 
 @app.task(base=PipelineTask, bind=True, name="dagk.a")
 def a(self: Any) -> dict[str, Any]:
-    count("a")
+    count("body:a")
     return {"artifactIds": ["a-1"], "costUsd": 0.01}
 
 
 @app.task(base=PipelineTask, bind=True, name="dagk.b")
 def b(self: Any) -> dict[str, Any]:
-    count("b")
+    count("body:b")
     return {"artifactIds": ["b-1"], "costUsd": 0.02}
 
 
 @app.task(base=PipelineTask, bind=True, name="dagk.c")
 def c(self: Any) -> dict[str, Any]:
-    count("c")
+    count("body:c")
     deadline = time.monotonic() + 20
     while mp.store.require(self.run_id, include_events=False).step("b").status not in (
         DONE_STEP_STATUSES
@@ -104,5 +113,5 @@ def c(self: Any) -> dict[str, Any]:
 
 @app.task(base=PipelineTask, bind=True, name="dagk.d")
 def d(self: Any) -> dict[str, Any]:
-    count("d")
+    count("body:d")
     return {"artifactIds": ["d-" + "+".join(sorted(self.artifacts))], "costUsd": 0.04}
