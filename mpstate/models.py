@@ -135,6 +135,8 @@ class ExternalJob(CamelModel):
     #: The step attempt that awaited it; a callback for an earlier attempt's job is superseded.
     attempt: int = Field(default=0, ge=0)
     since: UtcDatetime = Field(default_factory=utc_now)
+    #: When the step stops waiting: with no answer by then it fails with ``external-timeout``.
+    deadline: UtcDatetime | None = None
 
 
 class StepState(CamelModel):

@@ -27,22 +27,20 @@ from celery.canvas import Signature
 from mpstate.celery.canvas import is_canvas, steps_from_canvas
 from mpstate.celery.hooks import StepHooks, request_meta
 from mpstate.celery.identity import ATTEMPT_BASE, StepIdentity
+from mpstate.celery.jobs import POLL_JOB, ExternalJobs, Poller
 from mpstate.celery.lifecycle import StepLifecycle
 from mpstate.celery.reconciler import Reconciler, ReconcileReport
 from mpstate.celery.settings import CelerySettings
 from mpstate.celery.signals import SignalReceivers
-from mpstate.celery.transitions import (
-    awaits_job,
-)
-from mpstate.celery.webhook import PayloadAdapter, WebhookOutcome, default_adapter
+from mpstate.celery.webhook import PayloadAdapter, WebhookOutcome
 from mpstate.definitions import fresh_step, new_run
+from mpstate.deliveries import UnmatchedCallback, UnmatchedReason
 from mpstate.errors import (
-    IdempotencyKeyInUseError,
     InvalidInputError,
     MpStateError,
     VersionConflictError,
 )
-from mpstate.events import EventMeta, StepProgress
+from mpstate.events import EventMeta
 from mpstate.graph import active_steps
 from mpstate.models import FailurePolicy, PipelineRun, StepState
 from mpstate.rerun import carried_steps, rerun_id
@@ -56,6 +54,8 @@ _BOUND: weakref.WeakKeyDictionary[Celery, MpState] = weakref.WeakKeyDictionary()
 
 #: Times a re-run looks again after another caller reserved one first.
 _RERUN_RACES = 10
+#: Re-runs of re-runs ``start_run`` follows from a run found by its idempotency key.
+_RERUN_CHAIN_LIMIT = 100
 
 #: Celery's default ``Task.max_retries``, for a step whose task is not registered here.
 _CELERY_MAX_RETRIES = 3
@@ -94,7 +94,8 @@ class MpState:
         self.webhook_retry_interval_s = settings.webhook_retry_interval_s
         self.webhook_unknown_window_s = settings.webhook_unknown_window_s
         self.publish_retry_policy: dict[str, Any] = dict(settings.publish_retry_policy)
-        self._adapters: dict[str, PayloadAdapter] = {}
+        #: Adapters, pollers and deadlines of provider jobs (``mpstate.celery.jobs``).
+        self.jobs = ExternalJobs(self)
         self._receivers = SignalReceivers(self)
         self._receivers.connect()
         self._register_tasks()
@@ -142,10 +143,11 @@ class MpState:
         becomes one run whose steps mirror it (``mpstate.celery.canvas``). A bad graph or an
         unmappable canvas raises ``InvalidPipelineError`` before anything is created.
 
-        With an ``idempotency_key`` already used by a live run of the tenant, that run is
-        returned and nothing is published, unless it was never started (a call that failed
-        between creating and starting it): it is started now. ``inputs`` are defaults for every
-        step's inputs; a step's ``operation`` is the name of the Celery task that runs it.
+        With an ``idempotency_key`` already used by a run of the tenant, that run is returned (its
+        latest re-run, if it was re-run) and nothing is published, unless it was never started (a
+        call that failed between creating and starting it): it is started now. ``inputs`` are
+        defaults for every step's inputs; a step's ``operation`` is the name of the Celery task
+        that runs it.
         ``failure_policy``: ``fail-fast`` (default) or ``finish-branches`` (``FailurePolicy``).
         """
         check_id(pipeline_id, "pipeline_id")
@@ -161,7 +163,9 @@ class MpState:
             budget=budget,
             failure_policy=failure_policy,
         )
-        stored, _ = self.store.create_or_get(run)
+        stored, created = self.store.create_or_get(run)
+        if not created:
+            stored = self._latest_rerun(stored)
         # Also for a run that existed already: a caller retrying after a failure between create
         # and start must start it. Of racing callers exactly one commits run-started and
         # publishes (the lifecycle publishes what the winning commit made ready).
@@ -172,16 +176,15 @@ class MpState:
 
         The original stays final and its log untouched; the two are linked both ways
         (``rerun_of`` on the new run, ``reruns`` on the original). The new run has the same
-        pipeline, steps, tenant and budget, and takes over the original's idempotency key (free
-        once the original ended), so a client retrying its start with that key finds the re-run.
+        pipeline, steps, tenant, budget and failure policy. Its idempotency key stays with the
+        original; ``start_run`` with that key follows ``reruns`` and returns the latest re-run.
         It carries over the steps that succeeded and do not depend on ``from_step`` (by default
         the first step that did not succeed), logged as step-cached with their artifacts and
         outputs and no cost, and runs the rest (``mpstate.rerun``).
 
         Calling it again while the re-run is live returns that re-run; of callers racing to
         re-run one run, exactly one creates it. Raises ``InvalidTransitionError`` for a run that
-        is live or completed, ``InvalidInputError`` for an unknown ``from_step``, and
-        ``IdempotencyKeyInUseError`` when another live run holds the original's key.
+        is live or completed, and ``InvalidInputError`` for an unknown ``from_step``.
         """
         check_id(run_id, "run_id")
         for _ in range(_RERUN_RACES):
@@ -202,21 +205,30 @@ class MpState:
             original.pipeline_id,
             [fresh_step(step) for step in original.steps],
             tenant_id=original.tenant_id,
-            idempotency_key=original.idempotency_key,
             run_id=new_id,
             budget=original.budget,
             failure_policy=original.failure_policy,
             rerun_of=original.run_id,
         )
         stored, _ = self.store.create_or_get(run)
-        if stored.run_id != new_id:
-            raise IdempotencyKeyInUseError(
-                new_id,
-                idempotency_key=str(original.idempotency_key),
-                existing_run_id=stored.run_id,
-            )
         meta: EventMeta = {"rerunOf": original.run_id, "reason": reason}
         return self.lifecycle.start_run(stored, carried, meta=meta)
+
+    def _latest_rerun(self, run: PipelineRun) -> PipelineRun:
+        """``run``, or the newest re-run of it (of its re-runs, and so on) that exists."""
+        for _ in range(_RERUN_CHAIN_LIMIT):
+            newer = next(
+                (
+                    found
+                    for rerun_id_ in reversed(run.reruns)
+                    if (found := self.store.get(rerun_id_, include_events=False)) is not None
+                ),
+                None,
+            )
+            if newer is None:
+                return run
+            run = newer
+        return run
 
     def _rerun_id(self, original: PipelineRun) -> str | PipelineRun | None:
         """The id the next re-run of ``original`` gets, reserved on the original; the live re-run
@@ -254,15 +266,16 @@ class MpState:
     # -- webhooks ---------------------------------------------------------------------------
 
     def register_adapter(self, provider: str, adapter: PayloadAdapter) -> None:
-        """Use ``adapter`` to read ``provider``'s webhook payloads."""
-        check_id(provider, "provider")
-        if not callable(adapter):
-            raise InvalidInputError("adapter must be callable")
-        self._adapters[provider] = adapter
+        """Use ``adapter`` to read ``provider``'s webhook payloads (over its preset, if any)."""
+        self.jobs.register_adapter(provider, adapter)
 
     def adapter_for(self, provider: str) -> PayloadAdapter:
-        """The adapter that reads ``provider``'s payloads (``default_adapter`` if none is set)."""
-        return self._adapters.get(provider, default_adapter)
+        """The adapter that reads ``provider``'s payloads: registered, preset, or the default."""
+        return self.jobs.adapter_for(provider)
+
+    def register_poller(self, provider: str, poller: Poller) -> None:
+        """Poll ``provider`` for the jobs steps wait for (see ``mpstate.celery.jobs``)."""
+        self.jobs.register_poller(provider, poller)
 
     def resolve(
         self,
@@ -272,46 +285,44 @@ class MpState:
         *,
         meta: EventMeta | None = None,
     ) -> str:
-        """Apply a provider callback to its run; returns what happened (for logs and tests).
+        """Apply a provider callback to its run; returns what happened (``Resolution``):
+        ``unknown``, ``ignored``, ``resumed``, ``failed`` or ``progress``."""
+        return str(self.jobs.resolve(provider, job_id, payload, meta=meta))
 
-        ``"unknown"``: no run recorded this job (yet); ``"ignored"``: a duplicate or late callback;
-        ``"resumed"``: the step completed and the run advanced; ``"failed"``: the step failed;
-        ``"progress"``: the job still runs (logged as step-progress, the step keeps waiting).
-        """
-        outcome: WebhookOutcome = self.adapter_for(provider)(payload)
-        run = self.store.find_by_external_job_id(provider, job_id)
-        if run is None:
-            return "unknown"
-        step = _step_of_job(run, provider, job_id)
-        if step is None or not awaits_job(run, step, provider, job_id):
-            return "ignored"  # a duplicate, late or superseded callback
-        step_id = step.step_id
-        meta = {**(meta or {}), "provider": provider, "jobId": job_id}
-        if outcome.status == "running":
-            # Not finished: progress, not state (the step keeps waiting).
-            self.store.append_event(
-                run.run_id,
-                StepProgress(
-                    run_id=run.run_id,
-                    step_id=step_id,
-                    pct=outcome.progress_pct or 0.0,
-                    message=outcome.message,
-                    meta=meta,
-                ),
-            )
-            return "progress"
-        committed = self.lifecycle.resolve_job(
-            run,
-            step,
-            outcome,
+    def resolve_outcome(
+        self,
+        provider: str,
+        job_id: str,
+        outcome: WebhookOutcome,
+        *,
+        meta: EventMeta | None = None,
+    ) -> str:
+        """Like ``resolve``, for an answer already read by an adapter (or a poller)."""
+        return str(self.jobs.resolve_outcome(provider, job_id, outcome, meta=meta))
+
+    def record_unmatched(
+        self, provider: str, job_id: str | None, detail: str, *, delivery_id: str | None = None
+    ) -> UnmatchedCallback:
+        """Keep a callback that can never reach a step where operators see it (``mpstate webhooks
+        unmatched``, metrics): the job id is recorded under another provider, or by no run."""
+        others = (
+            [p for p in self.store.find_job_providers(job_id) if p != provider] if job_id else []
+        )
+        if others:
+            reason = UnmatchedReason.OTHER_PROVIDER
+            detail = f"job {job_id!r} is recorded under provider {', '.join(map(repr, others))}"
+        else:
+            reason = UnmatchedReason.UNKNOWN_JOB
+        callback = UnmatchedCallback(
             provider=provider,
             job_id=job_id,
-            retry_limit=self.default_max_retries(step),
-            meta=meta,
+            reason=reason,
+            detail=detail,
+            delivery_id=delivery_id,
         )
-        if not committed.changed:
-            return "ignored"
-        return "resumed" if outcome.status == "succeeded" else "failed"
+        self.store.record_unmatched(callback)
+        log.warning("unmatched callback from %s for job %s: %s", provider, job_id, detail)
+        return callback
 
     def default_max_retries(self, step: StepState) -> int | None:
         """The retry limit of the step's task (Celery's default, 3, when it is not registered
@@ -341,8 +352,11 @@ class MpState:
                 waited = (self.request.retries or 0) * mp.webhook_retry_interval_s
                 if waited < mp.webhook_unknown_window_s:
                     raise self.retry(countdown=mp.webhook_retry_interval_s)
-                log.warning(
-                    "webhook for unknown job %s/%s dropped after %.0f s", provider, job_id, waited
+                mp.record_unmatched(
+                    provider,
+                    job_id,
+                    f"no run recorded the job within {waited:.0f} s",
+                    delivery_id=self.request.id,
                 )
                 return "dropped"
             return result
@@ -360,9 +374,21 @@ class MpState:
                 "requeued": len(report.requeued),
                 "failed": len(report.failed),
                 "skipped": len(report.skipped),
+                "expired": len(report.expired),
+                "repolled": len(report.repolled),
             }
 
         self.reconcile_task = reconcile
+
+        @self.app.task(name=POLL_JOB, bind=True, shared=False, ignore_result=True)  # type: ignore[untyped-decorator]
+        def poll_job(  # noqa: PLR0917 - the task's message arguments
+            self: Any, run_id: str, step_id: str, provider: str, job_id: str, polls: int
+        ) -> str:
+            """Poll a provider for a waiting step's job (see ``mpstate.celery.jobs``)."""
+            mp = MpState.of(self.app)
+            return mp.jobs.poll(run_id, step_id, provider, job_id, polls)
+
+        self.poll_job = poll_job
 
     # -- enqueueing -------------------------------------------------------------------------
 
@@ -394,12 +420,3 @@ def revoke_running_steps(app: Celery, run: PipelineRun, *, terminate: bool = Fal
     for task_id in task_ids:
         app.control.revoke(task_id, terminate=terminate)
     return task_ids
-
-
-def _step_of_job(run: PipelineRun, provider: str, job_id: str) -> StepState | None:
-    """The step that awaited this job; for a run suspended before steps recorded their jobs,
-    the step it was suspended on."""
-    step = run.step_of_job(provider, job_id)
-    if step is None and run.current_step_index < len(run.steps):
-        return run.steps[run.current_step_index]
-    return step

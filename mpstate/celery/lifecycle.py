@@ -196,14 +196,25 @@ class StepLifecycle:
         )
 
     def suspend_step(
-        self, identity: StepIdentity, *, provider: str, job_id: str, meta: EventMeta
+        self,
+        identity: StepIdentity,
+        *,
+        provider: str,
+        job_id: str,
+        meta: EventMeta,
+        timeout_s: float | None = None,
     ) -> Committed:
-        """Record the provider job on the step (step-waiting); suspend the run if nothing else
-        runs."""
+        """Record the provider job on the step (step-waiting) with its deadline; suspend the run
+        if nothing else runs."""
         return self.apply(
             identity.run_id,
             lambda run: suspend_step(
-                run, identity.step_id, provider=provider, job_id=job_id, meta=meta
+                run,
+                identity.step_id,
+                provider=provider,
+                job_id=job_id,
+                meta=meta,
+                timeout_s=timeout_s,
             ),
         )
 

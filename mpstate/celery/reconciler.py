@@ -41,7 +41,9 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Protocol
 
+from mpstate.celery.jobs import ExternalJobs, WaitingStep, overdue, waiting_steps
 from mpstate.celery.lifecycle import StepLifecycle
+from mpstate.celery.settings import CelerySettings
 from mpstate.errors import InvalidInputError, MpStateError, RunNotFoundError
 from mpstate.events import PipelineEvent
 from mpstate.fields import utc_now
@@ -59,6 +61,12 @@ class ReconcilerHost(Protocol):
 
     @property
     def lifecycle(self) -> StepLifecycle: ...
+
+    @property
+    def jobs(self) -> ExternalJobs: ...
+
+    @property
+    def settings(self) -> CelerySettings: ...
 
     def default_max_retries(self, step: StepState) -> int | None: ...
 
@@ -104,6 +112,10 @@ class ReconcileReport:
     skipped: list[StalledStep] = field(default_factory=list)
     #: Repaired in the store, but the broker refused the step's message (a later pass retries).
     unpublished: list[StalledStep] = field(default_factory=list)
+    #: Steps whose wait for a provider passed its deadline: failed with ``external-timeout``.
+    expired: list[WaitingStep] = field(default_factory=list)
+    #: Steps waiting on a polled provider whose polls went quiet: a poll was published again.
+    repolled: list[WaitingStep] = field(default_factory=list)
 
 
 class Reconciler:
@@ -179,9 +191,48 @@ class Reconciler:
             )
         return stalled
 
+    def find_waiting(self) -> Iterator[WaitingStep]:
+        """Every step of a live run that waits for a provider's job."""
+        offset = 0
+        live = [PipelineRunStatus.RUNNING, PipelineRunStatus.SUSPENDED]
+        while True:
+            page = self.mp.store.list_runs(status=live, limit=PAGE_SIZE, offset=offset)
+            for run in page:
+                yield from waiting_steps(run)
+            if len(page) < PAGE_SIZE:
+                return
+            offset += PAGE_SIZE
+
+    def _tend_waits(self, report: ReconcileReport, *, dry_run: bool) -> None:
+        """Expire waits past their deadline; publish a poll again where polls went quiet (the
+        worker holding one died): measured by the step's last event, as polls log progress."""
+        now = utc_now()
+        quiet = timedelta(seconds=max(self.stale_after_s, 2 * self.mp.settings.poll_max_interval_s))
+        waiting = list(self.find_waiting())
+        for wait in waiting:
+            if overdue(wait, now):
+                report.expired.append(wait)
+                if not dry_run:
+                    self.mp.jobs.expire(wait)
+            elif self.mp.jobs.has_poller(wait.job.provider) and wait.job.since < now - quiet:
+                events = self.mp.store.list_events(wait.run.run_id, since_seq=0)
+                last = _last_event_ms(wait.run, events).get(wait.step.step_id, 0)
+                if last < (now - quiet).timestamp() * 1000:
+                    report.repolled.append(wait)
+                    if not dry_run:
+                        self.mp.jobs.schedule_poll(
+                            wait.run.run_id,
+                            wait.step.step_id,
+                            wait.job.provider,
+                            wait.job.job_id,
+                            polls=0,
+                        )
+
     def run_once(self, *, dry_run: bool = False) -> ReconcileReport:
-        """Scan once and repair what is stalled (``dry_run``: only report it)."""
+        """Scan once and repair what is stalled, expire waits past their deadline and revive
+        quiet polls (``dry_run``: only report it)."""
         report = ReconcileReport()
+        self._tend_waits(report, dry_run=dry_run)
         # The whole scan first: a repair that fails a run moves it out of the running set, and
         # paging on while repairing would skip as many runs.
         report.stalled = list(self.find_stalled())

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Self
 
-from mpstate.core import check_positive
+from mpstate.core import check_id, check_positive
 from mpstate.errors import InvalidInputError
 
 __all__ = ["PREFIX", "CelerySettings"]
@@ -51,19 +51,47 @@ class CelerySettings:
     publish_retry_policy: Mapping[str, Any] = field(
         default_factory=lambda: _DEFAULT_PUBLISH_RETRY_POLICY
     )
+    #: How long a step waits for a provider's answer (``await_external``) before it fails with
+    #: ``external-timeout`` (retried within its limit): no run stays suspended for good.
+    external_timeout_s: float = 86400.0
+    #: Per-provider deadlines, ``{provider: seconds}``, over ``external_timeout_s``.
+    external_timeouts: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    #: A registered poller's first poll comes this long after the step starts waiting; each
+    #: "still running" answer multiplies the wait by ``poll_backoff``, up to
+    #: ``poll_max_interval_s``.
+    poll_interval_s: float = 5.0
+    poll_backoff: float = 2.0
+    poll_max_interval_s: float = 300.0
+    #: The webhook receiver's public base URL, for ``PipelineTask.callback_url``.
+    callback_base_url: str | None = None
+    #: The key of callback-URL tokens: the secret of those providers on the receiver.
+    callback_secret: str | None = None
 
     def __post_init__(self) -> None:
         # Frozen: normalized values are written with object.__setattr__.
-        if self.store_url is not None and (
-            not isinstance(self.store_url, str) or not self.store_url
+        for name in ("store_url", "callback_base_url", "callback_secret"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise InvalidInputError(f"{PREFIX}{name} must be a non-empty string, not {value!r}")
+        for name in (
+            "outage_window_s",
+            "webhook_retry_interval_s",
+            "webhook_unknown_window_s",
+            "external_timeout_s",
+            "poll_interval_s",
+            "poll_max_interval_s",
         ):
-            raise InvalidInputError(
-                f"{PREFIX}store_url must be a non-empty string, not {self.store_url!r}"
-            )
-        for name in ("outage_window_s", "webhook_retry_interval_s", "webhook_unknown_window_s"):
             object.__setattr__(self, name, _duration(getattr(self, name), PREFIX + name))
+        if _duration(self.poll_backoff, PREFIX + "poll_backoff") < 1:
+            raise InvalidInputError(f"{PREFIX}poll_backoff must be at least 1")
+        object.__setattr__(self, "poll_backoff", float(self.poll_backoff))
+        object.__setattr__(self, "external_timeouts", _timeouts(self.external_timeouts))
         policy = _publish_retry_policy(self.publish_retry_policy)
         object.__setattr__(self, "publish_retry_policy", policy)
+
+    def timeout_for(self, provider: str) -> float:
+        """How long a step waits for ``provider`` before ``external-timeout``."""
+        return self.external_timeouts.get(provider, self.external_timeout_s)
 
     @classmethod
     def from_conf(cls, conf: Mapping[str, Any]) -> Self:
@@ -96,6 +124,19 @@ def _duration(value: object, key: str) -> float:
         except ValueError:
             raise InvalidInputError(f"{key} must be a number of seconds, not {value!r}") from None
     return check_positive(value, key)
+
+
+def _timeouts(value: object) -> Mapping[str, float]:
+    """A read-only ``{provider: seconds}``."""
+    key = PREFIX + "external_timeouts"
+    if not isinstance(value, Mapping):
+        raise InvalidInputError(f"{key} must be a mapping of provider to seconds, not {value!r}")
+    return MappingProxyType(
+        {
+            check_id(provider, f"{key} provider"): _duration(seconds, f"{key}[{provider!r}]")
+            for provider, seconds in value.items()
+        }
+    )
 
 
 def _publish_retry_policy(policy: object) -> Mapping[str, Any]:

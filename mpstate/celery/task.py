@@ -36,10 +36,12 @@ from mpstate.celery.identity import (
 )
 from mpstate.celery.results import StepResult, as_step_result
 from mpstate.celery.transitions import may_retry
-from mpstate.errors import NotInRunError, StateStoreUnavailableError
+from mpstate.core import check_positive
+from mpstate.errors import InvalidInputError, NotInRunError, StateStoreUnavailableError
 from mpstate.events import EventMeta, StepProgress
 from mpstate.graph import upstream
 from mpstate.models import PipelineRun
+from mpstate.webhooks.schemes.tokens import callback_path
 
 __all__ = ["PipelineTask"]
 
@@ -209,20 +211,51 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type hints
             raise Ignore()
         return True
 
-    def await_external(self, provider: str, job_id: str) -> StepResult:
-        """Record the provider's job id (findable before this returns) and suspend the run.
+    def await_external(
+        self, provider: str, job_id: str, *, timeout_s: float | None = None
+    ) -> StepResult:
+        """Record the provider's job on the step (findable before this returns) and wait for it.
 
-        Return the result from the body: the step completes when ``mpstate.resolve_webhook`` is
-        called with this provider and job id. Other branches of the run go on meanwhile; the run
-        is suspended only once nothing else runs. Raises ``NotInRunError`` outside a run: there
-        is no step to resume when the provider calls back.
+        Return the result from the body: the step completes when the provider's answer arrives
+        (its webhook through the receiver or ``mpstate.resolve_webhook``, or a poll when a poller
+        is registered for ``provider``). Other branches of the run go on meanwhile; the run is
+        suspended only once nothing else runs. With no answer within ``timeout_s`` (default:
+        ``mpstate_external_timeouts[provider]``, else ``mpstate_external_timeout_s``, 24 h) the
+        step fails with ``external-timeout`` and is retried within its limit. Raises
+        ``NotInRunError`` outside a run: there is no step to resume when the provider calls back.
         """
         if not self.in_run:
             raise NotInRunError(self.name, "await_external()")
-        self.mpstate.lifecycle.suspend_step(
-            self.identity, provider=provider, job_id=job_id, meta=self.event_meta()
+        mp = self.mpstate
+        wait_s = mp.settings.timeout_for(provider) if timeout_s is None else timeout_s
+        committed = mp.lifecycle.suspend_step(
+            self.identity,
+            provider=provider,
+            job_id=job_id,
+            meta=self.event_meta(),
+            timeout_s=check_positive(wait_s, "timeout_s"),
         )
+        if committed.changed:
+            mp.jobs.waiting_started(self.run_id, self.step_id, provider, job_id)
         return StepResult(suspended=True)
+
+    def callback_url(self, provider: str) -> str:
+        """The URL a provider that signs nothing (Luma) calls back on for this attempt of this
+        step: the receiver's ``mpstate_callback_base_url`` and a path whose token, minted with
+        ``mpstate_callback_secret`` (the provider's secret on the receiver), is bound to the run,
+        the step and the attempt. A callback on an earlier attempt's URL is refused."""
+        if not self.in_run:
+            raise NotInRunError(self.name, "callback_url()")
+        settings = self.mpstate.settings
+        if not settings.callback_base_url or not settings.callback_secret:
+            raise InvalidInputError(
+                "callback_url() needs app.conf.mpstate_callback_base_url and "
+                "mpstate_callback_secret"
+            )
+        path = callback_path(
+            settings.callback_secret, provider, self.run_id, self.step_id, self.attempt
+        )
+        return settings.callback_base_url.rstrip("/") + path
 
     def retry(self, *args: Any, max_retries: int | None = None, **kwargs: Any) -> Any:
         """``Task.retry``, with the step's ``max_retries`` as the default limit.
@@ -278,7 +311,13 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type hints
         # A holder, not the run: the body's request context is a copy of this one, and what the
         # body writes (gate) must be seen here, so completion decides without reading.
         seen = self.request.mpstate_seen = _SeenRun(run)
-        retval = super().__call__(*args, **kwargs)
+        try:
+            retval = super().__call__(*args, **kwargs)
+        except Exception as exc:
+            # Celery hands on_failure a picklable stand-in of an exception that does not pickle
+            # (without its ``code``): keep the original for the step-failed it logs.
+            self.request.mpstate_raised = exc
+            raise
         result = as_step_result(retval, strict=True)
         lifecycle.complete_step(identity, result, meta=self.event_meta(), known=seen.run)
         return _as_message_value(retval)
@@ -288,7 +327,10 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type hints
     ) -> None:
         identity = identity_of(self.request)
         if identity is not None and identity.is_step:
-            self.mpstate.lifecycle.fail_step(identity, exc, retryable=False, meta=self.event_meta())
+            raised = getattr(self.request, "mpstate_raised", None)
+            self.mpstate.lifecycle.fail_step(
+                identity, raised or exc, retryable=False, meta=self.event_meta()
+            )
         super().on_failure(exc, task_id, args, kwargs, einfo)
 
 

@@ -26,7 +26,7 @@ import secrets
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from mpstate.events import (
@@ -58,6 +58,7 @@ from mpstate.models import (
 )
 
 __all__ = [
+    "EXTERNAL_TIMEOUT",
     "WORKER_LOST",
     "Transition",
     "awaits_job",
@@ -75,6 +76,8 @@ __all__ = [
 
 #: The code of the step-failed the reconciler logs for an attempt whose worker is gone.
 WORKER_LOST = "worker-lost"
+#: The code of the step-failed logged when a provider's answer did not come by the deadline.
+EXTERNAL_TIMEOUT = "external-timeout"
 
 #: Statuses in which nothing more happens to a step.
 _CLOSED_STEP = frozenset(
@@ -431,17 +434,28 @@ def gate_step(
 
 
 def suspend_step(
-    run: PipelineRun, step_id: str, *, provider: str, job_id: str, meta: EventMeta
+    run: PipelineRun,
+    step_id: str,
+    *,
+    provider: str,
+    job_id: str,
+    meta: EventMeta,
+    timeout_s: float | None = None,
 ) -> Transition | None:
     """The step handed its work to a provider: step-waiting, with the job recorded on the step
     (and in the run-level ``external_job_ids`` map, kept for compatibility). The run is
-    suspended when no other step runs or is queued."""
+    suspended when no other step runs or is queued. ``timeout_s``: the wait's deadline, from
+    now."""
     step = _open_step(run, step_id)
     if step is None or step.status is not StepStatus.RUNNING:
         return None
     now = utc_now()
     job = ExternalJob(
-        provider=provider, job_id=job_id, attempt=max(step.attempts - 1, 0), since=now
+        provider=provider,
+        job_id=job_id,
+        attempt=max(step.attempts - 1, 0),
+        since=now,
+        deadline=None if timeout_s is None else now + timedelta(seconds=timeout_s),
     )
     updated = step.model_copy(
         update={"status": StepStatus.WAITING, "external_jobs": [*step.external_jobs, job]}

@@ -94,6 +94,18 @@ def _report_document(report: ReconcileReport, dry_run: bool) -> dict[str, Any]:
             for s in items
         ]
 
+    def waits(items: list[Any]) -> list[dict[str, Any]]:
+        return [
+            {
+                "runId": w.run.run_id,
+                "stepId": w.step.step_id,
+                "provider": w.job.provider,
+                "jobId": w.job.job_id,
+                "deadline": w.job.deadline.isoformat() if w.job.deadline else None,
+            }
+            for w in items
+        ]
+
     return {
         "dryRun": dry_run,
         "stalled": steps(report.stalled),
@@ -101,11 +113,25 @@ def _report_document(report: ReconcileReport, dry_run: bool) -> dict[str, Any]:
         "failed": steps(report.failed),
         "skipped": steps(report.skipped),
         "unpublished": steps(report.unpublished),
+        "expired": waits(report.expired),
+        "repolled": waits(report.repolled),
     }
 
 
 def _print_report(report: ReconcileReport, dry_run: bool) -> None:
     console = make_console()
+    verb = "would be" if dry_run else "were"
+    for wait in report.expired:
+        console.print(
+            f"run {wait.run.run_id} step {wait.step.step_id}: no answer from "
+            f"{wait.job.provider} for job {wait.job.job_id} by its deadline: {verb} failed "
+            "with external-timeout"
+        )
+    for wait in report.repolled:
+        console.print(
+            f"run {wait.run.run_id} step {wait.step.step_id}: polls of {wait.job.provider} "
+            f"went quiet: a poll {verb} published"
+        )
     if not report.stalled:
         console.print("nothing stalled")
         return

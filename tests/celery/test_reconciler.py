@@ -500,8 +500,16 @@ def test_reconcilers_racing_on_one_stalled_run_enqueue_it_exactly_once(
 @pytest.mark.parametrize(
     ("policy", "counts", "status"),
     [
-        ("requeue", {"stalled": 1, "requeued": 1, "failed": 0, "skipped": 0}, "completed"),
-        ("fail", {"stalled": 1, "requeued": 0, "failed": 1, "skipped": 0}, "failed"),
+        (
+            "requeue",
+            {"stalled": 1, "requeued": 1, "failed": 0, "skipped": 0, "expired": 0, "repolled": 0},
+            "completed",
+        ),
+        (
+            "fail",
+            {"stalled": 1, "requeued": 0, "failed": 1, "skipped": 0, "expired": 0, "repolled": 0},
+            "failed",
+        ),
     ],
 )
 def test_the_reconcile_task_runs_a_pass_on_a_worker_and_returns_its_counts(
@@ -532,7 +540,14 @@ def test_the_reconcile_task_leaves_a_short_stall_alone_with_its_default_of_ten_m
 
     finished = h.wait_finished(h.app.send_task(RECONCILE).id)
 
-    assert finished.retval == {"stalled": 0, "requeued": 0, "failed": 0, "skipped": 0}
+    assert finished.retval == {
+        "stalled": 0,
+        "requeued": 0,
+        "failed": 0,
+        "skipped": 0,
+        "expired": 0,
+        "repolled": 0,
+    }
     assert h.run(run.run_id) == before
 
 

@@ -179,7 +179,16 @@ def test_reconcile_json_prints_the_report_with_each_stalled_step(
     assert result.exit_code == 0, result.output
     assert len(result.stdout.splitlines()) == 1
     report = json.loads(result.stdout)
-    assert set(report) == {"dryRun", "stalled", "requeued", "failed", "skipped", "unpublished"}
+    assert set(report) == {
+        "dryRun",
+        "stalled",
+        "requeued",
+        "failed",
+        "skipped",
+        "unpublished",
+        "expired",
+        "repolled",
+    }
     assert report["dryRun"] is True
     (stalled,) = report["stalled"]
     assert set(stalled) == {"runId", "stepId", "status", "idleS", "tenantId"}
@@ -211,6 +220,8 @@ def test_reconcile_says_so_when_nothing_is_stalled(
         "requeued": [],
         "failed": [],
         "skipped": [],
+        "expired": [],
+        "repolled": [],
         "unpublished": [],
     }
     assert snapshot(store, run_id) == before

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from mpstate import InvalidInputError
 from mpstate.celery import PayloadAdapter, ProviderError, WebhookOutcome
-from mpstate.webhooks.adapters import (
+from mpstate.celery.adapters import (
     ADAPTERS,
     MESSAGE_LIMIT,
     elevenlabs_adapter,

@@ -1,6 +1,6 @@
 """A receiver given an asyncio store waits for an early callback's job id on the event loop.
 
-Without one, the receiver polls ``MpState.resolve`` in a worker thread for up to
+Without one, the receiver polls ``MpState.resolve_outcome`` in a worker thread for up to
 ``early_wait_s``; with ``store=`` (an ``mpstate.aio`` store on the same data) it polls
 ``find_by_external_job_id`` on the event loop and resolves in a thread only once the job is
 recorded, so unknown or early callbacks hold no thread while they wait.
@@ -26,15 +26,15 @@ from mpstate.webhooks import webhook_app
 
 @pytest.fixture
 def resolves(h: Harness, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The job ids ``MpState.resolve`` was called with (each call runs in a worker thread)."""
+    """The job ids ``MpState.resolve_outcome`` was called with (each call runs in a thread)."""
     calls: list[str] = []
-    original = h.mp.resolve
+    original = h.mp.resolve_outcome  # what the receiver calls with the adapter's reading
 
     def counting(provider: str, job_id: str, *args: Any, **kwargs: Any) -> str:
         calls.append(job_id)
         return original(provider, job_id, *args, **kwargs)
 
-    monkeypatch.setattr(h.mp, "resolve", counting)
+    monkeypatch.setattr(h.mp, "resolve_outcome", counting)
     return calls
 
 
