@@ -65,7 +65,7 @@ import redis
 from celery import Celery, signals
 from celery.contrib.testing.worker import start_worker
 
-import mpstate.celery.hooks as hooks_module
+import mpstate.celery.lifecycle as lifecycle_module
 import mpstate.core as core_module
 import mpstate.redis.backend as redis_backend_module
 from benchmarks.harness import write_results
@@ -494,8 +494,8 @@ class Bench:
         """Timing wrappers on the hooks, the store calls, the codec and the enqueue."""
         mp, store = self.mp, self.store
         spans.patch(mp, "start_run", "start_run")
-        spans.patch(mp.hooks, "start", "hooks.start (step-started)")
-        spans.patch(mp.hooks, "complete", "hooks.complete (step-completed)")
+        spans.patch(mp.lifecycle, "start_step", "lifecycle.start_step (step-started)")
+        spans.patch(mp.lifecycle, "complete_step", "lifecycle.complete_step (step-completed)")
         spans.patch(mp.lifecycle, "apply", "lifecycle.apply")
         spans.patch(mp.lifecycle, "enqueue", "enqueue next step")
         spans.patch(self.app, "send_task", "app.send_task (publish)")
@@ -508,8 +508,8 @@ class Bench:
         spans.patch(redis_backend_module, "decode_run", "decode_run (pydantic)")
         spans.patch(redis_backend_module, "encode_fields", "encode_fields")
         spans.patch(redis_backend_module, "event_document", "event_document")
-        spans.patch(hooks_module, "start_step", "decide: start_step")
-        spans.patch(hooks_module, "complete_step", "decide: complete_step")
+        spans.patch(lifecycle_module, "start_step", "decide: start_step")
+        spans.patch(lifecycle_module, "complete_step", "decide: complete_step")
 
 
 # -- reporting ----------------------------------------------------------------------------------

@@ -25,8 +25,7 @@ from celery import Celery
 from celery.canvas import Signature
 
 from mpstate.celery.canvas import is_canvas, steps_from_canvas
-from mpstate.celery.hooks import StepHooks, request_meta
-from mpstate.celery.identity import ATTEMPT_BASE, StepIdentity
+from mpstate.celery.identity import ATTEMPT_BASE, StepIdentity, request_meta
 from mpstate.celery.jobs import POLL_JOB, ExternalJobs, Poller
 from mpstate.celery.lifecycle import StepLifecycle
 from mpstate.celery.reconciler import Reconciler, ReconcileReport
@@ -88,8 +87,6 @@ class MpState:
             revoke=self._revoke,
             outage_window_s=settings.outage_window_s,
         )
-        #: Deprecated: the lifecycle's step methods under their old names (``mp.lifecycle``).
-        self.hooks = StepHooks(self.lifecycle)
         # Shorthands of ``settings`` for the webhook task and ``_enqueue``.
         self.webhook_retry_interval_s = settings.webhook_retry_interval_s
         self.webhook_unknown_window_s = settings.webhook_unknown_window_s

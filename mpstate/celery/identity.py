@@ -17,7 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ROLE", "RUN_ID", "STEP_ID", "StepIdentity", "identity_of"]
+from mpstate.events import EventMeta
+
+__all__ = ["ROLE", "RUN_ID", "STEP_ID", "StepIdentity", "identity_of", "request_meta"]
 
 RUN_ID = "mpstate_run_id"
 STEP_ID = "mpstate_step_id"
@@ -80,3 +82,14 @@ def without_identity_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     message must keep the ids for Flower too.
     """
     return {key: value for key, value in kwargs.items() if key not in (RUN_ID, STEP_ID)}
+
+
+def request_meta(request: Any) -> EventMeta:
+    """Event meta for a Celery request: task id, worker hostname, redelivery flag."""
+    meta: EventMeta = {"taskId": getattr(request, "id", None)}
+    hostname = getattr(request, "hostname", None)
+    if hostname:
+        meta["worker"] = hostname
+    if (getattr(request, "delivery_info", None) or {}).get("redelivered"):
+        meta["redelivered"] = True
+    return meta

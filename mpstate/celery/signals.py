@@ -16,8 +16,14 @@ from typing import Any, Protocol
 from celery import current_task, signals
 from celery.exceptions import WorkerLostError
 
-from mpstate.celery.hooks import request_meta
-from mpstate.celery.identity import RUN_ID, STEP_ID, StepIdentity, attempt_of, identity_of
+from mpstate.celery.identity import (
+    RUN_ID,
+    STEP_ID,
+    StepIdentity,
+    attempt_of,
+    identity_of,
+    request_meta,
+)
 from mpstate.celery.lifecycle import StepLifecycle
 from mpstate.celery.results import as_step_result
 from mpstate.events import EventMeta

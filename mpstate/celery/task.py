@@ -27,11 +27,11 @@ from celery.exceptions import Ignore
 from kombu.exceptions import OperationalError
 
 from mpstate.celery.binding import MpState
-from mpstate.celery.hooks import request_meta
 from mpstate.celery.identity import (
     StepIdentity,
     attempt_of,
     identity_of,
+    request_meta,
     without_identity_kwargs,
 )
 from mpstate.celery.results import StepResult, as_step_result
