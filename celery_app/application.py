@@ -10,6 +10,7 @@ from celery import Celery
 
 from celery_app.cache import cache_for
 from celery_app.operations import Services, register_operations
+from celery_app.provider import poll_job
 from celery_app.settings import Settings
 from mpstate import InMemoryPipelineStateStore, PipelineStateStore
 from mpstate.celery import MpState
@@ -55,8 +56,14 @@ def create_app(settings: Settings, store: PipelineStateStore | None = None) -> C
         task_default_queue=settings.queue,
         timezone="UTC",
         mpstate_webhook_retry_interval_s=1.0,
+        # The simulated provider answers in seconds: poll it often (real ones: the defaults).
+        mpstate_poll_interval_s=0.5,
+        mpstate_poll_max_interval_s=2.0,
     )
-    MpState(app, store if store is not None else store_for(settings))
+    mp = MpState(app, store if store is not None else store_for(settings))
+    if settings.poll_provider:
+        provider_url = settings.provider_url
+        mp.register_poller("video", lambda job_id: poll_job(provider_url, job_id))
     register_operations(
         app,
         Services(

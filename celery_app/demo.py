@@ -46,6 +46,13 @@ STAGGER_S = 0.6
 @click.option("--failure-rate", default=0.3, show_default=True, type=click.FloatRange(0, 1))
 @click.option("--duplicate-rate", default=0.5, show_default=True, type=click.FloatRange(0, 1))
 @click.option("--provider-delay", default=1.0, show_default=True, type=click.FloatRange(0, 60))
+@click.option(
+    "--provider-mode",
+    type=click.Choice(["callback", "poll"]),
+    default="callback",
+    show_default=True,
+    help="poll: the provider never calls back, and mpstate polls it for each job.",
+)
 @click.option("--timeout", default=90.0, show_default=True, help="Seconds before giving up.")
 def main(
     redis_url: str | None,
@@ -55,6 +62,7 @@ def main(
     failure_rate: float,
     duplicate_rate: float,
     provider_delay: float,
+    provider_mode: str,
     timeout: float,
 ) -> None:
     console = Console(highlight=False)
@@ -70,6 +78,7 @@ def main(
     else:
         receiver_sock, provider_sock = bind_loopback(), bind_loopback()
         settings = _embedded_settings(redis_url, url_of(receiver_sock), url_of(provider_sock))
+        settings = settings.model_copy(update={"poll_provider": provider_mode == "poll"})
     store = store_for(settings)
     app = create_app(settings, store)
     console.print(f"[bold]mpstate demo[/bold]: product-photo x{runs} on {_where(settings)}")
@@ -82,11 +91,14 @@ def main(
                 duplicate_rate=duplicate_rate,
                 failure_rate=failure_rate,
                 seed=seed,
+                callback_rate=0.0 if provider_mode == "poll" else 1.0,
             )
             console.print(
                 f"receiver {settings.receiver_url}  ·  simulated video provider "
                 f"{settings.provider_url} (delay {provider_delay:.1f} s, duplicates "
-                f"{duplicate_rate:.0%}, failures {failure_rate:.0%}, seed {seed})\n"
+                f"{duplicate_rate:.0%}, failures {failure_rate:.0%}, seed {seed}"
+                + (", never calls back: polled" if provider_mode == "poll" else "")
+                + ")\n"
             )
             stack.enter_context(serving(provider_app(behaviour), provider_sock))
             secrets = parse_secrets(settings.webhook_secrets)
@@ -120,7 +132,9 @@ def main(
             f"video provider: {provider_stats['jobs']} job(s), "
             f"{provider_stats['callbacks_sent']} signed callback(s) delivered, of which "
             f"{provider_stats['duplicates_sent']} duplicate(s) (absorbed: no event) and "
-            f"{provider_stats['failures_sent']} failure(s) (the step was retried)"
+            f"{provider_stats['failures_sent']} failure(s) (the step was retried); "
+            f"{provider_stats['silent_jobs']} job(s) never called back, "
+            f"{provider_stats['polls']} poll(s) answered"
         )
     _summarise(console, finished, settings)
     findings = [f for run in finished for f in audit_run(store.require(run.run_id))]

@@ -8,7 +8,10 @@ come at once (before the job id is recorded), or come again seconds later (after
 on). Run it standalone with ``python -m celery_app.provider`` (docker-compose does).
 
 ``POST /jobs`` ``{"callbackUrl": ..., "input": {...}}`` -> 202 ``{"jobId": ...}``;
-``GET /stats`` counts jobs, callbacks, duplicates and failures; ``GET /healthz``.
+``GET /jobs/{jobId}`` -> the job's state in mpstate's default payload shape (``running`` until its
+delay has passed), for a poller; ``GET /stats`` counts jobs, callbacks, duplicates and failures;
+``GET /healthz``. With ``callback_rate`` below 1 some jobs never call back (as Runway, Stability
+and Veo never do, or as a provider whose retries gave up): only a poller finds their result.
 """
 
 from __future__ import annotations
@@ -32,9 +35,10 @@ from starlette.routing import Route
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from celery_app.settings import Settings
+from mpstate.celery.webhook import WebhookOutcome, default_adapter
 from mpstate.webhooks import signed_headers
 
-__all__ = ["ProviderBehaviour", "provider_app", "submit_job"]
+__all__ = ["ProviderBehaviour", "poll_job", "provider_app", "submit_job"]
 
 log = logging.getLogger("celery_app.provider")
 
@@ -57,6 +61,8 @@ class ProviderBehaviour(BaseModel):
     #: Jobs whose callback is delivered once more ``late_by_s`` later, after the run moved on.
     late_duplicate_rate: float = Field(default=0.0, ge=0, le=1)
     late_by_s: float = Field(default=3.0, ge=0)
+    #: Jobs that call back at all; the others are only found by polling ``GET /jobs/{id}``.
+    callback_rate: float = Field(default=1.0, ge=0, le=1)
 
 
 class _Job(BaseModel):
@@ -75,6 +81,9 @@ class ProviderStats:
     early_sent: int = 0
     failures_sent: int = 0
     delivery_errors: int = 0
+    #: Jobs that never called back, and polls answered.
+    silent_jobs: int = 0
+    polls: int = 0
     job_ids: list[str] = field(default_factory=list)
 
 
@@ -87,6 +96,8 @@ def provider_app(behaviour: ProviderBehaviour) -> Starlette:
     rng = random.Random(behaviour.seed)
     stats = ProviderStats()
     pending: set[asyncio.Task[None]] = set()
+    #: Each job's final payload and when it becomes the answer to a poll (loop time).
+    results: dict[str, tuple[dict[str, Any], float]] = {}
 
     async def submit(request: Request) -> JSONResponse:
         try:
@@ -104,20 +115,36 @@ def provider_app(behaviour: ProviderBehaviour) -> Starlette:
         delay = 0.0 if early else behaviour.delay_s + jitter
         late = behaviour.late_duplicate_rate > 0 and rng.random() < behaviour.late_duplicate_rate
         payload = _outcome(job_id, failed, behaviour.cost_usd)
+        results[job_id] = (payload, asyncio.get_running_loop().time() + delay)
         url = str(job.callback_url)
-        deliveries = [_call_back(url, payload, copies, delay, behaviour.secret, stats)]
-        if late:
+        # Drawn only when asked for, so a seed replays the same jobs as before.
+        silent = behaviour.callback_rate < 1 and rng.random() >= behaviour.callback_rate
+        stats.silent_jobs += silent
+        deliveries = (
+            [] if silent else [_call_back(url, payload, copies, delay, behaviour.secret, stats)]
+        )
+        if late and not silent:
             late_delay = delay + behaviour.late_by_s
             deliveries.append(_call_back(url, payload, 1, late_delay, behaviour.secret, stats))
-        stats.early_sent += early
-        stats.late_duplicates_sent += late
-        stats.duplicates_sent += copies - 1
+        stats.early_sent += early and not silent
+        stats.late_duplicates_sent += late and not silent
+        stats.duplicates_sent += 0 if silent else copies - 1
         stats.failures_sent += failed
         for delivery in deliveries:
             task = asyncio.create_task(delivery)
             pending.add(task)
             task.add_done_callback(pending.discard)
         return JSONResponse({"jobId": job_id}, status_code=202)
+
+    async def job_state(request: Request) -> JSONResponse:
+        job_id = request.path_params["job_id"]
+        if job_id not in results:
+            return JSONResponse({"error": f"no job {job_id}"}, status_code=404)
+        stats.polls += 1
+        payload, ready_at = results[job_id]
+        if asyncio.get_running_loop().time() < ready_at:
+            return JSONResponse({"jobId": job_id, "status": "running", "message": "rendering"})
+        return JSONResponse(payload)
 
     async def show_stats(_: Request) -> JSONResponse:
         return JSONResponse({**asdict(stats), "pending": len(pending)})
@@ -128,6 +155,7 @@ def provider_app(behaviour: ProviderBehaviour) -> Starlette:
     return Starlette(
         routes=[
             Route("/jobs", submit, methods=["POST"]),
+            Route("/jobs/{job_id}", job_state, methods=["GET"]),
             Route("/stats", show_stats, methods=["GET"]),
             Route("/healthz", health, methods=["GET"]),
         ]
@@ -187,6 +215,13 @@ async def _deliver(client: httpx.AsyncClient, url: str, body: bytes, secret: str
             response.raise_for_status()
 
 
+def poll_job(provider_url: str, job_id: str) -> WebhookOutcome:
+    """Ask the provider for a job's state (a ``Poller`` for ``MpState.register_poller``)."""
+    response = httpx.get(f"{provider_url.rstrip('/')}/jobs/{job_id}", timeout=10.0)
+    response.raise_for_status()
+    return default_adapter(response.json())
+
+
 def submit_job(provider_url: str, callback_url: str, job_input: dict[str, Any]) -> str:
     """Submit a job to the provider; returns the job id a step hands to ``await_external``."""
     response = httpx.post(
@@ -211,6 +246,13 @@ def submit_job(provider_url: str, callback_url: str, job_input: dict[str, Any]) 
     "--late-duplicate-rate", envvar="PROVIDER_LATE_DUPLICATE_RATE", default=0.0, show_default=True
 )
 @click.option("--late-by", envvar="PROVIDER_LATE_BY_S", default=3.0, show_default=True)
+@click.option(
+    "--callback-rate",
+    envvar="PROVIDER_CALLBACK_RATE",
+    default=1.0,
+    show_default=True,
+    help="Share of jobs that call back; the others are found by polling GET /jobs/{id}.",
+)
 def main(
     host: str,
     port: int,
@@ -222,6 +264,7 @@ def main(
     early_rate: float,
     late_duplicate_rate: float,
     late_by: float,
+    callback_rate: float,
 ) -> None:
     """Serve the simulated video provider; its secret is MPSTATE_WEBHOOK_SECRETS' "video"."""
     behaviour = ProviderBehaviour(
@@ -234,6 +277,7 @@ def main(
         early_rate=early_rate,
         late_duplicate_rate=late_duplicate_rate,
         late_by_s=late_by,
+        callback_rate=callback_rate,
     )
     uvicorn.run(provider_app(behaviour), host=host, port=port, log_level="info")
 

@@ -14,6 +14,8 @@ broker and the store. A deployment sets the variables below (docker-compose.yml 
 ``MPSTATE_PROVIDER_URL``       the (simulated) video provider's base URL
 ``MPSTATE_RECEIVER_URL``       the webhook receiver's base URL, as the provider reaches it
 ``MPSTATE_WEBHOOK_SECRETS``    ``provider=secret[,provider=secret...]``, shared with providers
+``MPSTATE_POLL_PROVIDER``      ``1``: also poll the video provider for its jobs (a provider
+                               that never calls back, or a safety net for lost callbacks)
 =============================  ============================================================
 """
 
@@ -40,6 +42,7 @@ ENVIRONMENT = {
     "provider_url": "MPSTATE_PROVIDER_URL",
     "receiver_url": "MPSTATE_RECEIVER_URL",
     "webhook_secrets": "MPSTATE_WEBHOOK_SECRETS",
+    "poll_provider": "MPSTATE_POLL_PROVIDER",
 }
 
 
@@ -60,6 +63,8 @@ class Settings(BaseModel):
     provider_url: str = "http://127.0.0.1:8001"
     receiver_url: str = "http://127.0.0.1:8000"
     webhook_secrets: str = "video=demo-secret"
+    #: Poll the video provider for its jobs too (``GET /jobs/{id}``), besides its callbacks.
+    poll_provider: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:

@@ -43,6 +43,8 @@ class RunVerdicts:
     total_cost_usd: float
     #: Runs in which two steps executed at once (the graph's branches ran in parallel).
     parallel_runs: int = 0
+    #: Provider answers applied by a poll rather than a callback.
+    polled_results: int = 0
 
 
 def check_runs(
@@ -52,7 +54,7 @@ def check_runs(
     violations: list[Violation] = []
     statuses: Counter[str] = Counter()
     codes: Counter[str] = Counter()
-    applied = cache_hits = retried = requeued = parallel = 0
+    applied = cache_hits = retried = requeued = parallel = polled = 0
     total_cost = 0.0
     for plan in planned:
         if plan.run_id is None:
@@ -66,7 +68,9 @@ def check_runs(
         violations.extend(_run_violations(run, plan, bound_s))
         for event in run.events:
             meta = event.meta or {}
-            applied += "jobId" in meta and event.kind in ("step-completed", "step-failed")
+            answered = "jobId" in meta and event.kind in ("step-completed", "step-failed")
+            polled += answered and meta.get("via") == "poll"
+            applied += answered and meta.get("via") != "poll"
             cache_hits += event.kind == "step-cached"
             retried += event.kind == "step-failed" and bool(getattr(event, "retryable", False))
             requeued += getattr(event, "code", None) == "worker-lost"
@@ -85,6 +89,7 @@ def check_runs(
         requeued,
         round(total_cost, 6),
         parallel,
+        polled,
     )
 
 

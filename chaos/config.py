@@ -41,6 +41,10 @@ class ChaosConfig(BaseModel):
     provider_duplicate_rate: float = Field(default=0.3, ge=0, le=1)
     provider_early_rate: float = Field(default=0.1, ge=0, le=1)
     provider_late_duplicate_rate: float = Field(default=0.2, ge=0, le=1)
+    #: Jobs whose callback the provider never sends (lost on purpose): only polls find them.
+    provider_lost_callback_rate: float = Field(default=0.15, ge=0, le=1)
+    #: Register a poller for the provider (the safety net for lost callbacks).
+    poll_provider: bool = True
     #: The reconciler's idle bound and how often it sweeps.
     stale_after_s: float = Field(default=20.0, gt=0)
     reconcile_every_s: float = Field(default=2.0, gt=0)

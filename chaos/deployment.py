@@ -144,6 +144,7 @@ class Deployment:
             "MPSTATE_PROVIDER_URL": settings.provider_url,
             "MPSTATE_RECEIVER_URL": settings.receiver_url,
             "MPSTATE_WEBHOOK_SECRETS": settings.webhook_secrets,
+            "MPSTATE_POLL_PROVIDER": "1" if self.config.poll_provider else "",
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
             "PYTHONUNBUFFERED": "1",
         }
@@ -170,6 +171,7 @@ class Deployment:
                 "--duplicate-rate", str(config.provider_duplicate_rate),
                 "--early-rate", str(config.provider_early_rate),
                 "--late-duplicate-rate", str(config.provider_late_duplicate_rate),
+                "--callback-rate", str(1 - config.provider_lost_callback_rate),
                 "--seed", str(config.seed),
             ],
         ).start()  # fmt: skip

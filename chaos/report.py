@@ -33,6 +33,7 @@ class Summary:
     retried_steps: int = 0
     cache_hits: int = 0
     parallel_runs: int = 0
+    polled_results: int = 0
     provider: dict[str, int] = field(default_factory=dict)
     callbacks_applied: int = 0
     duplicate_callbacks_absorbed: int = 0
@@ -85,6 +86,11 @@ class Summary:
                 f"{self.provider.get('duplicates_sent', 0)}, "
                 f"{self.provider.get('late_duplicates_sent', 0)}, "
                 f"{self.provider.get('early_sent', 0)})",
+            ),
+            (
+                "jobs that never called back / polls answered / results found by a poll",
+                f"{self.provider.get('silent_jobs', 0)} / {self.provider.get('polls', 0)} / "
+                f"{self.polled_results}",
             ),
             (
                 "callbacks applied / absorbed",

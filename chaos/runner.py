@@ -128,6 +128,7 @@ def _judge(
     summary.retried_steps = verdicts.retried_steps
     summary.cache_hits = verdicts.cache_hits
     summary.parallel_runs = verdicts.parallel_runs
+    summary.polled_results = verdicts.polled_results
     summary.total_cost_usd = verdicts.total_cost_usd
     summary.violations = [str(v) for v in verdicts.violations]
 

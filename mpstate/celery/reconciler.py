@@ -13,7 +13,9 @@ killed pool child's message is requeued at once. Two cases it cannot see:
 ``Reconciler.run_once()`` lists running runs and looks at each step that is running, or pending
 with every dependency done (of a linear run: its current step). Such a step is stalled when it
 has been idle for ``stale_after_s``: a running step since its own last event (progress
-included), a ready one since the steps it waited for ended. Policy ``requeue`` logs step-failed
+included), a ready one since anything in its run last moved (the store cannot tell a message
+waiting in a long queue from one never published, so a ready step of a busy run is taken as
+queued; it is found once the run goes quiet). Policy ``requeue`` logs step-failed
 ``worker-lost`` (retryable) and publishes the step again under a new task id, within the step's
 retry limit; past it, or with policy ``fail``, the step fails for good (and the run with it, see
 ``FailurePolicy``). A ready step is published (nothing ran). A step waiting for a provider is not
@@ -47,7 +49,7 @@ from mpstate.celery.settings import CelerySettings
 from mpstate.errors import InvalidInputError, MpStateError, RunNotFoundError
 from mpstate.events import PipelineEvent
 from mpstate.fields import utc_now
-from mpstate.graph import active_steps, dependencies
+from mpstate.graph import active_steps
 from mpstate.models import PipelineRun, PipelineRunStatus, StepState, StepStatus
 from mpstate.store import PipelineStateStore, check_positive
 
@@ -164,19 +166,20 @@ class Reconciler:
         except RunNotFoundError:
             return []  # expired or deleted since the page was read
         last_ms = _last_event_ms(run, events)
-        graph = dependencies(run.steps)
+        updated_ms = run.updated_at.timestamp() * 1000
+        # The run as a whole: its last write or event. A queued step cannot be told from a lost
+        # publish by the store; while anything in its run moves, it is taken as queued.
+        run_ms = max([updated_ms, *(event.at for event in events[-1:])])
         cutoff_ms = cutoff.timestamp() * 1000
         stalled = []
-        # With one step in flight every write to the run is about it; with several, another
-        # branch's write says nothing about this step.
-        touched_ms = run.updated_at.timestamp() * 1000 if len(active) == 1 else 0.0
         for step in active:
-            # A queued step is idle since the steps it waited for ended; a running one since
-            # its own last event (progress counts).
-            sources = graph[step.step_id] if step.status is StepStatus.PENDING else ()
-            times = [last_ms[s] for s in (step.step_id, *sources) if s in last_ms]
-            # A root step with no event yet is as old as the run's last write (its start).
-            idle_since = max(touched_ms, *times) if times else run.updated_at.timestamp() * 1000
+            if step.status is StepStatus.PENDING:
+                idle_since = run_ms
+            else:
+                # A running step is idle since its own last event (progress counts); with one
+                # step in flight every write to the run is about it too, with several not.
+                own = last_ms.get(step.step_id, updated_ms)
+                idle_since = max(own, updated_ms) if len(active) == 1 else own
             if idle_since > cutoff_ms:
                 continue
             stalled.append(
