@@ -95,9 +95,9 @@ def _secrets_of(provider: str, value: str | Sequence[str] | None) -> tuple[str, 
     if value is None:
         return ()
     values = (value,) if isinstance(value, str) else tuple(value)
-    if not values or not all(isinstance(v, str) and v for v in values):
+    if not all(isinstance(v, str) and v for v in values):
         raise InvalidInputError(f"provider {provider!r} needs a non-empty secret")
-    return values
+    return values  # empty: a scheme with public keys (fal); the others refuse it below
 
 
 def _config(
