@@ -45,11 +45,14 @@ class ChaosConfig(BaseModel):
     provider_lost_callback_rate: float = Field(default=0.15, ge=0, le=1)
     #: Register a poller for the provider (the safety net for lost callbacks).
     poll_provider: bool = True
-    #: The reconciler's idle bound and how often it sweeps.
-    stale_after_s: float = Field(default=20.0, gt=0)
+    #: The reconciler's idle bound and how often it sweeps. Above the longest a message waits in
+    #: the queue: 200 runs launched in 10 s put about 400 steps (two branches each) before 6
+    #: worker slots, about 35 s of queue; with 20 s the reconciler re-published hundreds of steps
+    #: that were only queued (harmless, as a superseded message is refused, but wasteful).
+    stale_after_s: float = Field(default=45.0, gt=0)
     reconcile_every_s: float = Field(default=2.0, gt=0)
     #: Redis redelivers an unacknowledged message this long after delivery (a killed worker's).
-    visibility_timeout_s: int = Field(default=40, ge=1)
+    visibility_timeout_s: int = Field(default=60, ge=1)
     #: Every run must be terminal this long after it was started.
     run_bound_s: float = Field(default=180.0, gt=0)
     seed: int = 1
