@@ -65,8 +65,8 @@ def provider_configs(
     tolerance_s: float | None = None,
     scheme_options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, ProviderConfig]:
-    """One ``ProviderConfig`` per provider named in ``secrets`` (or in ``schemes``, for a scheme
-    that needs no secret: fal's keys are public).
+    """One ``ProviderConfig`` per provider named in ``secrets``, ``schemes`` or
+    ``scheme_options`` (a scheme that needs no secret: fal's keys are public).
 
     ``tolerance_s`` overrides every scheme's replay window; ``scheme_options`` passes options to a
     provider's scheme (fal: ``jwks_url``, ``jwks_file``, ``user_id``). Raises
@@ -79,7 +79,7 @@ def provider_configs(
     options = dict(scheme_options or {})
     if tolerance_s is not None:
         check_positive(tolerance_s, "tolerance_s")
-    names = list(dict.fromkeys([*secrets, *schemes]))
+    names = list(dict.fromkeys([*secrets, *schemes, *options]))
     if not names:
         raise InvalidInputError("configure at least one provider secret (provider -> secret)")
     configs = {}

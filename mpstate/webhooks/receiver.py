@@ -266,7 +266,9 @@ class _Receiver:
         if config.scheme is None:
             target = _capability_target(config, params)
         else:
-            delivery_id = _verify(config.scheme, request, body).delivery_id
+            # In a thread: a scheme may fetch keys (fal's JWKS), which must not hold the loop.
+            verified = await anyio.to_thread.run_sync(_verify, config.scheme, request, body)
+            delivery_id = verified.delivery_id
         payload = _parse_payload(body)
         outcome = _read_outcome(self.adapter_for(provider), payload)
         if outcome.job_id is not None:
@@ -296,7 +298,7 @@ class _Receiver:
 
     async def _resolved(self, mp: MpState, callback: _Callback) -> dict[str, Any]:
         if callback.target is not None:
-            stale = await self._in_thread(_stale_target, mp, callback.target)
+            stale = await self._in_thread(_stale_target, mp, callback)
             if stale:
                 raise _RefusedError(403, stale, reason="superseded")
         outcome = "unknown"
@@ -377,10 +379,12 @@ def _capability_target(config: ProviderConfig, params: Mapping[str, str]) -> tup
     return run_id, step_id, int(attempt)
 
 
-def _stale_target(mp: MpState, target: tuple[str, str, int]) -> str:
-    """Why a capability URL no longer authorizes anything ('' while it does): its run ended, or
-    its step moved to a later attempt."""
-    run_id, step_id, attempt = target
+def _stale_target(mp: MpState, callback: _Callback) -> str:
+    """Why a capability URL does not authorize this callback ('' while it does): its run ended,
+    its step moved to a later attempt, or the step waits for another job (a URL is bound to one
+    step's attempt; its token cannot answer for another run's job)."""
+    assert callback.target is not None
+    run_id, step_id, attempt = callback.target
     run = mp.store.get(run_id, include_events=False)
     if run is None or run.is_terminal:
         return f"run {run_id!r} is no longer live"
@@ -390,6 +394,10 @@ def _stale_target(mp: MpState, target: tuple[str, str, int]) -> str:
         return f"run {run_id!r} has no step {step_id!r}"
     if step.attempts - 1 != attempt:
         return f"this URL is for attempt {attempt} of step {step_id!r}, which is at a later one"
+    owner = run.step_of_job(callback.provider, callback.job_id)
+    awaited_elsewhere = owner is None and step.awaited_job is not None
+    if awaited_elsewhere or (owner is not None and owner.step_id != step_id):
+        return f"job {callback.job_id!r} is not the job step {step_id!r} of this URL waits for"
     return ""
 
 
