@@ -94,11 +94,7 @@ def selected_backends(config: pytest.Config) -> frozenset[str] | None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Deselect the tests of backends ``--backends`` leaves out; under xdist, slow tests first.
-
-    A test marked ``slow`` that started last would run alone at the end of a parallel run: they
-    go first (every worker reorders its collection the same way, as xdist requires).
-    """
+    """Deselect the tests of the backends ``--backends`` leaves out."""
     wanted = selected_backends(config)
     if wanted is not None:
         kept, dropped = [], []
@@ -109,8 +105,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if dropped:
             config.hook.pytest_deselected(items=dropped)
             items[:] = kept
-    if hasattr(config, "workerinput"):  # an xdist worker
-        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @contextmanager

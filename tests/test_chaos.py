@@ -3,17 +3,47 @@ restart, erratic webhooks and bad input (``make chaos`` runs 200)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
+from typing import Any
 
 import pytest
+from celery import Celery
 from rich.console import Console
 
+import chaos.runner
 from chaos.config import ChaosConfig
 from chaos.runner import run_chaos
+from mpstate.celery import MpState
+from mpstate.errors import MpStateError
 
 
-@pytest.mark.slow
+@pytest.fixture
+def unbind_driver_apps(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Close the ``MpState`` run_chaos binds to its driver app in this process.
+
+    run_chaos leaves it bound: its signal receivers (Celery's signals are global) would stay
+    connected and handle the plain tasks of later tests in this process (this xdist worker),
+    with a store whose server the chaos run has stopped.
+    """
+    created: list[Celery] = []
+    create_app = chaos.runner.create_app
+
+    def recording(*args: Any, **kwargs: Any) -> Celery:
+        app = create_app(*args, **kwargs)
+        created.append(app)
+        return app
+
+    monkeypatch.setattr(chaos.runner, "create_app", recording)
+    yield
+    for app in created:
+        with suppress(MpStateError):  # closed already
+            MpState.of(app).close()
+
+
 @pytest.mark.timeout(240)
+@pytest.mark.usefixtures("unbind_driver_apps")
 def test_twenty_runs_survive_a_worker_kill_a_redis_restart_and_bad_input(tmp_path: Path) -> None:
     config = ChaosConfig.scaled_down()
     summary = run_chaos(config, workdir=tmp_path / "logs")

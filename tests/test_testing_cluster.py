@@ -41,9 +41,6 @@ def _binaries() -> list[object]:
 
 BINARIES = _binaries()
 
-# The module's clusters (one per binary) are started once, by one xdist worker.
-pytestmark = pytest.mark.xdist_group("testing_cluster")
-
 
 @pytest.fixture(scope="module", params=BINARIES)
 def cluster(request: pytest.FixtureRequest) -> Iterator[LocalRedisCluster]:

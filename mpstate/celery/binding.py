@@ -340,8 +340,15 @@ class MpState:
         @self.app.task(  # type: ignore[untyped-decorator]
             name=RESOLVE_WEBHOOK, bind=True, max_retries=None, shared=False
         )
-        def resolve_webhook(self: Any, provider: str, job_id: str, payload: dict[str, Any]) -> str:
-            """Resolve a provider callback; an unknown job is retried for a bounded window."""
+        def resolve_webhook(
+            self: Any,
+            provider: str,
+            job_id: str,
+            payload: dict[str, Any],
+            delivery_id: str | None = None,
+        ) -> str:
+            """Resolve a provider callback; an unknown job is retried for a bounded window, then
+            kept as unmatched (with the provider's delivery id, when it sent one)."""
             # The MpState bound now (Celery keeps the first registration of a task name).
             mp = MpState.of(self.app)
             result = mp.resolve(provider, job_id, payload, meta=request_meta(self.request))
@@ -353,7 +360,7 @@ class MpState:
                     provider,
                     job_id,
                     f"no run recorded the job within {waited:.0f} s",
-                    delivery_id=self.request.id,
+                    delivery_id=delivery_id,
                 )
                 return "dropped"
             return result

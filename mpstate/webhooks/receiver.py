@@ -297,10 +297,6 @@ class _Receiver:
             raise
 
     async def _resolved(self, mp: MpState, callback: _Callback) -> dict[str, Any]:
-        if callback.target is not None:
-            stale = await self._in_thread(_stale_target, mp, callback)
-            if stale:
-                raise _RefusedError(403, stale, reason="superseded")
         outcome = "unknown"
         if self.store is None:
             outcome = await self._resolve_within(mp, callback, self.early_wait_s)
@@ -311,12 +307,15 @@ class _Receiver:
         if outcome != "unknown":
             return {"status": "accepted", "outcome": outcome}
         others = await self._in_thread(_other_providers, mp, callback)
-        if others:
+        if others or callback.target is not None:
+            # A capability URL's binding to its step is checked here, not by a worker: its
+            # callback for a job still unrecorded after the early wait is kept, not published.
+            detail = "" if others else "no run recorded the job within the early wait"
             unmatched = await self._in_thread(
                 mp.record_unmatched,
                 callback.provider,
                 callback.job_id,
-                "",
+                detail,
                 delivery_id=callback.delivery_id,
             )
             return {"status": "unmatched", "reason": unmatched.reason, "detail": unmatched.detail}
@@ -358,6 +357,7 @@ class _Receiver:
             callback.provider,
             callback.job_id,
             callback.payload,
+            callback.delivery_id,
         )
         return {"status": "accepted", "taskId": task_id}
 
@@ -381,8 +381,8 @@ def _capability_target(config: ProviderConfig, params: Mapping[str, str]) -> tup
 
 def _stale_target(mp: MpState, callback: _Callback) -> str:
     """Why a capability URL does not authorize this callback ('' while it does): its run ended,
-    its step moved to a later attempt, or the step waits for another job (a URL is bound to one
-    step's attempt; its token cannot answer for another run's job)."""
+    its step moved to a later attempt, or the job belongs to another step or run (a URL is bound
+    to one attempt of one step; its token cannot answer for another run's job)."""
     assert callback.target is not None
     run_id, step_id, attempt = callback.target
     run = mp.store.get(run_id, include_events=False)
@@ -394,10 +394,14 @@ def _stale_target(mp: MpState, callback: _Callback) -> str:
         return f"run {run_id!r} has no step {step_id!r}"
     if step.attempts - 1 != attempt:
         return f"this URL is for attempt {attempt} of step {step_id!r}, which is at a later one"
-    owner = run.step_of_job(callback.provider, callback.job_id)
-    awaited_elsewhere = owner is None and step.awaited_job is not None
-    if awaited_elsewhere or (owner is not None and owner.step_id != step_id):
-        return f"job {callback.job_id!r} is not the job step {step_id!r} of this URL waits for"
+    owner = mp.store.find_by_external_job_id(callback.provider, callback.job_id)
+    if owner is None:
+        if step.awaited_job is not None:
+            return f"step {step_id!r} of this URL waits for another job"
+        return ""  # not recorded yet: an early callback, checked again before it is applied
+    owning_step = owner.step_of_job(callback.provider, callback.job_id)
+    if owner.run_id != run_id or owning_step is None or owning_step.step_id != step_id:
+        return f"job {callback.job_id!r} is not the job of this URL's step"
     return ""
 
 
@@ -471,12 +475,14 @@ async def _wait_until_recorded(
 
 def _resolve(mp: MpState, callback: _Callback, early_wait_s: float) -> str:
     """``mp.resolve_outcome``, tried again every ``_EARLY_POLL_S`` while the job id is not
-    recorded."""
+    recorded; a capability URL's binding is checked before every try (403 when it fails)."""
     deadline = time.monotonic() + early_wait_s
     meta: EventMeta = {"via": "receiver"}
     if callback.delivery_id is not None:
         meta["deliveryId"] = callback.delivery_id
     while True:
+        if callback.target is not None and (stale := _stale_target(mp, callback)):
+            raise _RefusedError(403, stale, reason="superseded")
         outcome = mp.resolve_outcome(
             callback.provider, callback.job_id, callback.outcome, meta=meta
         )
@@ -485,8 +491,13 @@ def _resolve(mp: MpState, callback: _Callback, early_wait_s: float) -> str:
         time.sleep(_EARLY_POLL_S)
 
 
-async def _publish_within(
-    timeout_s: float, celery_app: Celery, provider: str, job_id: str, payload: dict[str, Any]
+async def _publish_within(  # noqa: PLR0917 - private, called once
+    timeout_s: float,
+    celery_app: Celery,
+    provider: str,
+    job_id: str,
+    payload: dict[str, Any],
+    delivery_id: str | None,
 ) -> str:
     """Publish in a worker thread, answering 503 if the broker takes longer than ``timeout_s``.
 
@@ -496,7 +507,13 @@ async def _publish_within(
     try:
         with anyio.fail_after(timeout_s):
             return await anyio.to_thread.run_sync(
-                _publish, celery_app, provider, job_id, payload, abandon_on_cancel=True
+                _publish,
+                celery_app,
+                provider,
+                job_id,
+                payload,
+                delivery_id,
+                abandon_on_cancel=True,
             )
     except TimeoutError as exc:
         log.warning("publishing %s for %s/%s timed out", RESOLVE_WEBHOOK, provider, job_id)
@@ -505,11 +522,18 @@ async def _publish_within(
         ) from exc
 
 
-def _publish(celery_app: Celery, provider: str, job_id: str, payload: dict[str, Any]) -> str:
+def _publish(
+    celery_app: Celery,
+    provider: str,
+    job_id: str,
+    payload: dict[str, Any],
+    delivery_id: str | None,
+) -> str:
     try:
         result = celery_app.send_task(
             RESOLVE_WEBHOOK,
             args=(provider, job_id, payload),
+            kwargs={"delivery_id": delivery_id} if delivery_id is not None else {},
             retry=True,
             retry_policy=_PUBLISH_RETRY_POLICY,
         )

@@ -7,6 +7,7 @@ Each store writes under the test's ``prefix``, which is deleted afterwards (Redi
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -24,6 +25,9 @@ from mpstate.aio import (
     AsyncPipelineStateStore,
     AsyncRedisPipelineStateStore,
 )
+
+#: Longest a store's ``aclose`` may take in a teardown, in seconds.
+ACLOSE_TIMEOUT_S = 30.0
 
 #: Options the in-memory store takes (it has no TTLs but the lock's).
 _MEMORY_OPTIONS = {"lock_ttl_seconds", "lock_acquire_timeout_ms", "lock_poll_interval_ms"}
@@ -74,7 +78,9 @@ async def make_async_store(
     yield factory
     for store in made:
         if isinstance(store, AsyncRedisPipelineStateStore):
-            await store.aclose()
+            # Bounded: a test stopped by its timeout leaves its tasks running in this event
+            # loop, and they can keep the client busy forever (the teardown would hang the run).
+            await asyncio.wait_for(store.aclose(), ACLOSE_TIMEOUT_S)
     if aio_backend == "aio-redis":
         assert server_url is not None
         sync_client = redis.Redis.from_url(server_url)

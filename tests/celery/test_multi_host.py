@@ -54,10 +54,6 @@ from mpstate.models import PipelineRun, PipelineRunStatus, StepStatus
 
 HERE = Path(__file__).parent
 
-# The module's three worker subprocesses are started once, by one xdist worker: they have fixed
-# node names, which must not answer another xdist worker's pings on a shared MPSTATE_TEST_REDIS_URL.
-pytestmark = pytest.mark.xdist_group("multi_host")
-
 GEN, UP, HOOK = "gen@hostA", "up@hostB", "hook@hostC"
 #: Worker node name -> the queue it consumes (the only one).
 WORKERS = {GEN: "gpu", UP: "cpu", HOOK: "webhooks"}

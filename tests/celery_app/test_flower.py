@@ -41,9 +41,6 @@ from mpstate.models import PipelineRunStatus
 from mpstate.testing import free_port
 from mpstate.webhooks import parse_secrets, webhook_app
 
-# One Flower, worker and run serve the module's tests: under xdist they all run in one worker.
-pytestmark = pytest.mark.xdist_group("flower")
-
 T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parents[2]

@@ -728,7 +728,6 @@ class RequestLog:
         return self.original(request)
 
 
-@pytest.mark.xdist_group("one_node_cluster")  # under xdist, one worker starts the node
 def test_every_write_script_touches_one_cluster_slot(one_node_cluster: redis.Redis) -> None:
     store = RedisPipelineStateStore(one_node_cluster, prefix="mp")
     sent = RequestLog(store)
@@ -747,7 +746,6 @@ def test_every_write_script_touches_one_cluster_slot(one_node_cluster: redis.Red
         assert len({key_slot(key.encode()) for key in script.keys}) == 1, script
 
 
-@pytest.mark.xdist_group("one_node_cluster")
 def test_a_script_whose_keys_span_two_slots_is_refused_by_the_one_node_cluster(
     one_node_cluster: redis.Redis,
 ) -> None:
