@@ -62,6 +62,7 @@ def webhooks() -> None:
     help="Replay window in seconds, for every provider [default: each scheme's own].",
 )
 @click.option("--max-body-bytes", default=256 * 1024, show_default=True, type=int)
+@click.option("--metrics", is_flag=True, help="Serve GET /metrics (Prometheus).")
 @click.option("--log-level", default="info", show_default=True)
 @click.pass_obj
 def serve(
@@ -74,6 +75,7 @@ def serve(
     app_path: str | None,
     tolerance: float | None,
     max_body_bytes: int,
+    metrics: bool,
     log_level: str,
 ) -> None:
     """Serve POST /webhooks/{provider} (and capability URLs below it) and GET /healthz."""
@@ -99,6 +101,7 @@ def serve(
             },
             tolerance_s=tolerance,
             max_body_bytes=max_body_bytes,
+            metrics=metrics,
         )
     except InvalidInputError as exc:
         raise CliError(str(exc), EXIT_USAGE) from exc

@@ -36,7 +36,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -45,7 +45,7 @@ import anyio.to_thread
 from celery import Celery
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from mpstate.aio.store import AsyncPipelineStateStore
@@ -62,6 +62,7 @@ from mpstate.errors import (
 from mpstate.events import EventMeta
 from mpstate.fields import ensure_storable
 from mpstate.store import check_id, check_positive
+from mpstate.webhooks.metrics import CONTENT_TYPE, ReceiverMetrics
 from mpstate.webhooks.providers import ProviderConfig, Secrets, provider_configs
 from mpstate.webhooks.schemes import SignatureScheme, Verified, check_callback_token
 
@@ -120,6 +121,7 @@ def webhook_app(
     dedupe_ttl_s: float = DEFAULT_DEDUPE_TTL_S,
     resolve_inline: bool = True,
     store: AsyncPipelineStateStore | None = None,
+    metrics: bool = False,
 ) -> Starlette:
     """An ASGI app receiving provider callbacks and applying them (or publishing them to
     ``celery_app``'s broker).
@@ -164,8 +166,12 @@ def webhook_app(
     async def health(_: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "providers": sorted(configs)})
 
+    routes: list[Route] = []
+    if metrics:
+        routes.append(Route("/metrics", receiver.enable_metrics(), methods=["GET"]))
     return Starlette(
         routes=[
+            *routes,
             Route("/webhooks/{provider}", receiver.receive, methods=["POST"]),
             Route(
                 "/webhooks/{provider}/{run_id}/{step_id}/{attempt}/{token}",
@@ -216,6 +222,22 @@ class _Receiver:
         self.dedupe_ttl_s = dedupe_ttl_s
         self.resolve_inline = resolve_inline
         self.store = store
+        self.metrics: ReceiverMetrics | None = None
+
+    def enable_metrics(self) -> Callable[[Request], Awaitable[Response]]:
+        """Count answers from now on, and the ``GET /metrics`` handler that exposes them."""
+        mp = self.bound()
+        counts = mp.store.count_unmatched if mp is not None else None
+        self.metrics = metrics = ReceiverMetrics(self.configs, counts)
+
+        async def scrape(_: Request) -> Response:
+            try:
+                body = await anyio.to_thread.run_sync(metrics.exposition)
+            except StateStoreUnavailableError:
+                return JSONResponse({"error": "the store is unavailable"}, status_code=503)
+            return Response(body, media_type=CONTENT_TYPE)
+
+        return scrape
 
     def bound(self) -> MpState | None:
         """The app's ``MpState`` when callbacks are applied here (None: publish only)."""
@@ -240,9 +262,17 @@ class _Receiver:
         except _RefusedError as refused:
             if refused.status >= 500:
                 log.warning("webhook from %s not accepted: %s", provider, refused)
+            self._count(provider, f"refused-{refused.status}")
             document = {"error": str(refused), **refused.document}
             return JSONResponse(document, status_code=refused.status, headers=refused.headers)
+        self._count(
+            provider, str(answer.get("outcome") or answer.get("pending") or answer["status"])
+        )
         return JSONResponse(answer, status_code=202)
+
+    def _count(self, provider: str, answer: str) -> None:
+        if self.metrics is not None:
+            self.metrics.answered(provider, answer)
 
     async def _verified(self, request: Request, provider: str) -> _Callback:
         """Authenticate and read the callback: 404, 413, 401, 400 (``_RefusedError``)."""
