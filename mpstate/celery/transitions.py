@@ -290,18 +290,19 @@ def _superseded(step: StepState, attempt: int, task_id: str) -> bool:
     return attempt == latest and bool(step.task_id) and task_id != step.task_id
 
 
-def _completed(
+def _complete(  # noqa: PLR0917 - private, the two callers pass the result as it came
     run: PipelineRun,
     step: StepState,
-    *,
     artifact_ids: list[str],
     cost_usd: float,
     cache_key: str | None,
     outputs: Mapping[str, Any],
-    now: datetime,
     meta: EventMeta,
-) -> tuple[list[StepState], list[PipelineEvent], dict[str, Any]]:
-    """The step done with its result: the steps, its event and the cost patch."""
+) -> Transition:
+    """The step done with its result (step-completed, or step-cached with a cache key), its cost
+    added to the run's, then what that makes ready (run-resumed first if the run was
+    suspended)."""
+    now = utc_now()
     updated = step.model_copy(
         update={
             "status": StepStatus.CACHED if cache_key is not None else StepStatus.COMPLETED,
@@ -330,8 +331,9 @@ def _completed(
             meta=meta,
         )
     )
-    patch = {"costUsd": round(run.cost_usd + cost_usd, 10)}
-    return _replaced(run.steps, updated), [event], patch
+    patch: dict[str, Any] = {"costUsd": round(run.cost_usd + cost_usd, 10)}
+    steps = _replaced(run.steps, updated)
+    return _settle(run, steps, [event], patch, now=now, resumed_from=step.step_id, meta=meta)
 
 
 def complete_step(
@@ -352,18 +354,7 @@ def complete_step(
     step = _open_step(run, step_id)
     if step is None or step.status is StepStatus.WAITING:
         return None
-    now = utc_now()
-    steps, events, patch = _completed(
-        run,
-        step,
-        artifact_ids=artifact_ids,
-        cost_usd=cost_usd,
-        cache_key=cache_key,
-        outputs=outputs or {},
-        now=now,
-        meta=meta,
-    )
-    return _settle(run, steps, events, patch, now=now, resumed_from=step_id, meta=meta)
+    return _complete(run, step, artifact_ids, cost_usd, cache_key, outputs or {}, meta)
 
 
 def _failed_step(
@@ -506,18 +497,7 @@ def resume_step(
     step = run.step(step_id)
     if not awaits_job(run, step, provider, job_id):
         return None
-    now = utc_now()
-    steps, events, patch = _completed(
-        run,
-        step,
-        artifact_ids=artifact_ids,
-        cost_usd=cost_usd,
-        cache_key=None,
-        outputs=outputs or {},
-        now=now,
-        meta=meta,
-    )
-    return _settle(run, steps, events, patch, now=now, resumed_from=step_id, meta=meta)
+    return _complete(run, step, artifact_ids, cost_usd, None, outputs or {}, meta)
 
 
 def fail_awaiting_step(
