@@ -49,6 +49,9 @@ class Refusal(IntEnum):
     #: Internal to the Redis backend: the status index keys were built for another tenant; the
     #: store rebuilds them and tries again, so this never reaches a caller.
     WRONG_TENANT_KEYS = -8
+    #: Internal to the Redis backend: the create's claim on its idempotency key was voided by a
+    #: caller that found the run missing; the store claims again, so this never reaches a caller.
+    CLAIM_VOIDED = -9
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,8 +159,12 @@ def refusal_error(
             run_id=run_id,
             status=str(status),
         )
-    return InvalidTransitionError(
-        f"run {run_id!r} has ended its event log: nothing can be appended after its terminal event",
-        run_id=run_id,
-        status=str(status),
-    )
+    if refusal is Refusal.LOG_ENDED:
+        return InvalidTransitionError(
+            f"run {run_id!r} has ended its event log: nothing can be appended after its "
+            "terminal event",
+            run_id=run_id,
+            status=str(status),
+        )
+    # An internal code reaching a caller is a bug, never a refusal to guess at.
+    return MpStateError(f"unexpected refusal {refusal.name} for run {run_id!r}")

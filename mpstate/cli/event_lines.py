@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from typing import assert_never
 
 from rich.text import Text
 
@@ -102,6 +103,8 @@ def event_details(event: PipelineEvent, *, with_meta: bool = True) -> list[str]:
             details = [f"code={_quoted(event.code)}", f"reason={_quoted(event.terminal_reason)}"]
         case RunCancelled():
             details = [f"reason={_quoted(event.reason)}"]
+        case _:  # a new kind without a case is a type error here, not an UnboundLocalError
+            assert_never(event)
     if not with_meta:
         return details
     task_id = (event.meta or {}).get("taskId")

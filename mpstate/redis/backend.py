@@ -27,6 +27,7 @@ from mpstate.deliveries import (
     counts_field,
     parse_counts_field,
 )
+from mpstate.errors import MpStateError
 from mpstate.events import PipelineEvent, RunCreated, event_document
 from mpstate.fields import epoch_ms, iso_z, now_ms, utc_now
 from mpstate.filters import RunFilter, sort_key
@@ -163,6 +164,8 @@ class RedisBackend(StoreCore):
                 if return_existing:
                     return decode_run(reply[1]), False
                 raise refusal_error(Refusal.ALREADY_EXISTS, run.run_id)
+            if code != Refusal.CLAIM_VOIDED:
+                raise MpStateError(f"create_run answered an unknown code {code}")
             # The claim was voided by a caller that found this run missing: claim again.
             voided.add(token)
 
@@ -319,7 +322,7 @@ class RedisBackend(StoreCore):
             yield self._release_marks(run_id, placement[0], None, placement[1], nonce)
         if code == 0:
             return Applied(decode_run(reply[2]), (), changed=False)
-        raise self._refusal(change, Refusal(code), reply)
+        raise self._refusal(change, code, reply)
 
     def _placement(self, run_id: str) -> Plan[tuple[str | None, int] | None]:
         """The run's tenant and index score (both immutable): cached, else read (None: no run)."""
@@ -371,7 +374,11 @@ class RedisBackend(StoreCore):
         groups = self.keys.groups_of(tenant_id, idempotency_key)
         return self.indexer.release(groups, run_id, score, nonce, now_ms())
 
-    def _refusal(self, change: RunChange, refusal: Refusal, reply: Sequence[Any]) -> Exception:
+    def _refusal(self, change: RunChange, code: int, reply: Sequence[Any]) -> Exception:
+        try:
+            refusal = Refusal(code)
+        except ValueError:  # a script and this module disagree: a bug, not a refusal to guess
+            return MpStateError(f"commit_run answered an unknown code {code}")
         detail = text(reply[1]) if len(reply) > 1 else None
         status = (
             _json_str(detail)
