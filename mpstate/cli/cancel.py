@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from mpstate.cli.celery_apps import BROKER_TIMEOUT_S
 from mpstate.cli.context import CliContext
 from mpstate.cli.exit_codes import EXIT_USAGE, CliError
 from mpstate.cli.render import make_console, print_json, run_document
@@ -14,9 +15,6 @@ if TYPE_CHECKING:
     from mpstate import PipelineRun
 
 __all__ = ["cancel"]
-
-#: Seconds to wait for an unreachable broker before reporting the revoke as failed.
-BROKER_TIMEOUT_S = 2.0
 
 
 @click.command(short_help="Cancel a run and revoke its running Celery tasks.")

@@ -18,7 +18,10 @@ if TYPE_CHECKING:
 
     from mpstate.celery import MpState
 
-__all__ = ["app_option", "bound_mpstate", "celery_app_for"]
+__all__ = ["BROKER_TIMEOUT_S", "app_option", "bound_mpstate", "celery_app_for", "publishing_app"]
+
+#: Seconds a command waits for an unreachable broker (``--broker-url``) before giving up on it.
+BROKER_TIMEOUT_S = 2.0
 
 #: ``--app``: your Celery app, as ``celery -A`` takes it.
 app_option = click.option(
@@ -46,6 +49,18 @@ def celery_app_for(obj: CliContext, app_path: str | None, bare_name: str, needs:
     if obj.broker_url:
         return Celery(bare_name, broker=obj.broker_url, set_as_current=False)
     raise CliError("give --app or --broker-url (MPSTATE_BROKER_URL)", EXIT_USAGE)
+
+
+def publishing_app(obj: CliContext, app_path: str | None, bare_name: str) -> Celery:
+    """``celery_app_for`` for a command that publishes steps: a bare app reports a dead broker
+    in seconds, not after kombu's long retries (your ``--app`` keeps its own settings)."""
+    app = celery_app_for(obj, app_path, bare_name, needs="celery")
+    if not app_path:
+        app.conf.update(
+            broker_connection_timeout=BROKER_TIMEOUT_S,
+            mpstate_publish_retry_policy={"max_retries": 1, "interval_start": 0.2},
+        )
+    return app
 
 
 @contextmanager

@@ -12,21 +12,16 @@ from typing import TYPE_CHECKING, Any
 import click
 from rich.table import Table
 
-from mpstate.cli.celery_apps import app_option, bound_mpstate, celery_app_for
+from mpstate.cli.celery_apps import app_option, bound_mpstate, publishing_app
 from mpstate.cli.context import CliContext
 from mpstate.cli.exit_codes import CliError
 from mpstate.cli.params import DURATION
 from mpstate.cli.render import make_console, print_json
 
 if TYPE_CHECKING:
-    from celery import Celery
-
     from mpstate.celery import ReconcileReport
 
 __all__ = ["reconcile"]
-
-#: Seconds to wait for an unreachable broker (``--broker-url``) before giving up on it.
-BROKER_TIMEOUT_S = 2.0
 
 
 @click.command(short_help="Re-enqueue or fail steps stalled by a lost worker.")
@@ -56,7 +51,7 @@ def reconcile(
     the run fails, with --policy fail or when its retries are spent); a pending step that was
     never enqueued is enqueued. `mpstate --json reconcile` prints the report as JSON.
     """
-    app = _celery_app(obj, app_path)
+    app = publishing_app(obj, app_path, "mpstate-reconciler")
     with bound_mpstate(app, obj) as mp:
         report = mp.reconcile(stale_after_s=stale_after, policy=policy, dry_run=dry_run)
     if obj.as_json:
@@ -68,17 +63,6 @@ def reconcile(
             f"{len(report.unpublished)} repaired step(s) were not published: the broker is "
             "unreachable (a later pass enqueues them)"
         )
-
-
-def _celery_app(obj: CliContext, app_path: str | None) -> Celery:
-    app = celery_app_for(obj, app_path, "mpstate-reconciler", needs="celery")
-    if not app_path:
-        # An interactive tool reports a dead broker in seconds (a later pass retries).
-        app.conf.update(
-            broker_connection_timeout=BROKER_TIMEOUT_S,
-            mpstate_publish_retry_policy={"max_retries": 1, "interval_start": 0.2},
-        )
-    return app
 
 
 def _report_document(report: ReconcileReport, dry_run: bool) -> dict[str, Any]:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import click
 
-from mpstate.cli.celery_apps import app_option, bound_mpstate, celery_app_for
+from mpstate import MpStateError
+from mpstate.cli.celery_apps import app_option, bound_mpstate, publishing_app
 from mpstate.cli.context import CliContext
+from mpstate.cli.exit_codes import CliError
 from mpstate.cli.render import make_console, print_json, run_document
 
 __all__ = ["rerun"]
@@ -40,9 +42,19 @@ def rerun(
     prints the new run's document.
     """
     obj.store(tenant_id).require(run_id, include_events=False)  # the tenant check, and exit 3
-    app = celery_app_for(obj, app_path, "mpstate-rerun", needs="celery")
+    app = publishing_app(obj, app_path, "mpstate-rerun")
     with bound_mpstate(app, obj) as mp:
-        new = mp.rerun(run_id, from_step=from_step, reason=reason)
+        try:
+            new = mp.rerun(run_id, from_step=from_step, reason=reason)
+        except MpStateError:
+            raise
+        except Exception as exc:  # kombu's errors vary by transport
+            reruns = obj.store().require(run_id, include_events=False).reruns
+            created = repr(reruns[-1]) if reruns else "the re-run"
+            raise CliError(
+                f"run {created} re-runs {run_id!r}, but publishing its first steps failed "
+                f"({exc}): `mpstate reconcile` publishes them once the broker is back"
+            ) from exc
     if obj.as_json:
         print_json(run_document(new))
         return

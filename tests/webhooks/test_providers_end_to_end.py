@@ -7,23 +7,36 @@ Replicate, OpenAI, fal, ElevenLabs or Luma; the provider's documented success pa
 provider signs (Standard Webhooks, fal's Ed25519 against a JWKS served on loopback, ElevenLabs'
 ``t=,v0=``, or Luma's unsigned capability URL that the step built). The receiver answers only once
 the step is completed with what the provider's preset adapter reads, and the next step sees it.
-The same goes through the real ``mpstate webhooks serve`` command run as a subprocess. Callbacks
-that report a job still running are logged as step-progress and leave the step waiting.
+The same goes for all five through one ``mpstate webhooks serve`` subprocess per module (its
+Celery app on the same store and queue, Luma's URLs built on its port). Callbacks that report a
+job still running are logged as step-progress and leave the step waiting.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from celery_support import DEADLINE, Harness, HarnessFactory, kinds, step_events, wait_for
+from celery_support import (
+    DEADLINE,
+    Harness,
+    HarnessFactory,
+    harness,
+    kinds,
+    step_events,
+    wait_for,
+)
 from provider_payloads import (
     ELEVENLABS_STT,
     FAL_OK_IMAGES,
@@ -33,9 +46,11 @@ from provider_payloads import (
     REPLICATE_SUCCEEDED_IMAGES,
 )
 from provider_support import (
+    ELEVENLABS_SECRET,
     FAL_KEY,
     FAL_NEXT_KEY,
     LUMA_SECRET,
+    OPENAI_SECRET,
     REPLICATE_SECRET,
     RESUMED_LOG,
     SUCCESS,
@@ -45,6 +60,7 @@ from provider_support import (
     Seen,
     callback_conf,
     define_media_tasks,
+    encode,
     jwks_server,
     provider_receiver,
     start_media_run,
@@ -210,20 +226,33 @@ def test_a_callback_for_a_job_still_running_is_logged_as_progress_and_the_step_k
 
 SERVED_LINE = re.compile(r"Uvicorn running on (http://127\.0\.0\.1:\d+)")
 
+#: ``--secrets`` of the served receiver: each provider's current secret (fal needs none).
+SERVED_SECRETS = ",".join(
+    f"{provider}={secret}"
+    for provider, secret in {
+        "replicate": REPLICATE_SECRET,
+        "openai": OPENAI_SECRET,
+        "elevenlabs": ELEVENLABS_SECRET,
+        "luma": LUMA_SECRET,
+    }.items()
+)
+
 
 def serve_command(
-    h: Harness, redis_url: str, log: Path, *args: str
+    redis_url: str, prefix: str, queue: str, log: Path, *args: str
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """Start ``mpstate webhooks serve`` on a free port; the process and its base URL."""
+    """Start ``mpstate webhooks serve`` on a free port, its app (``provider_receiver_app``) on
+    the suite's Redis as broker and store, under ``prefix``, publishing to ``queue``; the process
+    and its base URL."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(
             [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]
         ),
-        "MPSTATE_TEST_BROKER_URL": h.broker_url,
+        "MPSTATE_TEST_BROKER_URL": redis_url,
         "MPSTATE_TEST_STORE_URL": redis_url,
-        "MPSTATE_TEST_PREFIX": h.prefix,
-        "MPSTATE_TEST_QUEUE": h.queue,
+        "MPSTATE_TEST_PREFIX": prefix,
+        "MPSTATE_TEST_QUEUE": queue,
     }
     for name in ("MPSTATE_WEBHOOK_SECRETS", "MPSTATE_CELERY_APP", "MPSTATE_BROKER_URL"):
         env.pop(name, None)
@@ -241,49 +270,112 @@ def serve_command(
     try:
         return process, wait_for(started, what="mpstate webhooks serve to listen")
     except BaseException:
-        process.kill()
-        process.wait()
+        stop(process)
         raise
 
 
-@pytest.fixture
-def command_receiver(
-    h: Harness, redis_url: str, jwks: JwksServer, tmp_path: Path, http: httpx.Client
-) -> Iterator[Receiver]:
-    process, url = serve_command(
-        h,
-        redis_url,
-        tmp_path / "receiver.log",
-        "--app",
-        "provider_receiver_app:app",
-        "--secrets",
-        f"replicate={REPLICATE_SECRET},luma={LUMA_SECRET}",
-        "--jwks",  # alone: fal needs no secret, its keys are public
-        f"fal={jwks.url}",
-    )
-    try:
-        yield Receiver(url, http)
-    finally:
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """Stop the receiver (again: a no-op)."""
+    if process.poll() is None:
         process.terminate()
         try:
             process.wait(timeout=DEADLINE)
         except subprocess.TimeoutExpired:
             process.kill()
-            process.wait()
+    process.wait()
 
 
-@pytest.mark.parametrize("provider", ["fal", "replicate"])
-def test_the_serve_command_verifies_and_applies_a_provider_callback_before_it_answers(
-    h: Harness, seen: Seen, command_receiver: Receiver, jwks: JwksServer, provider: str
+@dataclass
+class Served:
+    """The module's ``mpstate webhooks serve`` subprocess (``url``) serving all five providers,
+    fal's keys on ``jwks``, and the harness its app shares a store and a queue with: the steps'
+    tasks are defined there (``seen``) and build Luma callback URLs on ``url``."""
+
+    url: str
+    jwks: JwksServer
+    h: Harness
+    seen: Seen
+
+
+@pytest.fixture(scope="module")
+def served(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """One receiver subprocess for the whole module: started once, it is the slow part."""
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    queue = f"{prefix}-q"  # the harness's queue for this prefix
+    log = tmp_path_factory.mktemp("serve") / "receiver.log"
+    with ExitStack() as stack:
+        jwks = stack.enter_context(jwks_server(FAL_KEY, FAL_NEXT_KEY))
+        process, url = serve_command(
+            redis_url,
+            prefix,
+            queue,
+            log,
+            "--app",
+            "provider_receiver_app:app",
+            "--secrets",
+            SERVED_SECRETS,
+            "--jwks",  # alone: fal needs no secret, its keys are public
+            f"fal={jwks.url}",
+        )
+        stack.callback(stop, process)
+        h = stack.enter_context(
+            harness(
+                redis_url,
+                redis_url,
+                prefix,
+                broker_transport_options={"polling_interval": 0.2},
+                mpstate_callback_base_url=url,
+                mpstate_callback_secret=LUMA_SECRET,
+            )
+        )
+        assert h.queue == queue
+        stack.callback(stop, process)  # before the harness deletes what the runs wrote
+        seen = Seen()
+        define_media_tasks(h, seen)
+        yield Served(url, jwks, h, seen)
+
+
+@pytest.fixture
+def command_h(served: Served) -> Iterator[Harness]:
+    """The module's harness with a worker for this test only, and nothing seen yet."""
+    for record in vars(served.seen).values():
+        record.clear()
+    with ExitStack() as stack:
+        h = dataclasses.replace(served.h, stack=stack)
+        h.start_worker()
+        yield h
+
+
+@pytest.fixture
+def command_receiver(served: Served, http: httpx.Client) -> Receiver:
+    return Receiver(served.url, http)
+
+
+def forged(
+    receiver: Receiver, seen: Seen, provider: str, payload: dict[str, Any]
+) -> httpx.Response:
+    """``payload`` delivered unsigned, or for Luma on its callback URL with another token."""
+    if provider == "luma":
+        url = seen.callback_urls[0]
+        token = url.rsplit("/", 1)[1]
+        return receiver.post_url(url.replace(token, "A" * len(token)), payload)
+    return receiver.post(provider, encode(payload), {"webhook-id": "x"})
+
+
+@pytest.mark.parametrize("provider", list(SUCCESS))
+def test_the_serve_command_verifies_and_applies_each_providers_callback_before_it_answers(
+    served: Served, command_h: Harness, command_receiver: Receiver, provider: str
 ) -> None:
-    run = start_media_run(h, provider, "job")
+    h, seen, jwks = command_h, served.seen, served.jwks
+    run = start_media_run(h, provider, "job", capability=provider == "luma")
     wait_awaiting(h, run.run_id, provider, "job-0")
     payload = with_job_id(provider, SUCCESS[provider], "job-0")
+    jwks_fetched = jwks.requests
 
-    forged = command_receiver.post(provider, b'{"status": "OK"}', {"webhook-id": "x"})
-    response = command_receiver.post_signed(provider, payload, "job-0")
+    refused = forged(command_receiver, seen, provider, payload)
+    response = post_callback(command_receiver, seen, provider, payload, "job-0")
 
-    assert forged.status_code == 401
+    assert refused.status_code == 401, refused.text
     assert response.status_code == 202, response.text
     assert response.json() == {"status": "accepted", "outcome": "resumed"}
     assert h.run(run.run_id).step("generate").status is StepStatus.COMPLETED
@@ -291,12 +383,22 @@ def test_the_serve_command_verifies_and_applies_a_provider_callback_before_it_an
     artifacts, outputs = expected_result(provider, "job-0")
     assert run.status is PipelineRunStatus.COMPLETED
     assert kinds(run) == RESUMED_LOG
-    assert (run.step("generate").artifact_ids, run.step("generate").outputs) == (
-        artifacts,
-        outputs,
-    )
-    # fal's keys came from the JWKS URL given with --jwks (the forged one was refused unsigned).
-    assert jwks.requests == (1 if provider == "fal" else 0)
+    step = run.step("generate")
+    assert (step.artifact_ids, step.outputs) == (artifacts, outputs)
+    (completed,) = step_events(run, "generate", "step-completed")
+    assert completed.meta is not None
+    assert (completed.meta["provider"], completed.meta["jobId"]) == (provider, "job-0")
+    assert completed.meta["via"] == "receiver"
+    assert seen.published == [
+        {"artifacts": {"generate": artifacts}, "outputs": {"generate": outputs}}
+    ]
+    # fal's keys came from the JWKS URL given with --jwks (the forged one was refused unsigned);
+    # only fal's callback fetches them, once (this module's only fal delivery).
+    assert jwks.requests - jwks_fetched == (1 if provider == "fal" else 0)
+    if provider == "luma":  # the step built its capability URL on the subprocess's port
+        assert seen.callback_urls[0].startswith(
+            f"{served.url}/webhooks/luma/{run.run_id}/generate/0/"
+        )
 
 
 def test_the_serve_command_lists_its_providers_on_healthz(
@@ -305,4 +407,7 @@ def test_the_serve_command_lists_its_providers_on_healthz(
     health = http.get(f"{command_receiver.url}/healthz")
 
     assert health.status_code == 200
-    assert health.json() == {"status": "ok", "providers": ["fal", "luma", "replicate"]}
+    assert health.json() == {
+        "status": "ok",
+        "providers": ["elevenlabs", "fal", "luma", "openai", "replicate"],
+    }
