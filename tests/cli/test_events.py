@@ -149,13 +149,21 @@ def _lines_of(stream: IO[str]) -> queue.Queue[str | None]:
 
 
 def _follow(console_script: Path, redis_url: str, prefix: str, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [str(console_script), "--redis-url", redis_url, "--prefix", prefix, "events", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=script_env(),
-    )
+    # An ignored signal stays ignored across exec, and a pytest-xdist worker runs with SIGINT
+    # ignored (its controller handles Ctrl-C): handled while spawning, it is the default in the
+    # follower, as in a terminal.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(
+            [str(console_script), "--redis-url", redis_url, "--prefix", prefix, "events", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=script_env(),
+        )
+    finally:
+        if previous is not None:  # None: not set from Python, nothing to restore
+            signal.signal(signal.SIGINT, previous)
 
 
 def test_events_follow_in_the_console_script_prints_new_events_live_and_ends_with_the_run(
