@@ -5,10 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 # make test runs the suite in parallel (pytest-xdist), one Redis, Redis 6.2 and cluster per worker.
-# It waits on servers, workers and HTTP more than it computes: on 2 cores 4 workers measured
-# about 5 minutes, 3 about 7.5 and 2 about 9 (serially about 8.5). Each test file runs on one
-# worker (--dist loadfile): module fixtures (Flower, the multi-host worker processes, clusters)
-# start once. TEST_WORKERS=0 (or ARGS="-n 0") runs it serially.
+# It waits on servers, workers and HTTP more than it computes: on 2 shared cores, with the cluster
+# tests, 4 workers took 4.2 to 6 minutes, 3 took 5 and more, 2 took 9 (serially: 8.5). Each test
+# file runs on one worker (--dist loadfile): module fixtures (Flower, the multi-host worker
+# processes, clusters) start once. TEST_WORKERS=0 (or ARGS="-n 0") runs it serially.
 TEST_WORKERS ?= 4
 XDIST := -n $(TEST_WORKERS) --dist loadfile
 # make test-fast: the store and transition tests, on the in-memory store and one Redis only.

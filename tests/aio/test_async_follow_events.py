@@ -18,6 +18,9 @@ from mpstate.aio import AsyncPipelineStateStore
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
+#: Longest a feed with ``timeout_s=0.5`` may run before its test fails, in seconds.
+FEED_DEADLINE_S = 30.0
+
 #: How long the producer leaves the feed without events, so the feed waits on the backend.
 QUIET_S = 0.6
 
@@ -124,7 +127,10 @@ async def test_a_follow_ends_at_its_timeout_even_while_events_keep_coming(
     producer = asyncio.create_task(produce())
     try:
         started = time.monotonic()
-        seen = [event async for event in async_store.follow_events("r1", timeout_s=0.5)]
+        # A feed that does not end fails here, where the producer is still cancelled below: past
+        # pytest-timeout it would run on in the teardown's loop, and the teardown never end.
+        async with asyncio.timeout(FEED_DEADLINE_S):
+            seen = [event async for event in async_store.follow_events("r1", timeout_s=0.5)]
         elapsed = time.monotonic() - started
     finally:
         producer.cancel()
