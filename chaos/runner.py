@@ -103,6 +103,7 @@ def _shake(
     _judge(
         config, deployment=deployment, summary=summary, load=load, canaries=canaries, probes=probes
     )
+    mp.close()  # its signal receivers are process-wide: leave none behind
     app.close()
 
 
