@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from celery_support import Harness, HarnessFactory, harness
+from provider_support import FAL_KEY, FAL_NEXT_KEY, Endpoint, JwksServer, jwks_server
 from webhook_support import Serve
 
 from celery_app.embedded import bind_loopback, serving
@@ -49,3 +50,18 @@ def serve() -> Iterator[Serve]:
 def http() -> Iterator[httpx.Client]:
     with httpx.Client(timeout=10.0) as client:
         yield client
+
+
+@pytest.fixture
+def endpoint() -> Iterator[Endpoint]:
+    """A loopback address reserved for a receiver, known before the harness reads its settings."""
+    endpoint = Endpoint()
+    yield endpoint
+    endpoint.close()
+
+
+@pytest.fixture
+def jwks() -> Iterator[JwksServer]:
+    """fal's key set (the current key and the next, for rotation) served on loopback."""
+    with jwks_server(FAL_KEY, FAL_NEXT_KEY) as server:
+        yield server

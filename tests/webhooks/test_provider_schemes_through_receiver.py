@@ -85,19 +85,6 @@ FAR_S = 2 * 3600
 
 
 @pytest.fixture
-def endpoint() -> Iterator[Endpoint]:
-    endpoint = Endpoint()
-    yield endpoint
-    endpoint.close()
-
-
-@pytest.fixture
-def jwks() -> Iterator[JwksServer]:
-    with jwks_server(FAL_KEY, FAL_NEXT_KEY) as server:
-        yield server
-
-
-@pytest.fixture
 def h(make_harness: HarnessFactory, endpoint: Endpoint) -> Harness:
     return make_harness(**callback_conf(endpoint))
 

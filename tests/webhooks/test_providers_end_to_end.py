@@ -88,19 +88,6 @@ def expected_result(provider: str, job_id: str) -> tuple[list[str], dict[str, An
 
 
 @pytest.fixture
-def endpoint() -> Iterator[Endpoint]:
-    endpoint = Endpoint()
-    yield endpoint
-    endpoint.close()
-
-
-@pytest.fixture
-def jwks() -> Iterator[JwksServer]:
-    with jwks_server(FAL_KEY, FAL_NEXT_KEY) as server:
-        yield server
-
-
-@pytest.fixture
 def h(make_harness: HarnessFactory, endpoint: Endpoint) -> Harness:
     """A harness whose steps build Luma callback URLs on ``endpoint``."""
     return make_harness(**callback_conf(endpoint))

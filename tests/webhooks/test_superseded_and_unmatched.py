@@ -53,13 +53,6 @@ SHORT_EARLY_WAIT_S = 0.2
 
 
 @pytest.fixture
-def endpoint() -> Iterator[Endpoint]:
-    endpoint = Endpoint()
-    yield endpoint
-    endpoint.close()
-
-
-@pytest.fixture
 def jwks() -> Iterator[JwksServer]:
     with jwks_server(FAL_KEY) as server:
         yield server
