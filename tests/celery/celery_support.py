@@ -13,13 +13,19 @@ client for the store's own keys.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import redis
@@ -332,3 +338,52 @@ def _cleanup(h: Harness, on_prerun: Callable[..., None], on_postrun: Callable[..
     h.store.close()
     h.client.close()
     h.app.close()
+
+
+# -- a real prefork worker in a subprocess -------------------------------------------------------
+
+
+@dataclass
+class PreforkWorker:
+    """A ``celery worker -P prefork`` subprocess (its own process group) and its log file."""
+
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self) -> None:
+        """SIGTERM its group, SIGKILL after 10 s, and drop its log."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        self.log.unlink(missing_ok=True)
+
+
+def start_prefork_worker(h: Harness, app_module: str, env: dict[str, str]) -> PreforkWorker:
+    """Run ``app_module`` (importable from tests/celery) as a 2-process prefork worker on the
+    harness's queue, with ``env`` added to this process's environment."""
+    here = Path(__file__).resolve().parent
+    log = Path(tempfile.mkstemp(prefix=f"mpstate-{app_module}-", suffix=".log")[1])
+    full_env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")]),
+        **env,
+    }
+    command = [
+        sys.executable, "-m", "celery", "-A", app_module, "worker", "-P", "prefork", "-c", "2",
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+        "-Q", h.queue, "-n", f"{h.prefix}@localhost", "-l", "INFO",
+    ]  # fmt: skip
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command,
+            cwd=here,
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return PreforkWorker(process, log)

@@ -12,11 +12,6 @@ from __future__ import annotations
 import copy
 import functools
 import json
-import os
-import signal
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -34,10 +29,12 @@ from celery_support import (
     STORE_BACKENDS,
     Harness,
     HarnessFactory,
+    PreforkWorker,
     assert_never,
     assert_seqs_contiguous,
     events_of,
     kinds,
+    start_prefork_worker,
     step_events,
     wait_for,
 )
@@ -555,61 +552,25 @@ StartWorker = Callable[[Harness], Path]
 @pytest.fixture
 def dag_worker(store_url: str) -> Iterator[StartWorker]:
     """Start a prefork ``celery worker`` subprocess running dag_worker_app on the test's queue."""
-    started: list[tuple[subprocess.Popen[bytes], Path, Harness]] = []
+    started: list[tuple[PreforkWorker, Harness]] = []
 
     def start_worker(h: Harness) -> Path:
-        log = Path(tempfile.mkstemp(prefix="mpstate-dag-", suffix=".log")[1])
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
-            "MPSTATE_DAG_BROKER": h.broker_url,
-            "MPSTATE_DAG_STORE": store_url,
-            "MPSTATE_DAG_PREFIX": h.prefix,
-            "MPSTATE_DAG_QUEUE": h.queue,
-        }
-        command = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
+        worker = start_prefork_worker(
+            h,
             "dag_worker_app",
-            "worker",
-            "-P",
-            "prefork",
-            "-c",
-            "2",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "-Q",
-            h.queue,
-            "-n",
-            f"{h.prefix}@localhost",
-            "-l",
-            "INFO",
-        ]
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                command,
-                cwd=HERE,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        started.append((process, log, h))
-        return log
+            {
+                "MPSTATE_DAG_BROKER": h.broker_url,
+                "MPSTATE_DAG_STORE": store_url,
+                "MPSTATE_DAG_PREFIX": h.prefix,
+                "MPSTATE_DAG_QUEUE": h.queue,
+            },
+        )
+        started.append((worker, h))
+        return worker.log
 
     yield start_worker
-    for process, log, h in started:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
-        log.unlink(missing_ok=True)
+    for worker, h in started:
+        worker.stop()
         markers = list(h.client.scan_iter(match=f"{h.prefix}:dag:*"))
         if markers:
             h.client.delete(*markers)

@@ -7,16 +7,19 @@ worker's main process, which must fail the step and the run.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from celery_support import Harness, HarnessFactory, assert_seqs_contiguous, events_of, kinds
+from celery_support import (
+    Harness,
+    HarnessFactory,
+    PreforkWorker,
+    assert_seqs_contiguous,
+    events_of,
+    kinds,
+    start_prefork_worker,
+)
 
 from mpstate.models import PipelineRun, PipelineRunStatus, StepStatus
 
@@ -34,62 +37,26 @@ STEPS = [
 @pytest.fixture
 def prefork_worker(make_harness: HarnessFactory, redis_url: str) -> Iterator[StartWorker]:
     """Start a prefork worker subprocess on this test's queue; returns a starter."""
-    started: list[tuple[subprocess.Popen[bytes], Path]] = []
+    started: list[PreforkWorker] = []
 
     def start(h: Harness, *, reject_on_worker_lost: bool) -> Path:
-        log = Path(tempfile.mkstemp(prefix="mpstate-prefork-", suffix=".log")[1])
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
-            "MPSTATE_PREFORK_BROKER": h.broker_url,
-            "MPSTATE_PREFORK_STORE": redis_url,
-            "MPSTATE_PREFORK_PREFIX": h.prefix,
-            "MPSTATE_PREFORK_QUEUE": h.queue,
-            "MPSTATE_PREFORK_REJECT": "1" if reject_on_worker_lost else "0",
-        }
-        command = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
+        worker = start_prefork_worker(
+            h,
             "prefork_app",
-            "worker",
-            "-P",
-            "prefork",
-            "-c",
-            "2",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "-Q",
-            h.queue,
-            "-n",
-            f"{h.prefix}@localhost",
-            "-l",
-            "INFO",
-        ]
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                command,
-                cwd=HERE,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        started.append((process, log))
-        return log
+            {
+                "MPSTATE_PREFORK_BROKER": h.broker_url,
+                "MPSTATE_PREFORK_STORE": redis_url,
+                "MPSTATE_PREFORK_PREFIX": h.prefix,
+                "MPSTATE_PREFORK_QUEUE": h.queue,
+                "MPSTATE_PREFORK_REJECT": "1" if reject_on_worker_lost else "0",
+            },
+        )
+        started.append(worker)
+        return worker.log
 
     yield start
-    for process, log in started:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
-        log.unlink(missing_ok=True)
+    for worker in started:
+        worker.stop()
 
 
 def run_to_the_end(h: Harness, log: Path) -> PipelineRun:
