@@ -52,7 +52,6 @@ from mpstate.models import DONE_STEP_STATUSES, PipelineRun, PipelineRunStatus, S
 
 pytestmark = pytest.mark.parametrize("store_backend", STORE_BACKENDS, indirect=True)
 
-HERE = Path(__file__).parent
 
 LETTERS = ("a", "b", "c", "d")
 COSTS = {"a": 0.01, "b": 0.02, "c": 0.03, "d": 0.04}

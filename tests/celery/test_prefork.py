@@ -23,8 +23,6 @@ from celery_support import (
 
 from mpstate.models import PipelineRun, PipelineRunStatus, StepStatus
 
-HERE = Path(__file__).parent
-
 StartWorker = Callable[..., Path]
 
 STEPS = [
