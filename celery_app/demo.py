@@ -4,6 +4,8 @@ With no arguments everything runs in this process on embedded defaults: an in-me
 store, a Celery worker thread, the webhook receiver and the simulated video provider on loopback
 HTTP. ``--redis URL`` puts the broker and the store on that Redis (keys under ``mpstate-demo``),
 and ``--runs N`` starts several runs at once (repeated prompts hit the generation cache).
+``--suspensions`` shows the two ways a run stops and waits for someone: an approval gate and a
+budget (a stand-in reviewer answers both).
 ``--deployed`` starts nothing: it submits runs to the deployment the ``MPSTATE_*`` environment
 describes (docker-compose.yml) and follows them. Exits 0 when every run completed, 1 otherwise.
 """
@@ -14,6 +16,7 @@ import logging
 import sys
 import time
 from contextlib import ExitStack
+from typing import Any
 
 import click
 import httpx
@@ -26,8 +29,9 @@ from celery_app.display import RunBoard
 from celery_app.embedded import bind_loopback, serving, url_of, worker_thread
 from celery_app.pipelines import start_product_photo
 from celery_app.provider import ProviderBehaviour, provider_app
+from celery_app.reviewer import Reviewer
 from celery_app.settings import Settings
-from mpstate import PipelineRun, audit_run
+from mpstate import PipelineRun, PipelineStateStore, audit_run
 from mpstate.celery import MpState
 from mpstate.models import PipelineRunStatus
 from mpstate.webhooks import parse_secrets, webhook_app
@@ -36,6 +40,11 @@ PROMPTS = ["a red bicycle on a white background", "a ceramic mug, studio light"]
 
 #: Seconds between two runs' starts, so a repeated prompt finds the first run's image cached.
 STAGGER_S = 0.6
+
+#: ``--suspensions``: a run whose image waits for a person, and one its budget stops.
+SUSPENSION_RUNS: list[dict[str, Any]] = [{"reviewed": True}, {"budget_usd": 0.30}]
+#: The budget the stand-in reviewer resumes the second run with.
+RAISED_BUDGET_USD = 1.00
 
 
 @click.command(help=__doc__)
@@ -53,6 +62,14 @@ STAGGER_S = 0.6
     show_default=True,
     help="poll: the provider never calls back, and mpstate polls it for each job.",
 )
+@click.option(
+    "--suspensions",
+    is_flag=True,
+    help="Two runs that stop and wait: one for a person's approval of its image, one for its "
+    "budget ($0.30, while the video alone is estimated at $0.50). A stand-in reviewer answers "
+    "each after --review-delay seconds, as `mpstate runs approve` / `runs resume` would.",
+)
+@click.option("--review-delay", default=2.0, show_default=True, type=click.FloatRange(0, 60))
 @click.option("--timeout", default=90.0, show_default=True, help="Seconds before giving up.")
 def main(
     redis_url: str | None,
@@ -63,6 +80,8 @@ def main(
     duplicate_rate: float,
     provider_delay: float,
     provider_mode: str,
+    suspensions: bool,
+    review_delay: float,
     timeout: float,
 ) -> None:
     console = Console(highlight=False)
@@ -81,7 +100,8 @@ def main(
         settings = settings.model_copy(update={"poll_provider": provider_mode == "poll"})
     store = store_for(settings)
     app = create_app(settings, store)
-    console.print(f"[bold]mpstate demo[/bold]: product-photo x{runs} on {_where(settings)}")
+    plans = SUSPENSION_RUNS if suspensions else [{}] * runs
+    console.print(f"[bold]mpstate demo[/bold]: product-photo x{len(plans)} on {_where(settings)}")
     board = RunBoard(store, console)
     with ExitStack() as stack:
         if receiver_sock is not None and provider_sock is not None:
@@ -93,27 +113,27 @@ def main(
                 seed=seed,
                 callback_rate=0.0 if provider_mode == "poll" else 1.0,
             )
-            console.print(
-                f"receiver {settings.receiver_url}  ·  simulated video provider "
-                f"{settings.provider_url} (delay {provider_delay:.1f} s, duplicates "
-                f"{duplicate_rate:.0%}, failures {failure_rate:.0%}, seed {seed}"
-                + (", never calls back: polled" if provider_mode == "poll" else "")
-                + ")\n"
-            )
+            _describe_provider(console, settings, behaviour, polled=provider_mode == "poll")
             stack.enter_context(serving(provider_app(behaviour), provider_sock))
             secrets = parse_secrets(settings.webhook_secrets)
             stack.enter_context(serving(webhook_app(app, secrets), receiver_sock))
-            stack.enter_context(worker_thread(app, concurrency=min(8, max(2, runs))))
+            concurrency = min(8, max(2, len(plans)))
+            stack.enter_context(worker_thread(app, concurrency=concurrency))
         live = None
         if console.is_terminal:
             live = stack.enter_context(Live(board.render(), console=console, refresh_per_second=8))
+        mp = MpState.of(app)
+        reviewer = stack.enter_context(
+            Reviewer(mp, delay_s=review_delay, raise_budget_to=RAISED_BUDGET_USD, say=console.print)
+        )
         deadline = time.monotonic() + timeout
-        for index in range(runs):
+        for index, plan in enumerate(plans):
             if index:
                 time.sleep(STAGGER_S)
             run = start_product_photo(
-                MpState.of(app), PROMPTS[index % len(PROMPTS)], tenant_id=settings.tenant_id
+                mp, PROMPTS[index % len(PROMPTS)], tenant_id=settings.tenant_id, **plan
             )
+            reviewer.watch(run)
             board.follow(run, timeout_s=max(0.0, deadline - time.monotonic()))
         while not board.all_done():
             if live is not None:
@@ -126,16 +146,15 @@ def main(
     if live is None:
         console.print()
         console.print(board.render())
-    finished = board.runs()
     if provider_sock is not None:
-        console.print(
-            f"video provider: {provider_stats['jobs']} job(s), "
-            f"{provider_stats['callbacks_sent']} signed callback(s) delivered, of which "
-            f"{provider_stats['duplicates_sent']} duplicate(s) (absorbed: no event) and "
-            f"{provider_stats['failures_sent']} failure(s) (the step was retried); "
-            f"{provider_stats['silent_jobs']} job(s) never called back, "
-            f"{provider_stats['polls']} poll(s) answered"
-        )
+        _print_provider_stats(console, provider_stats)
+    sys.exit(_conclude(console, board.runs(), store, settings))
+
+
+def _conclude(
+    console: Console, finished: list[PipelineRun], store: PipelineStateStore, settings: Settings
+) -> int:
+    """Summarise and audit the runs; the exit status (0: all completed, audits clean)."""
     _summarise(console, finished, settings)
     findings = [f for run in finished for f in audit_run(store.require(run.run_id))]
     console.print(
@@ -144,7 +163,29 @@ def main(
         else "audit found:\n" + "\n".join(f"  {finding}" for finding in findings)
     )
     completed = all(r.status is PipelineRunStatus.COMPLETED for r in finished)
-    sys.exit(0 if completed and not findings else 1)
+    return 0 if completed and not findings else 1
+
+
+def _describe_provider(
+    console: Console, settings: Settings, behaviour: ProviderBehaviour, *, polled: bool
+) -> None:
+    console.print(
+        f"receiver {settings.receiver_url}  ·  simulated video provider "
+        f"{settings.provider_url} (delay {behaviour.delay_s:.1f} s, duplicates "
+        f"{behaviour.duplicate_rate:.0%}, failures {behaviour.failure_rate:.0%}, seed "
+        f"{behaviour.seed}" + (", never calls back: polled" if polled else "") + ")\n"
+    )
+
+
+def _print_provider_stats(console: Console, stats: dict[str, int]) -> None:
+    console.print(
+        f"video provider: {stats['jobs']} job(s), "
+        f"{stats['callbacks_sent']} signed callback(s) delivered, of which "
+        f"{stats['duplicates_sent']} duplicate(s) (absorbed: no event) and "
+        f"{stats['failures_sent']} failure(s) (the step was retried); "
+        f"{stats['silent_jobs']} job(s) never called back, "
+        f"{stats['polls']} poll(s) answered"
+    )
 
 
 def _embedded_settings(redis_url: str | None, receiver_url: str, provider_url: str) -> Settings:

@@ -5,7 +5,8 @@
 - ``image.upscale``: reports progress while it works (step-progress, Flower shows PROGRESS).
 - ``image.quality_gate``: scores the image and logs step-gated; a low score fails the run.
 - ``video.generate``: joins both branches: submits the image and the voice-over to the video
-  provider and waits for its webhook.
+  provider and waits for its webhook. Its cost estimate ($0.50) counts against a run's budget
+  before it starts.
 
 Work is simulated with short sleeps; costs are what a real provider would bill.
 """
@@ -25,6 +26,9 @@ from celery_app.provider import submit_job
 from mpstate.celery import PipelineTask, StepResult
 
 __all__ = ["Services", "register_operations"]
+
+#: What a video job is expected to cost: the run's budget reserves it before the step starts.
+VIDEO_ESTIMATE_USD = 0.5
 
 #: Seconds each simulated operation takes.
 WORK_S = {"generate": 0.4, "upscale_tick": 0.15, "voiceover_tick": 0.2}
@@ -85,7 +89,14 @@ def register_operations(app: Celery, services: Services) -> None:
         self.gate("quality", verdict=f"score {score:.2f}", passed=score >= min_quality)
         return StepResult(artifact_ids=[image], outputs={"quality": round(score, 3)})
 
-    @app.task(base=PipelineTask, bind=True, shared=False, name="video.generate", max_retries=3)  # type: ignore[untyped-decorator]
+    @app.task(  # type: ignore[untyped-decorator]
+        base=PipelineTask,
+        bind=True,
+        shared=False,
+        name="video.generate",
+        max_retries=3,
+        estimated_cost_usd=VIDEO_ESTIMATE_USD,
+    )
     def generate_video(self: PipelineTask, seconds: int = 4) -> Any:
         image = self.artifacts["quality"][0]
         voice = self.artifacts["voiceover"][0]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from chaos.load import PlannedRun
-from mpstate import PipelineRun, PipelineRunStatus, RunFailed, audit_run
+from chaos.suspensions import suspension_violations
+from mpstate import PipelineRun, PipelineRunStatus, RunFailed, StepGated, audit_run
 from mpstate.graph import dependencies
 from mpstate.store import PipelineStateStore
 
@@ -45,6 +46,8 @@ class RunVerdicts:
     parallel_runs: int = 0
     #: Provider answers applied by a poll rather than a callback.
     polled_results: int = 0
+    #: What the budgets and gates did: holds, releases, refused resumes, verdicts by kind.
+    suspensions: Counter[str] = field(default_factory=Counter)
 
 
 def check_runs(
@@ -55,6 +58,7 @@ def check_runs(
     statuses: Counter[str] = Counter()
     codes: Counter[str] = Counter()
     applied = cache_hits = retried = requeued = parallel = polled = 0
+    suspensions: Counter[str] = Counter()
     total_cost = 0.0
     for plan in planned:
         if plan.run_id is None:
@@ -78,6 +82,7 @@ def check_runs(
                 codes[getattr(event, "code", "?")] += 1
         total_cost += run.cost_usd
         parallel += branches_overlapped(run)
+        suspensions.update(_suspension_counts(run, plan))
     violations.extend(_tenancy_violations(store, planned))
     return RunVerdicts(
         statuses,
@@ -90,7 +95,21 @@ def check_runs(
         round(total_cost, 6),
         parallel,
         polled,
+        suspensions,
     )
+
+
+def _suspension_counts(run: PipelineRun, plan: PlannedRun) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    for event in run.events:
+        if isinstance(event, StepGated) and event.gate_type == "budget":
+            counts[f"budget {event.verdict}"] += 1
+        elif isinstance(event, StepGated) and event.verdict in ("approved", "rejected"):
+            how = "timed out" if (event.meta or {}).get("timedOut") else "by the operator"
+            counts[f"gate {event.verdict} {how}"] += 1
+    if plan.suspension is not None and plan.suspension.budget_refused:
+        counts["budget resume refused (not raised)"] += 1
+    return counts
 
 
 def _graph_violations(run: PipelineRun) -> list[Violation]:
@@ -166,6 +185,9 @@ def _run_violations(run: PipelineRun, plan: PlannedRun, bound_s: float) -> list[
         found.append(
             Violation(run.run_id, "idempotency", f"a second submit created {plan.other_run_ids}")
         )
+    found.extend(
+        Violation(run.run_id, rule, detail) for rule, detail in suspension_violations(run, plan)
+    )
     if run.tenant_id != plan.tenant_id:
         found.append(Violation(run.run_id, "tenant", f"stored for tenant {run.tenant_id}"))
     return found

@@ -31,6 +31,10 @@ class ChaosConfig(BaseModel):
     doomed_rate: float = Field(default=0.1, ge=0, le=1)
     #: Runs cancelled by the driver at a random moment.
     cancel_rate: float = Field(default=0.1, ge=0, le=1)
+    #: Runs with a budget below the video's estimate: held, suspended, resumed by the operator.
+    budget_rate: float = Field(default=0.1, ge=0, le=1)
+    #: Runs whose quality step waits for approval: approved, rejected or timed out at random.
+    gate_rate: float = Field(default=0.15, ge=0, le=1)
     #: Runs submitted twice at once with the same idempotency key.
     double_submit_rate: float = Field(default=0.1, ge=0, le=1)
     #: Distinct prompts: fewer than runs, so repeated prompts are cache hits.

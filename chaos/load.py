@@ -15,7 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
@@ -25,6 +25,9 @@ from celery_app.pipelines import PRODUCT_PHOTO
 from chaos.config import ChaosConfig
 from mpstate import InvalidTransitionError, PipelineRun, StateStoreUnavailableError
 from mpstate.celery import MpState, Reconciler
+
+if TYPE_CHECKING:
+    from chaos.suspensions import SuspensionPlan
 
 __all__ = ["Load", "PlannedRun"]
 
@@ -67,16 +70,29 @@ class PlannedRun:
     cancelled: bool = False
     cancel_too_late: bool = False
     other_run_ids: set[str] = field(default_factory=set)
+    #: A budget or an approval gate the run waits on (``chaos.suspensions``).
+    suspension: SuspensionPlan | None = None
 
     def steps(self) -> list[dict[str, Any]]:
         """The product-photo graph: the image branch and the voice-over run in parallel."""
         inputs: dict[str, dict[str, Any]] = {"generate": {"prompt": self.prompt}}
         if self.doomed:  # no image scores above 1.0: the gate rejects it
             inputs["quality"] = {"min_quality": 1.01}
-        return [
+        steps = [
             {**step, "inputs": inputs.get(step["stepId"], step.get("inputs", {}))}
             for step in PRODUCT_PHOTO
         ]
+        plan = self.suspension
+        if plan is not None and plan.kind == "gate":  # a person signs off on the image
+            gate = {"type": "approval", "timeoutS": plan.timeout_s, "onTimeout": plan.on_timeout}
+            steps = [{**s, "gate": gate} if s["stepId"] == "quality" else s for s in steps]
+        return steps
+
+    def budget(self) -> dict[str, float] | None:
+        plan = self.suspension
+        if plan is None or plan.budget_usd is None:
+            return None
+        return {"maxUsd": plan.budget_usd}
 
 
 def plan(config: ChaosConfig, rng: random.Random) -> list[PlannedRun]:
@@ -127,6 +143,7 @@ class Load:
                     planned.steps(),
                     tenant_id=planned.tenant_id,
                     idempotency_key=planned.idempotency_key,
+                    budget=planned.budget(),
                 )
             )
 

@@ -34,6 +34,7 @@ class Summary:
     cache_hits: int = 0
     parallel_runs: int = 0
     polled_results: int = 0
+    suspensions: dict[str, int] = field(default_factory=dict)
     provider: dict[str, int] = field(default_factory=dict)
     callbacks_applied: int = 0
     duplicate_callbacks_absorbed: int = 0
@@ -80,6 +81,7 @@ class Summary:
             ("step retries (retryable step-failed)", str(self.retried_steps)),
             ("cache hits (step-cached)", str(self.cache_hits)),
             ("runs whose branches ran in parallel", str(self.parallel_runs)),
+            ("budgets and gates", _counts(self.suspensions) or "-"),
             (
                 "callbacks delivered (duplicates, late, early)",
                 f"{self.provider.get('callbacks_sent', 0)} ("

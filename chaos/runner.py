@@ -21,6 +21,7 @@ from chaos.deployment import Deployment
 from chaos.load import Load, PlannedRun, plan
 from chaos.probes import Canaries, ProbeResult, job_of, receiver_probes, store_probes
 from chaos.report import Summary
+from chaos.suspensions import Operator, plan_suspensions
 from mpstate import PipelineRun, PipelineRunStatus
 from mpstate.celery import MpState
 from mpstate.store import PipelineStateStore
@@ -72,10 +73,14 @@ def _shake(
     mp = MpState.of(app)
     canaries = Canaries(store).create()
     planned = plan(config, rng)
+    # Its own generator: the kills and restarts keep the schedule a seed gave them before.
+    plan_suspensions(config, planned, random.Random(config.seed + 1))
     load = Load(config, mp, planned)
+    operator = Operator(mp, planned)
     stop = threading.Event()
     background = [
         threading.Thread(target=load.reconcile_until_stopped, name="reconciler"),
+        threading.Thread(target=operator.answer_until_stopped, name="operator"),
         threading.Thread(target=_sample, args=(load, stop), name="sampler"),
         threading.Thread(
             target=_kill_workers, args=(config, deployment, rng, stop, progress), name="killer"
@@ -95,6 +100,7 @@ def _shake(
     progress(f"waited for runs: {len(live)} still live")
     stop.set()
     load.stop()
+    operator.stop()
     if restarter is not None:
         restarter.join()
     for thread in background:
@@ -130,6 +136,7 @@ def _judge(
     summary.cache_hits = verdicts.cache_hits
     summary.parallel_runs = verdicts.parallel_runs
     summary.polled_results = verdicts.polled_results
+    summary.suspensions = dict(verdicts.suspensions)
     summary.total_cost_usd = verdicts.total_cost_usd
     summary.violations = [str(v) for v in verdicts.violations]
 

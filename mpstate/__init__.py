@@ -13,9 +13,11 @@ from mpstate.audit import AuditFinding, audit_run
 from mpstate.changes import CommitResult
 from mpstate.deliveries import UnmatchedCallback, UnmatchedReason
 from mpstate.errors import (
+    BudgetExceededError,
     IdempotencyKeyInUseError,
     InvalidInputError,
     InvalidPipelineError,
+    InvalidResumeTokenError,
     InvalidTransitionError,
     LockNotOwnedError,
     LockTimeoutError,
@@ -53,13 +55,17 @@ from mpstate.memory import InMemoryPipelineStateStore
 from mpstate.models import (
     ALLOWED_RUN_TRANSITIONS,
     TERMINAL_RUN_STATUSES,
+    Approval,
     ExternalJob,
     FailurePolicy,
+    GateSpec,
+    GateTimeout,
     PipelineRun,
     PipelineRunStatus,
     StepError,
     StepState,
     StepStatus,
+    SuspendReason,
 )
 from mpstate.replay import log_state, replay_run
 from mpstate.store import HeldLock, PipelineStateStore
@@ -73,15 +79,20 @@ logging.getLogger("mpstate").addHandler(logging.NullHandler())
 __all__ = [
     "ALLOWED_RUN_TRANSITIONS",
     "TERMINAL_RUN_STATUSES",
+    "Approval",
     "AuditFinding",
+    "BudgetExceededError",
     "CommitResult",
     "ExternalJob",
     "FailurePolicy",
+    "GateSpec",
+    "GateTimeout",
     "HeldLock",
     "IdempotencyKeyInUseError",
     "InMemoryPipelineStateStore",
     "InvalidInputError",
     "InvalidPipelineError",
+    "InvalidResumeTokenError",
     "InvalidTransitionError",
     "LockNotOwnedError",
     "LockTimeoutError",
@@ -115,6 +126,7 @@ __all__ = [
     "StepState",
     "StepStatus",
     "StepWaiting",
+    "SuspendReason",
     "UnmatchedCallback",
     "UnmatchedReason",
     "VersionConflictError",

@@ -361,7 +361,13 @@ class StoreCore(ABC):
         change = RunChange(
             run_id=run_id,
             patch=validate_patch(
-                {"status": PipelineRunStatus.CANCELLED, "error": reason, "completed_at": now}
+                {
+                    "status": PipelineRunStatus.CANCELLED,
+                    "error": reason,
+                    "completed_at": now,
+                    "resumable": False,
+                    "suspend_reason": None,
+                }
             ),
             events=(RunCancelled(run_id=run_id, reason=reason),),
             fence=self._check_fence(fence),

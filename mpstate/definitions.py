@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError as PydanticValidationError
 
+from mpstate.budget import check_budget
 from mpstate.errors import InvalidInputError
 from mpstate.graph import is_explicit, validate_graph
 from mpstate.models import FailurePolicy, PipelineRun, StepState
@@ -33,13 +34,16 @@ def definition_hash(steps: Sequence[StepState]) -> str:
 
 
 def fresh_step(step: StepState) -> StepState:
-    """The step's definition alone (id, operation, inputs, retry limit, dependencies)."""
+    """The step's definition alone (id, operation, inputs, retry limit, dependencies, cost
+    estimate and gate)."""
     return StepState(
         step_id=step.step_id,
         operation=step.operation,
         inputs=dict(step.inputs),
         max_retries=step.max_retries,
         depends_on=None if step.depends_on is None else list(step.depends_on),
+        estimated_cost_usd=step.estimated_cost_usd,
+        gate=step.gate,
     )
 
 
@@ -57,7 +61,8 @@ def new_run(
 ) -> PipelineRun:
     """A pending run of ``steps`` (``StepState`` or step mappings, either spelling).
 
-    ``inputs`` are defaults for every step's inputs. Raises ``InvalidInputError`` for bad ids or
+    ``inputs`` are defaults for every step's inputs; ``budget``'s ``maxUsd`` must be a
+    non-negative number (``mpstate.budget``). Raises ``InvalidInputError`` for bad ids or
     fields and ``InvalidPipelineError`` (naming the steps) for a graph with duplicate ids, unknown
     or self dependencies, or a cycle.
     """
@@ -77,7 +82,7 @@ def new_run(
             tenant_id=tenant_id,
             idempotency_key=idempotency_key,
             steps=states,
-            budget=dict(budget) if budget is not None else None,
+            budget=check_budget(budget),
             failure_policy=FailurePolicy(failure_policy),
             pipeline_def_hash=definition_hash(states),
             rerun_of=rerun_of,

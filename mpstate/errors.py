@@ -15,6 +15,8 @@
     │   └── StaleFenceError                      a write carried an outdated lock fence
     ├── LockNotOwnedError                        release/extend of a lock you no longer hold
     ├── InvalidTransitionError                   e.g. cancelling a completed run
+    │   ├── InvalidResumeTokenError              a resume token that is wrong, stale or used
+    │   └── BudgetExceededError                  a resume that the budget still refuses
     ├── StateStoreUnavailableError               Redis refused, reset or timed out (cause chained)
     │   └── WriteNotReplicatedError              applied, but too few replicas confirmed it
     ├── WebhookSignatureError                    a callback's signature is missing, wrong or stale
@@ -28,9 +30,11 @@ that retries on contention catches ``RunInProgressError``; code that retries on 
 from __future__ import annotations
 
 __all__ = [
+    "BudgetExceededError",
     "IdempotencyKeyInUseError",
     "InvalidInputError",
     "InvalidPipelineError",
+    "InvalidResumeTokenError",
     "InvalidTransitionError",
     "LockNotOwnedError",
     "LockTimeoutError",
@@ -172,6 +176,32 @@ class InvalidTransitionError(MpStateError):
         self._keep(message, message, run_id, status)
         self.run_id = run_id
         self.status = status
+
+
+class InvalidResumeTokenError(InvalidTransitionError):
+    """A resume, approve or reject named a token that is not the run's live one: wrong, of an
+    earlier suspension, or used already. Nothing changed."""
+
+    def __init__(self, run_id: str, status: str) -> None:
+        message = f"run {run_id!r}: the token is not a live resume token (wrong, stale or used)"
+        super().__init__(message, run_id, status)
+        self.args = (run_id, status)
+
+
+class BudgetExceededError(InvalidTransitionError):
+    """A resume without a higher budget while no held step fits the budget. Nothing changed."""
+
+    def __init__(self, run_id: str, spent_usd: float, max_usd: float, needed_usd: float) -> None:
+        message = (
+            f"run {run_id!r} is still over its budget: ${spent_usd:.4f} spent or reserved of "
+            f"${max_usd:.4f}, the next held step needs ${needed_usd:.4f}; resume with a higher "
+            "maxUsd"
+        )
+        super().__init__(message, run_id, "suspended")
+        self.args = (run_id, spent_usd, max_usd, needed_usd)
+        self.spent_usd = spent_usd
+        self.max_usd = max_usd
+        self.needed_usd = needed_usd
 
 
 class StateStoreUnavailableError(MpStateError):

@@ -14,13 +14,17 @@ __all__ = [
     "ALLOWED_RUN_TRANSITIONS",
     "DONE_STEP_STATUSES",
     "TERMINAL_RUN_STATUSES",
+    "Approval",
     "ExternalJob",
     "FailurePolicy",
+    "GateSpec",
+    "GateTimeout",
     "PipelineRun",
     "PipelineRunStatus",
     "StepError",
     "StepState",
     "StepStatus",
+    "SuspendReason",
 ]
 
 NonNegativeCost = Annotated[float, Field(ge=0)]
@@ -64,8 +68,11 @@ class StepStatus(StrEnum):
 
     PENDING = "pending"
     RUNNING = "running"
-    #: Handed to an external provider; completes when its callback (or a poll) answers.
+    #: Handed to an external provider (completes when its callback or a poll answers), or its
+    #: result waits for a person's verdict (``StepState.approval``).
     WAITING = "waiting"
+    #: Ready, but held back: starting it would cross the run's budget (``mpstate.budget``).
+    HELD = "held"
     COMPLETED = "completed"
     FAILED = "failed"
     #: Stopped by a gate (for example a quality check).
@@ -82,6 +89,24 @@ class FailurePolicy(StrEnum):
     FAIL_FAST = "fail-fast"
     #: Branches that do not depend on the failed step run to their end; then the run fails.
     FINISH_BRANCHES = "finish-branches"
+
+
+class SuspendReason(StrEnum):
+    """Why a suspended run waits (``run-suspended``'s ``reason``)."""
+
+    #: A step waits for a provider's callback (or poll); it resumes by itself.
+    WEBHOOK = "webhook"
+    #: A step is held back by the run's budget: ``MpState.resume`` (with a higher budget).
+    BUDGET = "budget"
+    #: A step's result waits for a person: ``MpState.approve`` or ``MpState.reject``.
+    GATE = "gate"
+
+
+class GateTimeout(StrEnum):
+    """What an approval gate decides when nobody answered by its deadline."""
+
+    REJECT = "reject"
+    APPROVE = "approve"
 
 
 #: Step statuses that satisfy the steps depending on it.
@@ -139,6 +164,38 @@ class ExternalJob(CamelModel):
     deadline: UtcDatetime | None = None
 
 
+class GateSpec(CamelModel):
+    """An approval gate declared in a step's definition: the step's result waits for a person.
+
+    ``{"type": "approval", "timeoutS": 86400, "onTimeout": "reject"}``. Without ``timeout_s``
+    the wait has no deadline.
+    """
+
+    type: Identifier = "approval"
+    timeout_s: Annotated[float, Field(gt=0)] | None = None
+    on_timeout: GateTimeout = GateTimeout.REJECT
+
+
+class Approval(CamelModel):
+    """A step's wait for a verdict (``MpState.approve`` / ``reject``), with the result it holds.
+
+    The token is the wait's own: unguessable, and single-use (the verdict clears the wait).
+    """
+
+    gate_type: Identifier
+    token: str = Field(min_length=16)
+    since: UtcDatetime = Field(default_factory=utc_now)
+    deadline: UtcDatetime | None = None
+    on_timeout: GateTimeout = GateTimeout.REJECT
+    #: What the person looks at (free-form, small: it is stored on the run).
+    details: dict[str, Any] = Field(default_factory=dict)
+    #: The step's result, applied when the gate approves: artifacts, cost, outputs, cache key.
+    artifact_ids: list[str] = Field(default_factory=list)
+    cost_usd: NonNegativeCost = 0.0
+    outputs: dict[str, Any] = Field(default_factory=dict)
+    cache_key: str | None = None
+
+
 class StepState(CamelModel):
     """One step of a run: what it runs (``operation``), with what, and how it went."""
 
@@ -167,11 +224,24 @@ class StepState(CamelModel):
     #: Every provider job the step awaited, oldest first; the last is the one it waits for
     #: while ``status`` is ``waiting``.
     external_jobs: list[ExternalJob] = Field(default_factory=list)
+    #: What one attempt of the step is expected to cost (its definition, else the task's
+    #: ``estimated_cost_usd``): the budget reserves it while the step is in flight.
+    estimated_cost_usd: NonNegativeCost | None = None
+    #: The highest ``costUsdAccrued`` the step reported in step-progress while in flight.
+    accrued_cost_usd: NonNegativeCost = 0.0
+    #: An approval gate from the step's definition: its result waits for a person.
+    gate: GateSpec | None = None
+    #: The verdict the step waits for, while ``status`` is ``waiting`` on a gate.
+    approval: Approval | None = None
 
     @property
     def awaited_job(self) -> ExternalJob | None:
-        """The provider job the step waits for now (None unless it is waiting)."""
-        if self.status is not StepStatus.WAITING or not self.external_jobs:
+        """The provider job the step waits for now (None unless it waits for a provider)."""
+        if (
+            self.status is not StepStatus.WAITING
+            or self.approval is not None
+            or not self.external_jobs
+        ):
             return None
         return self.external_jobs[-1]
 
@@ -200,8 +270,11 @@ class PipelineRun(CamelModel):
     error: str | None = None
     budget: dict[str, Any] | None = None
     failure_policy: FailurePolicy = FailurePolicy.FAIL_FAST
+    #: The token of the run's latest suspension; ``resumable`` while it is live (single-use).
     resume_token: str | None = None
     resumable: bool = False
+    #: Why the run is suspended (None unless it is).
+    suspend_reason: SuspendReason | None = None
     started_at: UtcDatetime | None = None
     cost_usd: NonNegativeCost = 0.0
     version: int = Field(default=0, ge=0)

@@ -19,13 +19,16 @@ step-completed     the step is completed with its artifacts and cost; the run's 
 step-cached        like step-completed, with the cache key and no cost
 step-failed        the step's last error; a retryable failure leaves it running (a suspended run
                    is running again: its step is enqueued once more), a final one fails it
-step-gated         nothing by itself; a ``gate-rejected`` run-failed right after it (the same
-                   commit) marks that step gated
-run-suspended      the run is suspended with its resume token and resumable
+step-gated         by its verdict: ``over-budget`` holds the step (held), ``within-budget``
+                   releases it (pending), ``awaiting-approval`` makes it wait for a verdict
+                   (waiting); any other verdict changes nothing by itself, and a
+                   ``gate-rejected`` run-failed right after it (the same commit) marks that step
+                   gated
+run-suspended      the run is suspended with its reason, its resume token and resumable
 run-resumed        the run is running and no longer resumable
-run-completed      the run is completed
-run-failed         the run is failed with the terminal reason as its error
-run-cancelled      the run is cancelled with the reason as its error
+run-completed      the run is completed and no longer resumable
+run-failed         the run is failed with the terminal reason as its error, no longer resumable
+run-cancelled      the run is cancelled with the reason as its error, no longer resumable
 =================  ==============================================================================
 
 ``current_step_index`` is the first step, in definition order, not completed or cached
@@ -52,7 +55,14 @@ from mpstate.events import (
     StepWaiting,
 )
 from mpstate.graph import first_open_index
-from mpstate.models import PipelineRun, PipelineRunStatus, StepError, StepState, StepStatus
+from mpstate.models import (
+    PipelineRun,
+    PipelineRunStatus,
+    StepError,
+    StepState,
+    StepStatus,
+    SuspendReason,
+)
 
 __all__ = ["LOG_FIELDS", "STEP_LOG_FIELDS", "log_state", "replay_run"]
 
@@ -66,6 +76,12 @@ STEP_LOG_FIELDS = ("status", "attempts", "artifact_ids", "cost_usd", "cache_key"
 _COST_DIGITS = 10
 
 _GATE_REJECTED = "gate-rejected"
+#: step-gated verdicts that set the step's status (``mpstate.celery.transitions`` writes them).
+_VERDICT_STATUS = {
+    "over-budget": StepStatus.HELD,
+    "within-budget": StepStatus.PENDING,
+    "awaiting-approval": StepStatus.WAITING,
+}
 
 
 def replay_run(run: PipelineRun, events: Iterable[PipelineEvent]) -> PipelineRun:
@@ -110,6 +126,7 @@ class _Replay:
                 "error": None,
                 "resume_token": None,
                 "resumable": False,
+                "suspend_reason": None,
                 "events": [],
             }
         )
@@ -160,14 +177,21 @@ class _Replay:
             self._failed(event)
         elif isinstance(event, StepWaiting):
             self._set_step(event.step_id, status=StepStatus.WAITING)
+        elif isinstance(event, StepGated):
+            status = _VERDICT_STATUS.get(event.verdict)
+            if status is not None:
+                self._set_step(event.step_id, status=status)
         elif isinstance(event, RunSuspended):
             self._set_run(
-                status=PipelineRunStatus.SUSPENDED, resume_token=event.resume_token, resumable=True
+                status=PipelineRunStatus.SUSPENDED,
+                resume_token=event.resume_token,
+                resumable=True,
+                suspend_reason=SuspendReason(event.reason),
             )
         elif isinstance(event, RunResumed):
-            self._set_run(status=PipelineRunStatus.RUNNING, resumable=False)
+            self._set_run(status=PipelineRunStatus.RUNNING, resumable=False, suspend_reason=None)
         elif event.kind == "run-completed":
-            self._set_run(status=PipelineRunStatus.COMPLETED)
+            self._set_run(status=PipelineRunStatus.COMPLETED, resumable=False, suspend_reason=None)
         elif isinstance(event, RunFailed):
             if (
                 event.code == _GATE_REJECTED
@@ -175,9 +199,19 @@ class _Replay:
                 and previous.step_id in self.index
             ):
                 self._set_step(previous.step_id, status=StepStatus.GATED)
-            self._set_run(status=PipelineRunStatus.FAILED, error=event.terminal_reason)
+            self._set_run(
+                status=PipelineRunStatus.FAILED,
+                error=event.terminal_reason,
+                resumable=False,
+                suspend_reason=None,
+            )
         elif isinstance(event, RunCancelled):
-            self._set_run(status=PipelineRunStatus.CANCELLED, error=event.reason)
+            self._set_run(
+                status=PipelineRunStatus.CANCELLED,
+                error=event.reason,
+                resumable=False,
+                suspend_reason=None,
+            )
 
     def _started(self, event: StepStarted) -> None:
         step = self._step(event.step_id)
@@ -206,4 +240,4 @@ class _Replay:
         status = StepStatus.RUNNING if event.retryable else StepStatus.FAILED
         self._set_step(event.step_id, status=status, last_error=error)
         if event.retryable and self.run.status is PipelineRunStatus.SUSPENDED:
-            self._set_run(status=PipelineRunStatus.RUNNING, resumable=False)
+            self._set_run(status=PipelineRunStatus.RUNNING, resumable=False, suspend_reason=None)

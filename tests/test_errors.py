@@ -25,6 +25,8 @@ SAMPLES: list[errors.MpStateError] = [
     errors.StaleFenceError("r1", fence=2, current=3),
     errors.LockNotOwnedError("r1"),
     errors.InvalidTransitionError("run 'r1' is completed", run_id="r1", status="completed"),
+    errors.InvalidResumeTokenError("r1", "suspended"),
+    errors.BudgetExceededError("r1", spent_usd=5.0, max_usd=5.0, needed_usd=0.5),
     errors.StateStoreUnavailableError("connection refused"),
     errors.WriteNotReplicatedError(2, 1, 100),
     errors.WebhookSignatureError("no signature matches"),

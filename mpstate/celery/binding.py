@@ -24,6 +24,7 @@ from typing import Any
 from celery import Celery
 from celery.canvas import Signature
 
+from mpstate.budget import MAX_USD, check_budget
 from mpstate.celery.canvas import is_canvas, steps_from_canvas
 from mpstate.celery.identity import ATTEMPT_BASE, StepIdentity, request_meta
 from mpstate.celery.jobs import POLL_JOB, ExternalJobs, Poller
@@ -146,6 +147,9 @@ class MpState:
         defaults for every step's inputs; a step's ``operation`` is the name of the Celery task
         that runs it.
         ``failure_policy``: ``fail-fast`` (default) or ``finish-branches`` (``FailurePolicy``).
+        ``budget={"maxUsd": 5.0}`` stops the run from starting a step that would cross it
+        (``mpstate.budget``): the run is suspended (reason ``budget``) until ``resume``. A step's
+        ``estimatedCostUsd`` defaults to its task's ``estimated_cost_usd``.
         """
         check_id(pipeline_id, "pipeline_id")
         if is_canvas(steps):
@@ -160,13 +164,81 @@ class MpState:
             budget=budget,
             failure_policy=failure_policy,
         )
-        stored, created = self.store.create_or_get(run)
+        stored, created = self.store.create_or_get(self._with_task_estimates(run))
         if not created:
             stored = self._latest_rerun(stored)
         # Also for a run that existed already: a caller retrying after a failure between create
         # and start must start it. Of racing callers exactly one commits run-started and
         # publishes (the lifecycle publishes what the winning commit made ready).
         return self.lifecycle.start_run(stored)
+
+    def _with_task_estimates(self, run: PipelineRun) -> PipelineRun:
+        """``run`` with each step's missing cost estimate taken from its task's default."""
+        defaults = {
+            step.step_id: getattr(self.app.tasks.get(step.operation), "estimated_cost_usd", None)
+            for step in run.steps
+            if step.estimated_cost_usd is None
+        }
+        steps = [
+            step.model_copy(update={"estimated_cost_usd": float(default)})
+            if (default := defaults.get(step.step_id)) is not None
+            else step
+            for step in run.steps
+        ]
+        return run.model_copy(update={"steps": steps})
+
+    # -- suspensions ------------------------------------------------------------------------
+
+    def resume(
+        self,
+        run_id: str,
+        token: str,
+        *,
+        budget: Mapping[str, Any] | None = None,
+        by: str | None = None,
+    ) -> PipelineRun:
+        """Resume a run its budget suspended: the held steps start again, as far as the budget
+        (its keys updated from ``budget``, e.g. ``{"maxUsd": 8.0}``) allows; run-resumed is
+        logged from the first of them. Returns the run.
+
+        ``token`` is the run's ``resume_token`` (single-use). Raises ``InvalidResumeTokenError``
+        for a wrong, stale or used token, ``BudgetExceededError`` when the budget still stops
+        every held step, ``InvalidTransitionError`` for a run that is finished or suspended for
+        another reason: nothing changes then. Of concurrent resumes exactly one applies.
+        """
+        check_id(run_id, "run_id")
+        token = _check_token(token)
+        raised = check_budget(budget)
+        meta = _operator_meta(by=by)
+        if raised is not None and MAX_USD in raised:
+            meta["maxUsd"] = float(raised[MAX_USD])
+        return self.lifecycle.release_held(run_id, token, budget=raised, meta=meta).run
+
+    def approve(
+        self, run_id: str, token: str, *, by: str | None = None, note: str | None = None
+    ) -> PipelineRun:
+        """Approve the step waiting for a verdict with ``token`` (the run's ``resume_token``
+        when it is suspended for a gate, else the step's ``approval.token``): step-gated
+        ``approved`` (``by`` and ``note`` in its meta), run-resumed, and the step completes with
+        the result it waited with. Raises ``InvalidResumeTokenError`` for a wrong or used token
+        and ``InvalidTransitionError`` for a finished run; of concurrent verdicts exactly one
+        applies."""
+        return self._verdict(run_id, token, approved=True, by=by, note=note)
+
+    def reject(
+        self, run_id: str, token: str, *, by: str | None = None, note: str | None = None
+    ) -> PipelineRun:
+        """Reject the step waiting with ``token``: step-gated ``rejected`` and the run fails
+        with ``gate-rejected`` (errors as ``approve``)."""
+        return self._verdict(run_id, token, approved=False, by=by, note=note)
+
+    def _verdict(
+        self, run_id: str, token: str, *, approved: bool, by: str | None, note: str | None
+    ) -> PipelineRun:
+        check_id(run_id, "run_id")
+        token = _check_token(token)
+        meta = _operator_meta(by=by, note=note)
+        return self.lifecycle.decide_gate(run_id, token, approved=approved, meta=meta).run
 
     def rerun(self, run_id: str, *, from_step: str | None = None, reason: str = "") -> PipelineRun:
         """Re-drive a failed or cancelled run as a new run, and return the new run.
@@ -380,6 +452,7 @@ class MpState:
                 "skipped": len(report.skipped),
                 "expired": len(report.expired),
                 "repolled": len(report.repolled),
+                "timed_out": len(report.timed_out),
             }
 
         self.reconcile_task = reconcile
@@ -411,6 +484,24 @@ class MpState:
             retry=True,
             retry_policy=self.publish_retry_policy,
         )
+
+
+def _check_token(token: object) -> str:
+    if not isinstance(token, str) or not token:
+        raise InvalidInputError(f"token must be a non-empty string, not {token!r}")
+    return token
+
+
+def _operator_meta(**fields: str | None) -> EventMeta:
+    """Who gave a verdict or resumed, for the event's meta (``by``, ``note``)."""
+    meta: EventMeta = {}
+    for name, value in fields.items():
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise InvalidInputError(f"{name} must be a string, not {value!r}")
+        meta[name] = value
+    return meta
 
 
 def revoke_running_steps(app: Celery, run: PipelineRun, *, terminate: bool = False) -> list[str]:

@@ -14,25 +14,32 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from mpstate.celery.commits import Committed, Committer, Decide
 from mpstate.celery.identity import StepIdentity
 from mpstate.celery.results import StepResult
 from mpstate.celery.transitions import (
     Transition,
+    await_approval,
     complete_step,
+    decide_gate,
+    expire_gate,
     fail_awaiting_step,
     fail_step,
     gate_step,
+    progress_step,
     recover_steps,
+    release_held,
     resume_step,
     start_run,
     start_step,
     suspend_step,
 )
 from mpstate.celery.webhook import ProviderError, WebhookOutcome
-from mpstate.events import EventMeta
-from mpstate.models import PipelineRun, StepState
+from mpstate.events import EventMeta, StepProgress
+from mpstate.fields import utc_now
+from mpstate.models import GateTimeout, PipelineRun, StepState, StepStatus
 from mpstate.store import PipelineStateStore
 
 __all__ = ["Committed", "StepLifecycle", "error_code"]
@@ -127,7 +134,14 @@ class StepLifecycle:
                 meta=meta,
             ),
         )
-        return committed.run if committed.changed else None
+        if not committed.changed:
+            return None
+        if committed.run.step(identity.step_id).status is StepStatus.HELD:
+            log.info(
+                "run %r step %r held back by the run's budget", identity.run_id, identity.step_id
+            )
+            return None
+        return committed.run
 
     def complete_step(
         self,
@@ -218,7 +232,64 @@ class StepLifecycle:
             ),
         )
 
+    def report_progress(self, identity: StepIdentity, event: StepProgress) -> Committed:
+        """Log step-progress that reports accrued cost, raising the step's accrued cost in the
+        same commit (the budget counts it)."""
+        return self.apply(identity.run_id, lambda run: progress_step(run, identity.step_id, event))
+
+    def await_approval(
+        self,
+        identity: StepIdentity,
+        result: StepResult,
+        *,
+        gate_type: str,
+        details: Mapping[str, Any],
+        timeout_s: float | None,
+        on_timeout: GateTimeout,
+        meta: EventMeta,
+    ) -> Committed:
+        """The step's result waits for a person's verdict (step-gated ``awaiting-approval``);
+        the run is suspended (``gate``) once nothing else is in flight."""
+        return self.apply(
+            identity.run_id,
+            lambda run: await_approval(
+                run,
+                identity.step_id,
+                gate_type=gate_type,
+                details=details,
+                artifact_ids=result.artifact_ids,
+                cost_usd=result.cost_usd,
+                outputs=result.outputs,
+                timeout_s=timeout_s,
+                on_timeout=on_timeout,
+                meta=meta,
+            ),
+        )
+
     # -- from outside the task --------------------------------------------------------------
+
+    def decide_gate(self, run_id: str, token: str, *, approved: bool, meta: EventMeta) -> Committed:
+        """A person's verdict on the step waiting with ``token`` (see ``decide_gate``)."""
+        return self.apply(run_id, lambda run: decide_gate(run, token, approved=approved, meta=meta))
+
+    def expire_gate(self, run_id: str, step_id: str, token: str, *, meta: EventMeta) -> Committed:
+        """Apply the gate's ``on_timeout`` to a wait past its deadline (a no-op if a verdict
+        came first)."""
+        return self.apply(
+            run_id,
+            lambda run: expire_gate(run, step_id, token=token, now=utc_now(), meta=meta),
+        )
+
+    def release_held(
+        self,
+        run_id: str,
+        token: str,
+        *,
+        budget: Mapping[str, Any] | None,
+        meta: EventMeta,
+    ) -> Committed:
+        """Resume a run its budget suspended (see ``release_held``)."""
+        return self.apply(run_id, lambda run: release_held(run, token, budget=budget, meta=meta))
 
     def resolve_job(
         self,

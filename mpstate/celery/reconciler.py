@@ -26,6 +26,11 @@ saw it, so two reconcilers, or a reconciler and a message that came back after a
 act: the other's write wins and the repair is skipped. When the original message does come back,
 the step refuses it (its attempt is superseded) and the body does not run.
 
+The same pass enforces deadlines from the store alone, so they hold even if every worker
+restarted meanwhile: a wait for a provider past its deadline fails with ``external-timeout``
+(``mpstate.celery.jobs``), and an approval gate past its deadline is decided by its
+``on_timeout`` (approved or rejected, ``timedOut`` in the step-gated's meta).
+
 ``stale_after_s`` must exceed your longest step, its retry countdown, and the time a message can
 wait in the queue: a step that is merely slow is indistinguishable from a lost one. Steps that
 report progress (``PipelineTask.progress``) count as alive while they do.
@@ -50,7 +55,7 @@ from mpstate.errors import InvalidInputError, MpStateError, RunNotFoundError
 from mpstate.events import PipelineEvent
 from mpstate.fields import utc_now
 from mpstate.graph import active_steps
-from mpstate.models import PipelineRun, PipelineRunStatus, StepState, StepStatus
+from mpstate.models import GateTimeout, PipelineRun, PipelineRunStatus, StepState, StepStatus
 from mpstate.store import PipelineStateStore, check_positive
 
 
@@ -73,7 +78,7 @@ class ReconcilerHost(Protocol):
     def default_max_retries(self, step: StepState) -> int | None: ...
 
 
-__all__ = ["ReconcilePolicy", "ReconcileReport", "Reconciler", "StalledStep"]
+__all__ = ["OverdueGate", "ReconcilePolicy", "ReconcileReport", "Reconciler", "StalledStep"]
 
 log = logging.getLogger("mpstate.celery.reconciler")
 
@@ -118,6 +123,21 @@ class ReconcileReport:
     expired: list[WaitingStep] = field(default_factory=list)
     #: Steps waiting on a polled provider whose polls went quiet: a poll was published again.
     repolled: list[WaitingStep] = field(default_factory=list)
+    #: Approval gates past their deadline: their ``on_timeout`` decided.
+    timed_out: list[OverdueGate] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class OverdueGate:
+    """A step whose wait for a verdict passed its deadline, as the scan saw it."""
+
+    run_id: str
+    step_id: str
+    gate_type: str
+    #: What the deadline decides: ``approve`` or ``reject``.
+    on_timeout: GateTimeout
+    #: The wait's token: a verdict given since the scan ends that wait, and the expiry is void.
+    token: str
 
 
 class Reconciler:
@@ -194,17 +214,59 @@ class Reconciler:
             )
         return stalled
 
-    def find_waiting(self) -> Iterator[WaitingStep]:
-        """Every step of a live run that waits for a provider's job."""
+    def _live_runs(self) -> Iterator[PipelineRun]:
         offset = 0
         live = [PipelineRunStatus.RUNNING, PipelineRunStatus.SUSPENDED]
         while True:
             page = self.mp.store.list_runs(status=live, limit=PAGE_SIZE, offset=offset)
-            for run in page:
-                yield from waiting_steps(run)
+            yield from page
             if len(page) < PAGE_SIZE:
                 return
             offset += PAGE_SIZE
+
+    def find_waiting(self) -> Iterator[WaitingStep]:
+        """Every step of a live run that waits for a provider's job."""
+        for run in self._live_runs():
+            yield from waiting_steps(run)
+
+    def find_overdue_gates(self, now: datetime | None = None) -> Iterator[OverdueGate]:
+        """Every step of a live run whose wait for a verdict is past its deadline."""
+        now = now or utc_now()
+        for run in self._live_runs():
+            for step in run.steps:
+                approval = step.approval
+                if (
+                    approval is not None
+                    and step.status is StepStatus.WAITING
+                    and approval.deadline is not None
+                    and approval.deadline <= now
+                ):
+                    yield OverdueGate(
+                        run.run_id,
+                        step.step_id,
+                        approval.gate_type,
+                        approval.on_timeout,
+                        approval.token,
+                    )
+
+    def _expire_gates(self, report: ReconcileReport, *, dry_run: bool) -> None:
+        """Let each overdue gate's ``on_timeout`` decide (a verdict given first wins)."""
+        for gate in list(self.find_overdue_gates()):
+            if dry_run:
+                report.timed_out.append(gate)
+                continue
+            committed = self.mp.lifecycle.expire_gate(
+                gate.run_id, gate.step_id, gate.token, meta={"by": "deadline"}
+            )
+            if committed.changed:
+                report.timed_out.append(gate)
+                log.warning(
+                    "run %s: gate %s of step %s timed out: %s",
+                    gate.run_id,
+                    gate.gate_type,
+                    gate.step_id,
+                    gate.on_timeout,
+                )
 
     def _tend_waits(self, report: ReconcileReport, *, dry_run: bool) -> None:
         """Expire waits past their deadline; publish a poll again where polls went quiet (the
@@ -236,6 +298,7 @@ class Reconciler:
         quiet polls (``dry_run``: only report it)."""
         report = ReconcileReport()
         self._tend_waits(report, dry_run=dry_run)
+        self._expire_gates(report, dry_run=dry_run)
         # The whole scan first: a repair that fails a run moves it out of the running set, and
         # paging on while repairing would skip as many runs.
         report.stalled = list(self.find_stalled())

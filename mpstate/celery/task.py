@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from celery import Task
@@ -36,11 +37,11 @@ from mpstate.celery.identity import (
 )
 from mpstate.celery.results import StepResult, as_step_result
 from mpstate.celery.transitions import may_retry
-from mpstate.core import check_positive
+from mpstate.core import check_id, check_positive
 from mpstate.errors import InvalidInputError, NotInRunError, StateStoreUnavailableError
 from mpstate.events import EventMeta, StepProgress
 from mpstate.graph import upstream
-from mpstate.models import PipelineRun
+from mpstate.models import GateTimeout, PipelineRun
 from mpstate.webhooks.schemes.tokens import callback_path
 
 __all__ = ["PipelineTask"]
@@ -62,6 +63,10 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type hints
 
     #: Marks the class for the signal receivers, which leave these tasks to their own hooks.
     mpstate_step_task: ClassVar[bool] = True
+    #: What one attempt of this task is expected to cost, in USD: the default of a step's
+    #: ``estimatedCostUsd``, which the run's budget reserves while the step is in flight
+    #: (``mpstate.budget``). Read when the run starts, from the tasks registered there.
+    estimated_cost_usd: ClassVar[float | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # Celery builds one subclass per decorated function, with ``__header__`` checking call
@@ -145,6 +150,8 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type hints
         event, and the PROGRESS state in the result backend when there is one. Progress is not
         state: while the store or the broker is unavailable the event is dropped with a warning
         instead of failing the step (the step's next transition rides out the outage).
+        ``cost_usd_accrued`` (what the step has spent so far) is state the run's budget counts:
+        it is committed on the step, through an outage within ``mpstate_outage_window_s``.
         """
         if not self.in_run:
             self._celery_progress(pct, message)
@@ -159,7 +166,10 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type hints
             meta=self.event_meta(),
         )
         try:
-            self.mpstate.store.append_event(self.run_id, event)
+            if cost_usd_accrued is None:
+                self.mpstate.store.append_event(self.run_id, event)
+            else:
+                self.mpstate.lifecycle.report_progress(self.identity, event)
         except StateStoreUnavailableError as exc:
             log.warning(
                 "step-progress of run %r step %r dropped: %s", self.run_id, self.step_id, exc
@@ -193,7 +203,9 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type hints
     def gate(self, gate_type: str, verdict: str, passed: bool) -> bool:
         """Log step-gated; a rejection fails the run and ends the body (the task is IGNORED).
 
-        Raises ``NotInRunError`` outside a run: a gate decides on a run.
+        Raises ``NotInRunError`` outside a run: a gate decides on a run. The verdicts mpstate
+        writes itself (``awaiting-approval``, ``over-budget``, ``within-budget``) are refused
+        (``InvalidInputError``): to wait for a person, use ``await_approval``.
         """
         if not self.in_run:
             raise NotInRunError(self.name, "gate()")
@@ -237,6 +249,49 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type hints
         )
         if committed.changed:
             mp.jobs.waiting_started(self.run_id, self.step_id, provider, job_id)
+        return StepResult(suspended=True)
+
+    def await_approval(
+        self,
+        gate_type: str = "approval",
+        *,
+        details: Mapping[str, Any] | None = None,
+        result: StepResult | Mapping[str, Any] | None = None,
+        timeout_s: float | None = None,
+        on_timeout: GateTimeout | str = GateTimeout.REJECT,
+    ) -> StepResult:
+        """Ask a person to approve what this step produced; return this from the body.
+
+        ``result`` (artifacts, cost, outputs) becomes the step's result when approved
+        (``MpState.approve``): then the run goes on. Rejected (``MpState.reject``), the run
+        fails with ``gate-rejected``. ``details`` is what the person looks at (kept on the step,
+        small). With no verdict within ``timeout_s`` (default: no deadline; enforced by the
+        reconciler) ``on_timeout`` decides: ``reject`` (default) or ``approve``. Other branches
+        go on meanwhile; the run is suspended (reason ``gate``) once nothing else is in flight.
+        Raises ``NotInRunError`` outside a run.
+        """
+        if not self.in_run:
+            raise NotInRunError(self.name, "await_approval()")
+        check_id(gate_type, "gate_type")
+        try:
+            policy = GateTimeout(on_timeout)
+        except ValueError:
+            choices = ", ".join(p.value for p in GateTimeout)
+            raise InvalidInputError(
+                f"on_timeout must be one of {choices}, not {on_timeout!r}"
+            ) from None
+        produced = as_step_result(
+            dict(result) if isinstance(result, Mapping) else result, strict=True
+        )
+        self.mpstate.lifecycle.await_approval(
+            self.identity,
+            produced,
+            gate_type=gate_type,
+            details=dict(details or {}),
+            timeout_s=None if timeout_s is None else check_positive(timeout_s, "timeout_s"),
+            on_timeout=policy,
+            meta=self.event_meta(),
+        )
         return StepResult(suspended=True)
 
     def callback_url(self, provider: str) -> str:

@@ -29,6 +29,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from mpstate.budget import admit, max_usd
+from mpstate.errors import (
+    BudgetExceededError,
+    InvalidInputError,
+    InvalidResumeTokenError,
+    InvalidTransitionError,
+)
 from mpstate.events import (
     EventMeta,
     PipelineEvent,
@@ -41,6 +48,7 @@ from mpstate.events import (
     StepCompleted,
     StepFailed,
     StepGated,
+    StepProgress,
     StepStarted,
     StepWaiting,
 )
@@ -48,26 +56,39 @@ from mpstate.fields import utc_now
 from mpstate.graph import active_steps, first_open_index, newly_ready, ready_steps
 from mpstate.models import (
     DONE_STEP_STATUSES,
+    Approval,
     ExternalJob,
     FailurePolicy,
+    GateTimeout,
     PipelineRun,
     PipelineRunStatus,
     StepError,
     StepState,
     StepStatus,
+    SuspendReason,
 )
 
 __all__ = [
+    "AWAITING_APPROVAL",
+    "BUDGET_GATE",
     "EXTERNAL_TIMEOUT",
+    "OVER_BUDGET",
+    "RESERVED_VERDICTS",
+    "WITHIN_BUDGET",
     "WORKER_LOST",
     "Transition",
+    "await_approval",
     "awaits_job",
     "complete_step",
+    "decide_gate",
+    "expire_gate",
     "fail_awaiting_step",
     "fail_step",
     "gate_step",
     "may_retry",
+    "progress_step",
     "recover_steps",
+    "release_held",
     "resume_step",
     "start_run",
     "start_step",
@@ -78,6 +99,22 @@ __all__ = [
 WORKER_LOST = "worker-lost"
 #: The code of the step-failed logged when a provider's answer did not come by the deadline.
 EXTERNAL_TIMEOUT = "external-timeout"
+
+#: The gate type of the step-gated that holds a step back, and releases it, for the budget.
+BUDGET_GATE = "budget"
+#: step-gated verdicts that carry state (``mpstate.replay``); automatic gates may not use them.
+#: A step held back by the budget:
+OVER_BUDGET = "over-budget"
+#: A held step the budget lets start again (on resume):
+WITHIN_BUDGET = "within-budget"
+#: A step whose result waits for a person's verdict:
+AWAITING_APPROVAL = "awaiting-approval"
+RESERVED_VERDICTS = frozenset({OVER_BUDGET, WITHIN_BUDGET, AWAITING_APPROVAL})
+#: The verdicts a person (or a gate's deadline) gives.
+APPROVED = "approved"
+REJECTED = "rejected"
+#: The run-failed code of a rejected gate (automatic or by a person).
+GATE_REJECTED = "gate-rejected"
 
 #: Statuses in which nothing more happens to a step.
 _CLOSED_STEP = frozenset(
@@ -107,11 +144,12 @@ def _replaced(steps: Sequence[StepState], *updated: StepState) -> list[StepState
 
 
 def _open_step(run: PipelineRun, step_id: str) -> StepState | None:
-    """The step, unless the run is finished or the step is: nothing applies to it then."""
+    """The step, unless the run is finished or the step is, or it is held back by the budget
+    (only ``release_held`` applies to it then): nothing applies to it."""
     if run.is_terminal:
         return None
     step = run.step(step_id)
-    return None if step.status in _CLOSED_STEP else step
+    return None if step.status in _CLOSED_STEP or step.status is StepStatus.HELD else step
 
 
 def _new_task_id() -> str:
@@ -128,54 +166,146 @@ def _settle(
     resumed_from: str | None = None,
     requeue: Sequence[str] = (),
     meta: EventMeta | None = None,
+    before: Sequence[PipelineEvent] = (),
 ) -> Transition:
     """Finish a transition that changed ``steps``: publish what it made ready (and ``requeue``,
-    steps to publish again), and set the run's status from its steps (see the module doc).
+    steps to publish again) as far as the budget allows, holding back the rest, and set the
+    run's status from its steps (see the module doc).
 
-    ``resumed_from``: the step whose provider callback this is; a suspended run logs run-resumed
-    from it. ``meta`` goes on the run-resumed and run-suspended this logs.
+    ``resumed_from``: the step whose callback or verdict this is; a suspended run logs
+    run-resumed from it, after ``before`` (a verdict). ``meta`` goes on the run-resumed and
+    run-suspended this logs.
     """
-    publish = {step.step_id for step in newly_ready(run.steps, steps)} | set(requeue)
-    steps = [
-        step.model_copy(update={"task_id": _new_task_id()}) if step.step_id in publish else step
-        for step in steps
-    ]
+    steps, publish, budgeted = _admit(run, steps, requeue, patch, meta)
+    events = [*events, *budgeted]
     patch["steps"] = _dump(steps)
     patch["currentStepIndex"] = first_open_index(steps)
-    lead: list[PipelineEvent] = []
+    lead: list[PipelineEvent] = list(before)
     tail: list[PipelineEvent] = []
     suspended = run.status is PipelineRunStatus.SUSPENDED
-    if suspended and resumed_from is not None:
+    released = [e.step_id for e in budgeted if e.verdict == WITHIN_BUDGET]
+    if suspended and resumed_from is None and released:
+        resumed_from = released[0]  # room in the budget wakes the run
+    resumed = suspended and resumed_from is not None
+    if resumed:
+        assert resumed_from is not None
         lead.append(RunResumed(run_id=run.run_id, from_step_id=resumed_from, meta=meta))
-        patch.update(status=PipelineRunStatus.RUNNING, resumable=False)
+        patch.update(status=PipelineRunStatus.RUNNING, resumable=False, suspendReason=None)
     if all(step.status in DONE_STEP_STATUSES for step in steps):
         total = patch.get("costUsd", run.cost_usd)
-        patch.update(status=PipelineRunStatus.COMPLETED, completedAt=now)
+        patch.update(
+            status=PipelineRunStatus.COMPLETED, completedAt=now, resumable=False, suspendReason=None
+        )
         tail.append(RunCompleted(run_id=run.run_id, total_cost_usd=total))
         return Transition(patch, [*lead, *events, *tail])
     active = active_steps(steps)
     failure = _run_failure(run, steps, active)
     if failure is not None:
         code, reason = failure
-        patch.update(status=PipelineRunStatus.FAILED, error=reason, completedAt=now)
+        patch.update(
+            status=PipelineRunStatus.FAILED,
+            error=reason,
+            completedAt=now,
+            resumable=False,
+            suspendReason=None,
+        )
         tail.append(RunFailed(run_id=run.run_id, code=code, terminal_reason=reason))
         revoke = tuple(step.task_id for step in active if step.task_id)
         return Transition(patch, [*lead, *events, *tail], revoke=revoke)
-    waiting = any(step.status is StepStatus.WAITING for step in steps)
     if active:
         if run.status is not PipelineRunStatus.RUNNING:
-            patch.update(status=PipelineRunStatus.RUNNING, resumable=False)
+            patch.update(status=PipelineRunStatus.RUNNING, resumable=False, suspendReason=None)
             if run.status is PipelineRunStatus.PENDING:
                 patch["startedAt"] = now
-    elif waiting and (not suspended or lead):
-        # Nothing runs or is queued, and a step waits for a provider.
-        token = secrets.token_urlsafe(16)
-        patch.update(status=PipelineRunStatus.SUSPENDED, resumeToken=token, resumable=True)
-        tail.append(
-            RunSuspended(run_id=run.run_id, reason="webhook", resume_token=token, meta=meta)
-        )
+    elif not suspended or resumed or any(step.step_id in requeue for step in _held_in(steps)):
+        # (A suspended run whose retry was just held waits for its budget now.)
+        suspension = _suspension(steps)
+        if suspension is not None:
+            reason, token = suspension
+            patch.update(
+                status=PipelineRunStatus.SUSPENDED,
+                resumeToken=token,
+                resumable=True,
+                suspendReason=reason,
+            )
+            tail.append(
+                RunSuspended(run_id=run.run_id, reason=reason.value, resume_token=token, meta=meta)
+            )
     enqueue = tuple(step for step in steps if step.step_id in publish)
     return Transition(patch, [*lead, *events, *tail], enqueue=enqueue)
+
+
+def _admit(
+    run: PipelineRun,
+    steps: list[StepState],
+    requeue: Sequence[str],
+    patch: Mapping[str, Any],
+    meta: EventMeta | None,
+) -> tuple[list[StepState], set[str], list[StepGated]]:
+    """Which steps this commit publishes: those it made ready, ``requeue`` and the steps held
+    back earlier, in definition order, as far as the run's budget allows (``mpstate.budget``).
+    Returns the steps (published ones with a new task id, held ones without), the ids to
+    publish, and a step-gated for each step newly held (``over-budget``) or released
+    (``within-budget``)."""
+    ready = {step.step_id for step in newly_ready(run.steps, steps)}
+    candidates = ready | set(requeue) | {step.step_id for step in _held_in(steps)}
+    admission = admit(
+        patch.get("costUsd", run.cost_usd),
+        steps,
+        [step.step_id for step in steps if step.step_id in candidates],
+        max_usd(patch.get("budget", run.budget)),
+    )
+    publish = set(admission.admitted)
+    budgeted: list[StepGated] = []
+    updated = []
+    for step in steps:
+        if step.step_id in publish:
+            if step.status is StepStatus.HELD:
+                budgeted.append(_budget_gated(run, step.step_id, WITHIN_BUDGET, meta))
+                step = step.model_copy(update={"status": StepStatus.PENDING})  # noqa: PLW2901
+            step = step.model_copy(update={"task_id": _new_task_id()})  # noqa: PLW2901
+        elif step.step_id in admission.held and step.status is not StepStatus.HELD:
+            budgeted.append(_budget_gated(run, step.step_id, OVER_BUDGET, meta))
+            step = _held(step)  # noqa: PLW2901
+        updated.append(step)
+    return updated, publish, budgeted
+
+
+def _held_in(steps: Sequence[StepState]) -> list[StepState]:
+    return [step for step in steps if step.status is StepStatus.HELD]
+
+
+def _suspension(steps: Sequence[StepState]) -> tuple[SuspendReason, str] | None:
+    """Why a run with nothing in flight waits, and its resume token; None if nothing waits.
+
+    The reason an operator must act on comes first: a verdict (the token is the waiting step's
+    own), then the budget, then a provider (which needs nobody).
+    """
+    for step in steps:
+        if step.approval is not None and step.status is StepStatus.WAITING:
+            return SuspendReason.GATE, step.approval.token
+    if any(step.status is StepStatus.HELD for step in steps):
+        return SuspendReason.BUDGET, _new_token()
+    if any(step.status is StepStatus.WAITING for step in steps):
+        return SuspendReason.WEBHOOK, _new_token()
+    return None
+
+
+def _new_token() -> str:
+    return secrets.token_urlsafe(16)
+
+
+def _held(step: StepState) -> StepState:
+    """The step held back by the budget: no task, nothing queued."""
+    return step.model_copy(update={"status": StepStatus.HELD, "task_id": None})
+
+
+def _budget_gated(
+    run: PipelineRun, step_id: str, verdict: str, meta: EventMeta | None = None
+) -> StepGated:
+    return StepGated(
+        run_id=run.run_id, step_id=step_id, gate_type=BUDGET_GATE, verdict=verdict, meta=meta
+    )
 
 
 def _run_failure(
@@ -246,21 +376,30 @@ def start_step(
 
     ``attempt`` counts from 0 across every message of the step (``identity.attempt_of``).
     ``None`` when the body must not run: the run is finished or suspended, the step is done,
-    gated or waiting for a provider, a step it depends on is not done, or the message is of a
-    superseded attempt. A redelivery of the same task id and attempt is logged again with
-    ``redelivered`` in meta (a crashed worker's message came back); it never completes the step
-    twice.
+    gated, held or waiting, a step it depends on is not done, or the message is of a
+    superseded attempt. A new attempt that would cross the run's budget is held instead
+    (step-gated ``budget`` / ``over-budget``; the run is suspended once nothing else is in
+    flight): the transition returned then leaves the step ``held``, and the body must not run.
+    A redelivery of the same task id and attempt is logged again with ``redelivered`` in meta
+    (a crashed worker's message came back); it never completes the step twice.
     """
     if run.is_terminal or run.status is PipelineRunStatus.SUSPENDED:
         return None
-    step = run.step(step_id)
-    if step.status in _CLOSED_STEP or step.status is StepStatus.WAITING:
+    step = _open_step(run, step_id)
+    if step is None or step.status is StepStatus.WAITING:
         return None
     if step.status is StepStatus.PENDING and step not in ready_steps(run.steps):
         return None
     if _superseded(step, attempt, task_id):
         return None
     now = utc_now()
+    # A new attempt (not a redelivery of the latest) starts only within the run's budget.
+    if (
+        attempt >= step.attempts
+        and admit(run.cost_usd, run.steps, [step_id], max_usd(run.budget)).held
+    ):
+        events: list[PipelineEvent] = [_budget_gated(run, step_id, OVER_BUDGET, meta)]
+        return _settle(run, _replaced(run.steps, _held(step)), events, {}, now=now, meta=meta)
     updated = step.model_copy(
         update={
             "status": StepStatus.RUNNING,
@@ -290,7 +429,7 @@ def _superseded(step: StepState, attempt: int, task_id: str) -> bool:
     return attempt == latest and bool(step.task_id) and task_id != step.task_id
 
 
-def _complete(  # noqa: PLR0917 - private, the two callers pass the result as it came
+def _complete(  # noqa: PLR0917 - private, the callers pass the result as it came
     run: PipelineRun,
     step: StepState,
     artifact_ids: list[str],
@@ -298,11 +437,28 @@ def _complete(  # noqa: PLR0917 - private, the two callers pass the result as it
     cache_key: str | None,
     outputs: Mapping[str, Any],
     meta: EventMeta,
+    *,
+    gated: bool = True,
+    before: Sequence[PipelineEvent] = (),
 ) -> Transition:
     """The step done with its result (step-completed, or step-cached with a cache key), its cost
     added to the run's, then what that makes ready (run-resumed first if the run was
-    suspended)."""
+    suspended). A step whose definition has a gate (``gated``: not approved yet) waits for a
+    verdict with the result instead (``_await_verdict``)."""
     now = utc_now()
+    if gated and step.gate is not None:
+        approval = Approval(
+            gate_type=step.gate.type,
+            token=_new_token(),
+            since=now,
+            deadline=_deadline(now, step.gate.timeout_s),
+            on_timeout=step.gate.on_timeout,
+            artifact_ids=artifact_ids,
+            cost_usd=cost_usd,
+            outputs=dict(outputs),
+            cache_key=cache_key,
+        )
+        return _await_verdict(run, step, approval, meta, now=now)
     updated = step.model_copy(
         update={
             "status": StepStatus.CACHED if cache_key is not None else StepStatus.COMPLETED,
@@ -312,6 +468,7 @@ def _complete(  # noqa: PLR0917 - private, the two callers pass the result as it
             "outputs": dict(outputs),
             "completed_at": now,
             "error": None,
+            "approval": None,
         }
     )
     event: PipelineEvent = (
@@ -333,7 +490,40 @@ def _complete(  # noqa: PLR0917 - private, the two callers pass the result as it
     )
     patch: dict[str, Any] = {"costUsd": round(run.cost_usd + cost_usd, 10)}
     steps = _replaced(run.steps, updated)
-    return _settle(run, steps, [event], patch, now=now, resumed_from=step.step_id, meta=meta)
+    return _settle(
+        run, steps, [event], patch, now=now, resumed_from=step.step_id, meta=meta, before=before
+    )
+
+
+def _deadline(now: datetime, timeout_s: float | None) -> datetime | None:
+    return None if timeout_s is None else now + timedelta(seconds=timeout_s)
+
+
+def _await_verdict(
+    run: PipelineRun, step: StepState, approval: Approval, meta: EventMeta, *, now: datetime
+) -> Transition:
+    """The step's result waits for a person: step-gated ``awaiting-approval``, the step waiting
+    with its ``approval`` (and the result in it); the run is suspended (``gate``) once nothing
+    else is in flight."""
+    updated = step.model_copy(update={"status": StepStatus.WAITING, "approval": approval})
+    events: list[PipelineEvent] = [
+        StepGated(
+            run_id=run.run_id,
+            step_id=step.step_id,
+            gate_type=approval.gate_type,
+            verdict=AWAITING_APPROVAL,
+            meta=meta,
+        )
+    ]
+    return _settle(
+        run,
+        _replaced(run.steps, updated),
+        events,
+        {},
+        now=now,
+        resumed_from=step.step_id,
+        meta=meta,
+    )
 
 
 def complete_step(
@@ -396,32 +586,233 @@ def fail_step(
 def gate_step(
     run: PipelineRun, step_id: str, *, gate_type: str, verdict: str, passed: bool, meta: EventMeta
 ) -> Transition | None:
-    """A gate decided on the step: step-gated; a rejection fails the run (``gate-rejected``)."""
+    """A gate decided on the step: step-gated; a rejection fails the run (``gate-rejected``).
+
+    Raises ``InvalidInputError`` for a verdict mpstate writes itself (``RESERVED_VERDICTS``):
+    the log gives those a meaning an automatic gate must not borrow.
+    """
+    if verdict in RESERVED_VERDICTS:
+        raise InvalidInputError(f"verdict {verdict!r} is mpstate's own; use await_approval()")
     step = _open_step(run, step_id)
     if step is None:
         return None
-    events: list[PipelineEvent] = [
-        StepGated(
-            run_id=run.run_id, step_id=step_id, gate_type=gate_type, verdict=verdict, meta=meta
-        )
-    ]
-    if passed:
-        return Transition({}, events)
+    if not passed:
+        return _reject(run, step, gate_type=gate_type, verdict=verdict, meta=meta)
+    return Transition(
+        {},
+        [
+            StepGated(
+                run_id=run.run_id, step_id=step_id, gate_type=gate_type, verdict=verdict, meta=meta
+            )
+        ],
+    )
+
+
+def _reject(
+    run: PipelineRun, step: StepState, *, gate_type: str, verdict: str, meta: EventMeta | None
+) -> Transition:
+    """step-gated with the verdict, the step gated, and the run failed (``gate-rejected``); the
+    tasks of its other steps in flight are revoked."""
     now = utc_now()
-    reason = f"step {step_id} rejected by gate {gate_type}: {verdict}"
+    reason = f"step {step.step_id} rejected by gate {gate_type}: {verdict}"
     updated = step.model_copy(
-        update={"status": StepStatus.GATED, "error": reason, "completed_at": now}
+        update={"status": StepStatus.GATED, "error": reason, "completed_at": now, "approval": None}
     )
     steps = _replaced(run.steps, updated)
-    events.append(RunFailed(run_id=run.run_id, code="gate-rejected", terminal_reason=reason))
+    events: list[PipelineEvent] = [
+        StepGated(
+            run_id=run.run_id,
+            step_id=step.step_id,
+            gate_type=gate_type,
+            verdict=verdict,
+            meta=meta,
+        ),
+        RunFailed(run_id=run.run_id, code=GATE_REJECTED, terminal_reason=reason),
+    ]
     patch = {
         "steps": _dump(steps),
         "status": PipelineRunStatus.FAILED,
         "error": reason,
         "completedAt": now,
+        "resumable": False,
+        "suspendReason": None,
     }
-    revoke = tuple(s.task_id for s in active_steps(steps) if s.task_id and s.step_id != step_id)
+    revoke = tuple(
+        s.task_id for s in active_steps(steps) if s.task_id and s.step_id != step.step_id
+    )
     return Transition(patch, events, revoke=revoke)
+
+
+def await_approval(
+    run: PipelineRun,
+    step_id: str,
+    *,
+    gate_type: str,
+    details: Mapping[str, Any],
+    artifact_ids: list[str],
+    cost_usd: float,
+    outputs: Mapping[str, Any],
+    timeout_s: float | None,
+    on_timeout: GateTimeout,
+    meta: EventMeta,
+) -> Transition | None:
+    """A step's body asks a person to approve what it produced (``await_approval``): the step
+    waits with that result, which applies when approved. ``None`` unless the step is running."""
+    step = _open_step(run, step_id)
+    if step is None or step.status is not StepStatus.RUNNING:
+        return None
+    now = utc_now()
+    approval = Approval(
+        gate_type=gate_type,
+        token=_new_token(),
+        since=now,
+        deadline=_deadline(now, timeout_s),
+        on_timeout=on_timeout,
+        details=dict(details),
+        artifact_ids=artifact_ids,
+        cost_usd=cost_usd,
+        outputs=dict(outputs),
+    )
+    return _await_verdict(run, step, approval, meta, now=now)
+
+
+def _live(run: PipelineRun) -> None:
+    """Refuse a verdict or a resume for a finished run."""
+    if run.is_terminal:
+        raise InvalidTransitionError(
+            f"run {run.run_id!r} is {run.status}: nothing to resume", run.run_id, run.status
+        )
+
+
+def _tokens_match(given: str, live: str | None) -> bool:
+    return live is not None and secrets.compare_digest(given.encode(), live.encode())
+
+
+def decide_gate(run: PipelineRun, token: str, *, approved: bool, meta: EventMeta) -> Transition:
+    """A person's verdict on the step whose approval token is ``token``.
+
+    Approved: step-gated ``approved``, then run-resumed (if the run was suspended), then the
+    step completes with the result it waited with, and the run advances. Rejected: step-gated
+    ``rejected`` and the run fails with ``gate-rejected``. ``meta`` (``by``, ``note``) goes on
+    the step-gated. Raises ``InvalidTransitionError`` for a finished run and
+    ``InvalidResumeTokenError`` when no step waits with that token (wrong, or used already).
+    """
+    _live(run)
+    for step in run.steps:
+        approval = step.approval
+        if (
+            approval is not None
+            and step.status is StepStatus.WAITING
+            and _tokens_match(token, approval.token)
+        ):
+            return _verdict(run, step, approval, approved=approved, meta=meta)
+    raise InvalidResumeTokenError(run.run_id, run.status)
+
+
+def _verdict(
+    run: PipelineRun, step: StepState, approval: Approval, *, approved: bool, meta: EventMeta
+) -> Transition:
+    if not approved:
+        return _reject(run, step, gate_type=approval.gate_type, verdict=REJECTED, meta=meta)
+    verdict = StepGated(
+        run_id=run.run_id,
+        step_id=step.step_id,
+        gate_type=approval.gate_type,
+        verdict=APPROVED,
+        meta=meta,
+    )
+    return _complete(
+        run,
+        step,
+        list(approval.artifact_ids),
+        approval.cost_usd,
+        approval.cache_key,
+        approval.outputs,
+        meta,
+        gated=False,
+        before=[verdict],
+    )
+
+
+def expire_gate(
+    run: PipelineRun, step_id: str, *, token: str, now: datetime, meta: EventMeta
+) -> Transition | None:
+    """The step's approval reached its deadline with no verdict: its ``on_timeout`` decides
+    (meta records ``timedOut``). ``None`` unless the step still waits with ``token`` and the
+    deadline has passed: a verdict that came first wins."""
+    if run.is_terminal:
+        return None
+    step = run.step(step_id)
+    approval = step.approval
+    if (
+        approval is None
+        or step.status is not StepStatus.WAITING
+        or approval.token != token
+        or approval.deadline is None
+        or approval.deadline > now
+    ):
+        return None
+    approved = approval.on_timeout is GateTimeout.APPROVE
+    return _verdict(run, step, approval, approved=approved, meta={**meta, "timedOut": True})
+
+
+def release_held(
+    run: PipelineRun,
+    token: str,
+    *,
+    budget: Mapping[str, Any] | None,
+    meta: EventMeta,
+) -> Transition:
+    """Resume a run suspended by its budget (``MpState.resume``): the held steps that fit the
+    budget (raised by ``budget``'s keys, if given) are released (step-gated ``within-budget``)
+    and published, after run-resumed from the first of them; the others stay held.
+
+    Raises ``InvalidTransitionError`` for a finished run or one suspended for another reason,
+    ``InvalidResumeTokenError`` unless ``token`` is the run's live resume token, and
+    ``BudgetExceededError`` when no held step fits: nothing changes then.
+    """
+    _live(run)
+    if not (run.resumable and _tokens_match(token, run.resume_token)):
+        raise InvalidResumeTokenError(run.run_id, run.status)
+    if run.suspend_reason is not SuspendReason.BUDGET:
+        how = "approve or reject it" if run.suspend_reason is SuspendReason.GATE else "it resumes"
+        raise InvalidTransitionError(
+            f"run {run.run_id!r} waits for a {run.suspend_reason} answer, not its budget: {how}",
+            run.run_id,
+            run.status,
+        )
+    new_budget = {**(run.budget or {}), **(budget or {})}
+    held = [step.step_id for step in _held_in(run.steps)]
+    admission = admit(run.cost_usd, run.steps, held, max_usd(new_budget))
+    if not admission.admitted:
+        raise BudgetExceededError(
+            run.run_id, admission.spent_usd, max_usd(new_budget) or 0.0, admission.needed_usd
+        )
+    patch: dict[str, Any] = {"budget": new_budget} if budget else {}
+    # _settle re-admits held steps: those that fit now are released and published.
+    return _settle(
+        run,
+        list(run.steps),
+        [],
+        patch,
+        now=utc_now(),
+        resumed_from=admission.admitted[0],
+        meta=meta,
+    )
+
+
+def progress_step(run: PipelineRun, step_id: str, event: StepProgress) -> Transition | None:
+    """step-progress that reports ``costUsdAccrued``: logged with the step's accrued cost raised
+    to it, in one commit, so the budget counts it before any other step starts. ``None`` for a
+    step no longer in flight."""
+    step = _open_step(run, step_id)
+    if step is None or step.status is StepStatus.PENDING:
+        return None
+    accrued = event.cost_usd_accrued or 0.0
+    if accrued <= step.accrued_cost_usd:
+        return Transition({}, [event])
+    steps = _replaced(run.steps, step.model_copy(update={"accrued_cost_usd": accrued}))
+    return Transition({"steps": _dump(steps)}, [event])
 
 
 def suspend_step(

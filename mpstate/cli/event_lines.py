@@ -66,7 +66,8 @@ def _artifacts(ids: list[str]) -> str:
 
 def event_details(event: PipelineEvent, *, with_meta: bool = True) -> list[str]:
     """``key=value`` words for what this kind of event records (beyond run, step and time);
-    ``with_meta`` adds the Celery task id and redelivery from the event's ``meta``."""
+    ``with_meta`` adds from the event's ``meta`` the Celery task id, redelivery, and who
+    answered a suspension (``by``, ``note``, a gate that timed out)."""
     details: list[str]
     match event:
         case RunCreated():
@@ -112,6 +113,13 @@ def event_details(event: PipelineEvent, *, with_meta: bool = True) -> list[str]:
         details.append(f"task={task_id}")
     if (event.meta or {}).get("redelivered"):
         details.append("redelivered")
+    # Who answered a suspension (a verdict, a resume) and why.
+    for key in ("by", "note"):
+        value = (event.meta or {}).get(key)
+        if isinstance(value, str):
+            details.append(f"{key}={_quoted(value)}")
+    if (event.meta or {}).get("timedOut"):
+        details.append("timed-out")
     return details
 
 

@@ -99,6 +99,15 @@ def _report_document(report: ReconcileReport, dry_run: bool) -> dict[str, Any]:
         "unpublished": steps(report.unpublished),
         "expired": waits(report.expired),
         "repolled": waits(report.repolled),
+        "timedOut": [
+            {
+                "runId": gate.run_id,
+                "stepId": gate.step_id,
+                "gateType": gate.gate_type,
+                "onTimeout": str(gate.on_timeout),
+            }
+            for gate in report.timed_out
+        ],
     }
 
 
@@ -115,6 +124,12 @@ def _print_report(report: ReconcileReport, dry_run: bool) -> None:
         console.print(
             f"run {wait.run.run_id} step {wait.step.step_id}: polls of {wait.job.provider} "
             f"went quiet: a poll {verb} published"
+        )
+    for gate in report.timed_out:
+        decided = "approved" if gate.on_timeout == "approve" else "rejected"
+        console.print(
+            f"run {gate.run_id} step {gate.step_id}: gate {gate.gate_type} had no verdict by "
+            f"its deadline: {verb} {decided}"
         )
     if not report.stalled:
         console.print("nothing stalled")

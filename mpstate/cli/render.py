@@ -19,7 +19,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from mpstate import PipelineRun, StepState, StepStatus
+from mpstate import PipelineRun, StepState, StepStatus, SuspendReason
+from mpstate.budget import max_usd
 from mpstate.cli.flower import run_search_api_link, run_search_link, task_link
 from mpstate.graph import active_steps, dependencies, is_explicit
 from mpstate.models import DONE_STEP_STATUSES
@@ -148,6 +149,14 @@ def runs_table(runs: Sequence[PipelineRun]) -> Table:
     return table
 
 
+#: For a suspended run: what it waits for, and how an operator answers it.
+_ANSWERS = {
+    SuspendReason.GATE: "a verdict: mpstate runs approve RUN, or mpstate runs reject RUN",
+    SuspendReason.BUDGET: "its budget: mpstate runs resume RUN --raise-budget USD",
+    SuspendReason.WEBHOOK: "a provider: its callback (or a poll) resumes it",
+}
+
+
 def _header(run: PipelineRun, flower_url: str | None) -> Table:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
@@ -167,6 +176,11 @@ def _header(run: PipelineRun, flower_url: str | None) -> Table:
     ]
     if run.error:
         rows.append(("error", Text(run.error, style="red")))
+    limit = max_usd(run.budget)
+    if limit is not None:
+        rows.append(("budget", Text(f"{format_cost(run.cost_usd)} of {format_cost(limit)}")))
+    if run.suspend_reason is not None:
+        rows.append(("waits for", Text(_ANSWERS[run.suspend_reason])))
     if run.rerun_of:
         rows.append(("re-run of", Text(run.rerun_of)))
     if run.reruns:

@@ -6,11 +6,12 @@ from datetime import datetime
 
 import click
 
-from mpstate import PipelineRunStatus
+from mpstate import PipelineRun, PipelineRunStatus, PipelineStateStore, SuspendReason
 from mpstate.cli.context import CliContext
 from mpstate.cli.params import WHEN
 from mpstate.cli.render import make_console, print_json, run_detail, run_document, runs_table
 from mpstate.cli.rerun import rerun
+from mpstate.cli.suspensions import approve, reject, resume
 from mpstate.filters import MAX_PAGE_SIZE
 
 __all__ = ["runs"]
@@ -20,10 +21,13 @@ TENANT_HELP = "Only this tenant's runs."
 
 @click.group()
 def runs() -> None:
-    """List runs, show one run and its steps, or re-run one."""
+    """List runs, show one run and its steps, re-run one, or answer a suspended one."""
 
 
 runs.add_command(rerun)
+runs.add_command(resume)
+runs.add_command(approve)
+runs.add_command(reject)
 
 
 @runs.command("list")
@@ -47,6 +51,11 @@ runs.add_command(rerun)
 @click.option(
     "--offset", type=click.IntRange(min=0), default=0, show_default=True, help="Skip this many."
 )
+@click.option(
+    "--reason",
+    type=click.Choice([r.value for r in SuspendReason], case_sensitive=False),
+    help="Only suspended runs waiting for this (implies --status suspended).",
+)
 @click.pass_obj
 def list_runs(
     obj: CliContext,
@@ -56,6 +65,7 @@ def list_runs(
     until: datetime | None,
     limit: int,
     offset: int,
+    reason: str | None,
 ) -> None:
     """Runs, oldest first (by creation time, then run id).
 
@@ -63,19 +73,46 @@ def list_runs(
     """
     if since is not None and until is not None and since > until:
         raise click.BadParameter("--since is after --until", param_hint="'--since'")
-    found = obj.store(tenant_id).list_runs(
-        status=[s.lower() for s in statuses] or None,
-        since=since,
-        until=until,
-        limit=limit,
-        offset=offset,
-    )
+    store = obj.store(tenant_id)
+    if reason is not None:
+        if statuses and {s.lower() for s in statuses} != {"suspended"}:
+            raise click.BadParameter("--reason lists suspended runs only", param_hint="'--reason'")
+        found = _suspended_for(store, SuspendReason(reason.lower()), since, until)
+        found = found[offset : offset + limit]
+    else:
+        found = store.list_runs(
+            status=[s.lower() for s in statuses] or None,
+            since=since,
+            until=until,
+            limit=limit,
+            offset=offset,
+        )
     if obj.as_json:
         print_json([run_document(run) for run in found])
     elif found:
         make_console().print(runs_table(found))
     else:
         make_console().print("no runs match", style="dim")
+
+
+def _suspended_for(
+    store: PipelineStateStore,
+    reason: SuspendReason,
+    since: datetime | None,
+    until: datetime | None,
+) -> list[PipelineRun]:
+    """Every suspended run waiting for ``reason`` (the store indexes status, not reasons: the
+    suspended runs are read page by page and filtered)."""
+    found: list[PipelineRun] = []
+    offset = 0
+    while True:
+        page = store.list_runs(
+            status="suspended", since=since, until=until, limit=MAX_PAGE_SIZE, offset=offset
+        )
+        found.extend(run for run in page if run.suspend_reason is reason)
+        if len(page) < MAX_PAGE_SIZE:
+            return found
+        offset += MAX_PAGE_SIZE
 
 
 @runs.command("show")

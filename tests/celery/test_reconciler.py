@@ -502,12 +502,28 @@ def test_reconcilers_racing_on_one_stalled_run_enqueue_it_exactly_once(
     [
         (
             "requeue",
-            {"stalled": 1, "requeued": 1, "failed": 0, "skipped": 0, "expired": 0, "repolled": 0},
+            {
+                "stalled": 1,
+                "requeued": 1,
+                "failed": 0,
+                "skipped": 0,
+                "expired": 0,
+                "repolled": 0,
+                "timed_out": 0,
+            },
             "completed",
         ),
         (
             "fail",
-            {"stalled": 1, "requeued": 0, "failed": 1, "skipped": 0, "expired": 0, "repolled": 0},
+            {
+                "stalled": 1,
+                "requeued": 0,
+                "failed": 1,
+                "skipped": 0,
+                "expired": 0,
+                "repolled": 0,
+                "timed_out": 0,
+            },
             "failed",
         ),
     ],
@@ -547,6 +563,7 @@ def test_the_reconcile_task_leaves_a_short_stall_alone_with_its_default_of_ten_m
         "skipped": 0,
         "expired": 0,
         "repolled": 0,
+        "timed_out": 0,
     }
     assert h.run(run.run_id) == before
 

@@ -188,6 +188,7 @@ def test_reconcile_json_prints_the_report_with_each_stalled_step(
         "unpublished",
         "expired",
         "repolled",
+        "timedOut",
     }
     assert report["dryRun"] is True
     (stalled,) = report["stalled"]
@@ -222,6 +223,7 @@ def test_reconcile_says_so_when_nothing_is_stalled(
         "skipped": [],
         "expired": [],
         "repolled": [],
+        "timedOut": [],
         "unpublished": [],
     }
     assert snapshot(store, run_id) == before
