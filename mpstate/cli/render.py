@@ -45,6 +45,7 @@ STATUS_STYLES = {
     "running": "cyan",
     "suspended": "yellow",
     "waiting": "yellow",
+    "held": "magenta",
     "completed": "green",
     "cached": "green",
     "failed": "red",
@@ -203,6 +204,14 @@ def _step_error(step: StepState) -> Text:
     return Text(step.error or "", style="red")
 
 
+def _step_status(step: StepState) -> Text:
+    """The step's status; a step waiting for a verdict says for which gate."""
+    text = _status(step.status.value)
+    if step.approval is not None:
+        text.append(f" ({step.approval.gate_type})")
+    return text
+
+
 def _steps_table(run: PipelineRun, flower_url: str | None) -> Table:
     table = Table(box=None, header_style="bold", pad_edge=False)
     names = [
@@ -231,7 +240,7 @@ def _steps_table(run: PipelineRun, flower_url: str | None) -> Table:
             Text(step.step_id),
             Text(",".join(needs[step.step_id]) or "-"),
             Text(step.operation),
-            _status(step.status.value),
+            _step_status(step),
             str(step.attempts),
             format_cost(step.cost_usd),
             Text(step.task_id or "-"),
