@@ -248,12 +248,20 @@ def _admit(
     publish, and a step-gated for each step newly held (``over-budget``) or released
     (``within-budget``)."""
     ready = {step.step_id for step in newly_ready(run.steps, steps)}
+    limit = max_usd(patch.get("budget", run.budget))
+    if limit is None:  # no budget, nothing held: publish what is ready
+        publish = ready | set(requeue)
+        steps = [
+            step.model_copy(update={"task_id": _new_task_id()}) if step.step_id in publish else step
+            for step in steps
+        ]
+        return steps, publish, []
     candidates = ready | set(requeue) | {step.step_id for step in _held_in(steps)}
     admission = admit(
         patch.get("costUsd", run.cost_usd),
         steps,
         [step.step_id for step in steps if step.step_id in candidates],
-        max_usd(patch.get("budget", run.budget)),
+        limit,
     )
     publish = set(admission.admitted)
     budgeted: list[StepGated] = []
@@ -394,9 +402,11 @@ def start_step(
         return None
     now = utc_now()
     # A new attempt (not a redelivery of the latest) starts only within the run's budget.
+    limit = max_usd(run.budget)
     if (
-        attempt >= step.attempts
-        and admit(run.cost_usd, run.steps, [step_id], max_usd(run.budget)).held
+        limit is not None
+        and attempt >= step.attempts
+        and admit(run.cost_usd, run.steps, [step_id], limit).held
     ):
         events: list[PipelineEvent] = [_budget_gated(run, step_id, OVER_BUDGET, meta)]
         return _settle(run, _replaced(run.steps, _held(step)), events, {}, now=now, meta=meta)
