@@ -269,11 +269,11 @@ def _admit(
     for step in steps:
         if step.step_id in publish:
             if step.status is StepStatus.HELD:
-                budgeted.append(_budget_gated(run, step.step_id, WITHIN_BUDGET, meta))
+                budgeted.append(_gated(run, step.step_id, BUDGET_GATE, WITHIN_BUDGET, meta))
                 step = step.model_copy(update={"status": StepStatus.PENDING})  # noqa: PLW2901
             step = step.model_copy(update={"task_id": _new_task_id()})  # noqa: PLW2901
         elif step.step_id in admission.held and step.status is not StepStatus.HELD:
-            budgeted.append(_budget_gated(run, step.step_id, OVER_BUDGET, meta))
+            budgeted.append(_gated(run, step.step_id, BUDGET_GATE, OVER_BUDGET, meta))
             step = _held(step)  # noqa: PLW2901
         updated.append(step)
     return updated, publish, budgeted
@@ -308,11 +308,11 @@ def _held(step: StepState) -> StepState:
     return step.model_copy(update={"status": StepStatus.HELD, "task_id": None})
 
 
-def _budget_gated(
-    run: PipelineRun, step_id: str, verdict: str, meta: EventMeta | None = None
+def _gated(
+    run: PipelineRun, step_id: str, gate_type: str, verdict: str, meta: EventMeta | None
 ) -> StepGated:
     return StepGated(
-        run_id=run.run_id, step_id=step_id, gate_type=BUDGET_GATE, verdict=verdict, meta=meta
+        run_id=run.run_id, step_id=step_id, gate_type=gate_type, verdict=verdict, meta=meta
     )
 
 
@@ -408,7 +408,7 @@ def start_step(
         and attempt >= step.attempts
         and admit(run.cost_usd, run.steps, [step_id], limit).held
     ):
-        events: list[PipelineEvent] = [_budget_gated(run, step_id, OVER_BUDGET, meta)]
+        events: list[PipelineEvent] = [_gated(run, step_id, BUDGET_GATE, OVER_BUDGET, meta)]
         return _settle(run, _replaced(run.steps, _held(step)), events, {}, now=now, meta=meta)
     updated = step.model_copy(
         update={
@@ -517,13 +517,7 @@ def _await_verdict(
     else is in flight."""
     updated = step.model_copy(update={"status": StepStatus.WAITING, "approval": approval})
     events: list[PipelineEvent] = [
-        StepGated(
-            run_id=run.run_id,
-            step_id=step.step_id,
-            gate_type=approval.gate_type,
-            verdict=AWAITING_APPROVAL,
-            meta=meta,
-        )
+        _gated(run, step.step_id, approval.gate_type, AWAITING_APPROVAL, meta)
     ]
     return _settle(
         run,
@@ -608,14 +602,7 @@ def gate_step(
         return None
     if not passed:
         return _reject(run, step, gate_type=gate_type, verdict=verdict, meta=meta)
-    return Transition(
-        {},
-        [
-            StepGated(
-                run_id=run.run_id, step_id=step_id, gate_type=gate_type, verdict=verdict, meta=meta
-            )
-        ],
-    )
+    return Transition({}, [_gated(run, step_id, gate_type, verdict, meta)])
 
 
 def _reject(
@@ -630,13 +617,7 @@ def _reject(
     )
     steps = _replaced(run.steps, updated)
     events: list[PipelineEvent] = [
-        StepGated(
-            run_id=run.run_id,
-            step_id=step.step_id,
-            gate_type=gate_type,
-            verdict=verdict,
-            meta=meta,
-        ),
+        _gated(run, step.step_id, gate_type, verdict, meta),
         RunFailed(run_id=run.run_id, code=GATE_REJECTED, terminal_reason=reason),
     ]
     patch = {
@@ -724,13 +705,7 @@ def _verdict(
 ) -> Transition:
     if not approved:
         return _reject(run, step, gate_type=approval.gate_type, verdict=REJECTED, meta=meta)
-    verdict = StepGated(
-        run_id=run.run_id,
-        step_id=step.step_id,
-        gate_type=approval.gate_type,
-        verdict=APPROVED,
-        meta=meta,
-    )
+    verdict = _gated(run, step.step_id, approval.gate_type, APPROVED, meta)
     return _complete(
         run,
         step,
