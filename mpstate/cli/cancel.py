@@ -32,8 +32,9 @@ def cancel(
 ) -> None:
     """Cancel a run: status cancelled, run-cancelled logged, nothing more is enqueued.
 
-    With a broker URL the Celery tasks of its running steps are revoked too. Cancelling a
-    cancelled run changes nothing and succeeds; a completed or failed run cannot be cancelled
+    With a broker URL the Celery tasks of its running steps are revoked too; without one the
+    output says that none was (a step task already executing then runs to its end). Cancelling
+    a cancelled run changes nothing and succeeds; a completed or failed run cannot be cancelled
     (exit 1). `mpstate --json cancel` prints {"run": <run document>, "revokedTaskIds": [...]}
     (null without a broker URL).
     """
@@ -54,6 +55,12 @@ def cancel(
     console.print(f"run {run.run_id!r}: status {run.status.value}, version {run.version}")
     if revoked is not None:
         console.print(f"revoked {len(revoked)} Celery task(s): {' '.join(revoked) or '-'}")
+    else:
+        console.print(
+            "no Celery task revoked (no broker URL): to revoke the run's running step tasks, "
+            "give --broker-url (or MPSTATE_BROKER_URL)",
+            soft_wrap=True,
+        )
 
 
 def _require_celery() -> None:

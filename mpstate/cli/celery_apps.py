@@ -36,7 +36,8 @@ app_option = click.option(
 def celery_app_for(obj: CliContext, app_path: str | None, bare_name: str, needs: str) -> Celery:
     """``--app`` loaded, else a bare app named ``bare_name`` on ``--broker-url``.
 
-    ``needs`` names the extra to install when Celery is missing (``celery`` or ``web``).
+    ``needs`` names the extra to install when Celery is missing (``celery`` or ``web``). An
+    ``--app`` that cannot be imported, or is not a Celery app, is a usage error (exit 2).
     """
     try:
         from celery import Celery  # noqa: PLC0415 - an optional extra
@@ -44,11 +45,31 @@ def celery_app_for(obj: CliContext, app_path: str | None, bare_name: str, needs:
     except ImportError as exc:
         raise CliError(f"this command needs: pip install 'mpstate[{needs}]'", EXIT_USAGE) from exc
     if app_path:
-        app: Celery = find_app(app_path)
-        return app
+        try:
+            found = find_app(app_path)
+        except Exception as exc:  # also what the module itself raises on import: one line
+            raise CliError(
+                f"cannot load --app {app_path!r}: {_why(exc, app_path)}", EXIT_USAGE
+            ) from exc
+        if not isinstance(found, Celery):
+            raise CliError(
+                f"--app {app_path!r} is not a Celery app (type {type(found).__name__})", EXIT_USAGE
+            )
+        return found
     if obj.broker_url:
         return Celery(bare_name, broker=obj.broker_url, set_as_current=False)
     raise CliError("give --app or --broker-url (MPSTATE_BROKER_URL)", EXIT_USAGE)
+
+
+def _why(exc: Exception, app_path: str) -> str:
+    module, colon, attribute = app_path.partition(":")
+    if isinstance(exc, AttributeError) and not colon:
+        # find_app looked for ``app``, ``celery`` and any Celery instance in the module
+        return f"no Celery app in it ({exc}); name it as module:attribute"
+    if isinstance(exc, ModuleNotFoundError) and exc.name == app_path and colon:
+        # find_app retries a missing attribute as a module named like the whole path
+        return f"module {module!r} has no attribute {attribute!r}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def publishing_app(obj: CliContext, app_path: str | None, bare_name: str) -> Celery:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from mpstate import InvalidInputError
 from mpstate.cli import MISSING_EXTRA
-from mpstate.cli.exit_codes import EXIT_USAGE, CliError, redacted_url
+from mpstate.cli.exit_codes import EXIT_USAGE, CliError, database_of, redacted_url
 
 if TYPE_CHECKING:
     from mpstate.redis import RedisPipelineStateStore
@@ -22,6 +23,8 @@ __all__ = ["CliContext"]
 SOCKET_CONNECT_TIMEOUT_S = 2.0
 SOCKET_TIMEOUT_S = 5.0
 RETRIES = 1
+
+_TCP_SCHEMES = frozenset({"redis", "rediss", "redis+cluster", "rediss+cluster"})
 
 
 @dataclass
@@ -42,7 +45,15 @@ class CliContext:
             self._store = self._build_store()
         return self._store if tenant_id is None else self._store.for_tenant(tenant_id)
 
+    def where(self) -> str:
+        """Where the store is, for hints: the URL (password masked), database and prefix."""
+        return (
+            f"Redis {redacted_url(self.redis_url)}, database {database_of(self.redis_url)}, "
+            f"prefix {self.prefix!r}"
+        )
+
     def _build_store(self) -> RedisPipelineStateStore:
+        self._check_database()
         try:
             from mpstate.redis import RedisPipelineStateStore  # noqa: PLC0415 - redis is optional
         except ImportError as exc:
@@ -61,6 +72,18 @@ class CliContext:
             raise CliError(
                 f"invalid --redis-url {redacted_url(self.redis_url)}: {exc}", EXIT_USAGE
             ) from exc
+
+    def _check_database(self) -> None:
+        # redis-py silently uses database 0 for a path that is not a number (redis://host/dev).
+        if urlsplit(self.redis_url).scheme not in _TCP_SCHEMES:
+            return  # unix:// reads ?db= itself; a wrong scheme is redis-py's to refuse
+        database = database_of(self.redis_url)
+        if not database.isdigit():
+            raise CliError(
+                f"invalid --redis-url {redacted_url(self.redis_url)}: the database must be a "
+                f"number >= 0, not {database!r}",
+                EXIT_USAGE,
+            )
 
     def close(self) -> None:
         """Close the store's connections, if it was built."""

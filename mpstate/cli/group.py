@@ -15,7 +15,12 @@ from mpstate import MpStateError
 from mpstate.cli.cancel import cancel
 from mpstate.cli.context import CliContext
 from mpstate.cli.events import events
-from mpstate.cli.exit_codes import EXIT_INTERRUPTED, EXIT_OK, from_mpstate_error
+from mpstate.cli.exit_codes import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    from_mpstate_error,
+    from_redis_error,
+)
 from mpstate.cli.reconcile import reconcile
 from mpstate.cli.runs import runs
 from mpstate.cli.webhooks import webhooks
@@ -37,6 +42,14 @@ class MpStateGroup(click.Group):
         except MpStateError as exc:
             obj = ctx.find_object(CliContext)
             raise from_mpstate_error(exc, obj.redis_url if obj else "?") from exc
+        except Exception as exc:
+            # redis-py errors the store does not translate (a server that is not Redis, a
+            # database it does not have); any other exception is a bug and propagates.
+            obj = ctx.find_object(CliContext)
+            error = from_redis_error(exc, obj.redis_url if obj else "?")
+            if error is None:
+                raise
+            raise error from exc
 
     # click types ``main`` as overloads (NoReturn when standalone); this one returns the code.
     def main(  # type: ignore[override]
@@ -110,9 +123,11 @@ def cli(
     Exit codes:
       0  ok
       1  another mpstate error (e.g. cancelling a completed run)
-      2  usage error or refused input (bad run id, bad --since)
+      2  usage error or refused input (bad run id, bad --since, bad --app,
+         malformed --redis-url or a database the server does not have)
       3  run not found
-      4  Redis unreachable
+      4  Redis unreachable, or not Redis at --redis-url
+      124  events --follow: --timeout passed before the run ended
       130  interrupted (Ctrl-C)
     Errors are one line on stderr, also with --json.
     """

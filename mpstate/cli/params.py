@@ -1,5 +1,6 @@
 """Click parameter types of the CLI: ``WHEN``, a moment given as ISO-8601 or as "that long ago",
-and ``DURATION``, a length of time given as ``90s``, ``10m``, ``2h`` or plain seconds.
+``DURATION``, a length of time given as ``90s``, ``10m``, ``2h`` or plain seconds, and
+``SEQ_OR_WHEN``, an event seq or a ``WHEN`` (``events --since``).
 
 Operators ask for "the last two hours" far more often than for a timestamp, so ``2h`` is
 accepted wherever a time is.
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-__all__ = ["DURATION", "WHEN", "Duration", "When"]
+__all__ = ["DURATION", "SEQ_OR_WHEN", "WHEN", "Duration", "SeqOrWhen", "When"]
 
 if TYPE_CHECKING:
     _DatetimeParam = click.ParamType[datetime]
@@ -90,3 +91,38 @@ class Duration(_FloatParam):
 
 
 DURATION = Duration()
+
+
+if TYPE_CHECKING:
+    _SeqOrWhenParam = click.ParamType[int | datetime]
+else:
+    _SeqOrWhenParam = click.ParamType
+
+_INTEGER = re.compile(r"[+-]?\d+")
+
+
+class SeqOrWhen(_SeqOrWhenParam):
+    """A bare integer is an event seq (>= 0); anything else is a ``WHEN``."""
+
+    name = "seq|when"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> int | datetime:
+        if isinstance(value, datetime):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            seq = value
+        else:
+            text = str(value).strip()
+            if not _INTEGER.fullmatch(text):
+                return WHEN.convert(text, param, ctx)
+            seq = int(text)
+        if seq < 0:
+            self.fail(
+                f"{seq} is not a seq (>= 0), a duration like 2h, or an ISO-8601 time", param, ctx
+            )
+        return seq
+
+
+SEQ_OR_WHEN = SeqOrWhen()

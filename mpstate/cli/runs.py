@@ -92,7 +92,7 @@ def list_runs(
     elif found:
         make_console().print(runs_table(found))
     else:
-        make_console().print("no runs match", style="dim")
+        make_console().print(f"no runs match in {obj.where()}", style="dim", soft_wrap=True)
 
 
 def _suspended_for(

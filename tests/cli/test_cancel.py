@@ -43,7 +43,7 @@ def test_cancel_cancels_the_run_and_logs_run_cancelled_with_the_reason(
     last = run.events[-1]
     assert isinstance(last, RunCancelled)
     assert last.reason == "customer changed their mind"
-    assert result.stdout == f"run 'r1': status cancelled, version {run.version}\n"
+    assert result.stdout.splitlines()[0] == f"run 'r1': status cancelled, version {run.version}"
 
 
 def test_cancelling_twice_succeeds_and_changes_nothing_the_second_time(
@@ -150,7 +150,23 @@ def test_cancel_without_a_broker_does_not_touch_celery(
 
     assert result.exit_code == 0, result.output
     assert revoked == []
-    assert "revoked" not in result.stdout
+    assert result.stdout.splitlines()[-1] == (
+        "no Celery task revoked (no broker URL): to revoke the run's running step tasks, "
+        "give --broker-url (or MPSTATE_BROKER_URL)"
+    )
+    assert result.stderr == ""
+
+
+def test_cancel_json_without_a_broker_has_no_revoked_ids(
+    run_cli: RunCli, store: RedisPipelineStateStore, revoked: list[tuple[str, bool]]
+) -> None:
+    make_run(store, "r1", status="running", steps=STEPS, currentStepIndex=1)
+
+    result = run_cli("cancel", "r1", "--reason", "stop", json=True)
+
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["revokedTaskIds"] is None
+    assert revoked == []
 
 
 def test_cancel_terminate_without_a_broker_is_a_usage_error_and_cancels_nothing(

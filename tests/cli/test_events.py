@@ -1,4 +1,5 @@
-"""``mpstate events``: a run's log as lines or JSON lines, from a seq, and followed live."""
+"""``mpstate events``: a run's log as lines or JSON lines, from a seq or a time, and followed live
+(exit 0 at the run's end, 124 when --timeout passes first)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
@@ -35,6 +37,11 @@ def seqs(output: str) -> list[int]:
 def started_run(store: RedisPipelineStateStore, run_id: str = "r1") -> None:
     """A running run with events 1-4: created, started, step-started, step-progress."""
     make_run(store, run_id, status="running")
+    started_run_tail(store, run_id)
+
+
+def started_run_tail(store: RedisPipelineStateStore, run_id: str = "r1") -> None:
+    """Events 3-4 of ``started_run``: step-started, step-progress."""
     store.append_event(
         run_id, StepStarted(run_id=run_id, step_id="generate", attempt=0, meta={"taskId": "t-9"})
     )
@@ -66,6 +73,65 @@ def test_events_since_skips_the_events_already_seen(
 
     assert seqs(run_cli("events", "r1", "--since", "2").stdout) == [3, 4]
     assert run_cli("events", "r1", "--since", "4").stdout == ""
+
+
+def test_events_since_a_duration_skips_the_events_recorded_before_it(
+    run_cli: RunCli, store: RedisPipelineStateStore
+) -> None:
+    make_run(store, "r1", status="running")  # 1 run-created, 2 run-started: now
+    three_hours_ago = int(time.time() * 1000) - 3 * 3600 * 1000
+    store.append_event(
+        "r1", StepProgress(run_id="r1", step_id="generate", pct=10, at=three_hours_ago)
+    )
+
+    result = run_cli("events", "r1", "--since", "2h")
+
+    assert result.exit_code == 0, result.output
+    assert seqs(result.stdout) == [1, 2]
+    assert seqs(run_cli("events", "r1", "--since", "4h").stdout) == [1, 2, 3]
+
+
+def test_events_since_an_iso_time_keeps_the_events_at_or_after_it(
+    run_cli: RunCli, store: RedisPipelineStateStore
+) -> None:
+    make_run(store, "r1", status="running")
+    time.sleep(0.05)  # events 3 and 4 are a few milliseconds younger than 1 and 2
+    started_run_tail(store)
+    third = store.list_events("r1")[2]
+    at = datetime.fromtimestamp(third.at / 1000, UTC).isoformat()
+
+    result = run_cli("events", "r1", "--since", at)
+    in_the_future = run_cli("events", "r1", "--since", "2999-01-01T00:00:00Z")
+
+    assert result.exit_code == 0, result.output
+    assert seqs(result.stdout) == [3, 4]
+    assert in_the_future.exit_code == 0
+    assert in_the_future.stdout == ""
+
+
+def test_events_follow_since_a_time_prints_only_the_newer_events_of_an_ended_run(
+    run_cli: RunCli, store: RedisPipelineStateStore
+) -> None:
+    make_run(store, "r1", status="completed")
+
+    result = run_cli("events", "r1", "--follow", "--timeout", "5", "--since", "2999-01-01")
+
+    assert result.exit_code == 0, result.output  # the run ended: not a timeout
+    assert result.stdout == ""
+
+
+def test_events_since_refuses_a_negative_seq_and_an_unreadable_time(
+    run_cli: RunCli, store: RedisPipelineStateStore
+) -> None:
+    started_run(store)
+
+    for since in ("-1", "yesterdayish"):
+        result = run_cli("events", "r1", "--since", since)
+
+        assert result.exit_code == 2
+        assert result.stderr.startswith("error: Invalid value for '--since': ")
+        assert len(result.stderr.splitlines()) == 1
+        assert "Traceback" not in result.output
 
 
 def test_events_json_prints_one_event_document_per_line(
@@ -119,9 +185,33 @@ def test_events_follow_timeout_ends_a_quiet_follow(
     result = run_cli("events", "r1", "--follow", "--timeout", "0.5", "--since", "3")
     elapsed = time.monotonic() - started
 
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 124, result.output
     assert seqs(result.stdout) == [4]
+    assert result.stderr == "error: run 'r1' had not ended when --timeout 0.5s passed\n"
+    assert "Traceback" not in result.output
     assert 0.5 <= elapsed < 5
+
+
+def test_events_follow_reaching_the_end_within_the_timeout_exits_0(
+    run_cli: RunCli, store: RedisPipelineStateStore
+) -> None:
+    make_run(store, "r1", status="completed")
+
+    result = run_cli("events", "r1", "--follow", "--timeout", "5")
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1].split()[2] == "run-completed"
+    assert result.stderr == ""
+
+
+def test_events_follow_timeout_0_still_tells_an_ended_run_from_a_live_one(
+    run_cli: RunCli, store: RedisPipelineStateStore
+) -> None:
+    make_run(store, "done", status="completed")
+    make_run(store, "live", status="running")
+
+    assert run_cli("events", "done", "--follow", "--timeout", "0").exit_code == 0
+    assert run_cli("events", "live", "--follow", "--timeout", "0").exit_code == 124
 
 
 def test_events_timeout_without_follow_is_a_usage_error(

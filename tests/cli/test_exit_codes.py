@@ -1,16 +1,22 @@
 """Every failure is one ``error: ...`` line on stderr and a documented exit code: 1 other mpstate
-errors, 2 usage and refused input (nothing changed), 3 run not found, 4 Redis unreachable."""
+errors, 2 usage and refused input (nothing changed: also a malformed --redis-url, a database the
+server does not have, a bad --app), 3 run not found, 4 Redis unreachable (also: what answers at
+the URL is not Redis)."""
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from mpstate import PipelineRun, RedisPipelineStateStore
 from mpstate.cli import cli
-from mpstate.cli.exit_codes import CliError, redacted_url
+from mpstate.cli.exit_codes import CliError, database_of, redacted_url
 from mpstate.testing import free_port
 
 from .support import RunCli, make_run
@@ -161,3 +167,133 @@ def test_cli_error_carries_its_exit_code() -> None:
     assert CliError("x").exit_code == 1
     assert CliError("x", 4).exit_code == 4
     assert CliError.exit_code == 1  # the class default is untouched
+
+
+def assert_one_line(result: Result, code: int) -> None:
+    """Exit ``code``, one ``error:`` line on stderr, no traceback, nothing on stdout."""
+    assert result.exit_code == code, result.output
+    assert result.stderr.startswith("error: ")
+    assert len(result.stderr.splitlines()) == 1
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "url", ["http://localhost:6379/0", "foo://x", "redis//127.0.0.1:6379", "localhost:6379"]
+)
+def test_a_redis_url_with_a_wrong_scheme_exits_2(url: str) -> None:
+    result = CliRunner().invoke(cli, ["--redis-url", url, "runs", "list"])
+
+    assert_one_line(result, 2)
+    assert result.stderr.startswith(f"error: invalid --redis-url {url}: ")
+    assert "redis://" in result.stderr  # the schemes it takes
+
+
+@pytest.mark.parametrize("db", ["dev", "-1", "1.5"])
+def test_a_database_that_is_not_a_number_exits_2_instead_of_using_database_0(
+    redis_url: str, db: str
+) -> None:
+    url = f"{redis_url.rsplit('/', 1)[0]}/{db}"
+
+    result = CliRunner().invoke(cli, ["--redis-url", url, "runs", "list"])
+
+    assert_one_line(result, 2)
+    assert result.stderr.startswith(f"error: invalid --redis-url {url}: the database must be")
+    assert repr(db) in result.stderr
+
+
+def test_a_database_the_server_does_not_have_exits_2_naming_it(redis_url: str) -> None:
+    url = f"{redis_url.rsplit('/', 1)[0]}/99"  # a default server has 16
+
+    for args in (["runs", "list"], ["events", "r1", "--follow"], ["cancel", "r1", "--reason", "x"]):
+        result = CliRunner().invoke(cli, ["--redis-url", url, *args])
+
+        assert_one_line(result, 2)
+        assert result.stderr.startswith(f"error: Redis at {url} has no database 99 (")
+
+
+@pytest.fixture
+def not_redis() -> Iterator[str]:
+    """A redis:// URL at a port where an HTTP server answers every request with a 400."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # closed: the test is over
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"redis://:hunter2@127.0.0.1:{port}/0"
+    listener.close()
+    thread.join(timeout=5)
+
+
+def test_a_server_that_is_not_redis_exits_4_as_unreachable(not_redis: str) -> None:
+    started = time.monotonic()
+    result = CliRunner().invoke(cli, ["--redis-url", not_redis, "runs", "list"])
+
+    assert_one_line(result, 4)
+    assert result.stderr.startswith(
+        f"error: cannot reach Redis at {redacted_url(not_redis)}: the server there does not "
+        "speak the Redis protocol ("
+    )
+    assert "hunter2" not in result.output
+    assert time.monotonic() - started < 10
+
+
+@pytest.fixture
+def app_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Importable modules: ``broken_app`` fails on import, ``plain_module`` has no Celery app."""
+    (tmp_path / "broken_app.py").write_text("raise RuntimeError('no config here')\n")
+    (tmp_path / "plain_module.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+BAD_APPS = {
+    "no such module": ("mpstate_no_such_module", "cannot load --app 'mpstate_no_such_module': "),
+    "no such attribute": ("plain_module:app", "module 'plain_module' has no attribute 'app'"),
+    "no app in the module": ("plain_module", "no Celery app in it"),
+    "not a Celery app": (
+        "plain_module:VALUE",
+        "'plain_module:VALUE' is not a Celery app (type int)",
+    ),
+    "a module, not an app": ("os:path", "--app 'os:path' is not a Celery app (type module)"),
+    "the module fails on import": ("broken_app", "RuntimeError: no config here"),
+}
+
+
+@pytest.mark.usefixtures("app_modules")
+@pytest.mark.parametrize(("app", "message"), BAD_APPS.values(), ids=BAD_APPS.keys())
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["reconcile", "--stale-after", "10m"],
+        ["runs", "rerun", "r1"],
+        ["webhooks", "serve", "--secrets", "fal=whsec_x"],
+    ],
+    ids=["reconcile", "runs rerun", "webhooks serve"],
+)
+def test_a_bad_app_exits_2_with_one_line(
+    run_cli: RunCli, store: RedisPipelineStateStore, args: list[str], app: str, message: str
+) -> None:
+    make_run(store, "r1", status="cancelled")
+
+    result = run_cli(*args, "--app", app)
+
+    assert_one_line(result, 2)
+    assert message in result.stderr
+
+
+def test_database_of_reads_the_path_or_the_db_query() -> None:
+    assert database_of("redis://host:6379/3") == "3"
+    assert database_of("redis://host:6379") == "0"
+    assert database_of("redis://host/1?db=5") == "5"
+    assert database_of("unix:///run/redis.sock") == "0"
+    assert database_of("unix:///run/redis.sock?db=2") == "2"

@@ -36,6 +36,8 @@ def test_help_lists_the_commands_options_and_exit_codes() -> None:
         "2": "usage",
         "3": "run not found",
         "4": "Redis unreachable",
+        "124": "events --follow: --timeout passed",
+        "130": "interrupted",
     }
     for code, meaning in exit_codes.items():
         assert re.search(rf"^\s+{code}\s+{meaning}", result.stdout, re.MULTILINE)

@@ -1,4 +1,4 @@
-"""``WHEN``: ISO-8601 or a duration meaning that long ago."""
+"""``WHEN``: ISO-8601 or a duration meaning that long ago; ``SEQ_OR_WHEN``: a seq or a WHEN."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import click
 import pytest
 
-from mpstate.cli.params import WHEN
+from mpstate.cli.params import SEQ_OR_WHEN, WHEN
 
 
 @pytest.mark.parametrize(
@@ -44,3 +44,26 @@ def test_a_time_without_an_offset_is_utc_as_in_the_store() -> None:
 def test_anything_else_is_refused_with_the_accepted_forms(text: str) -> None:
     with pytest.raises(click.BadParameter, match=r"ISO-8601|too long ago"):
         WHEN.convert(text, None, None)
+
+
+@pytest.mark.parametrize(("text", "seq"), [("0", 0), ("12", 12), (" 7 ", 7), ("+3", 3), (5, 5)])
+def test_a_bare_number_is_a_seq(text: str | int, seq: int) -> None:
+    assert SEQ_OR_WHEN.convert(text, None, None) == seq
+
+
+def test_anything_else_is_a_when() -> None:
+    before = datetime.now(UTC)
+
+    moment = SEQ_OR_WHEN.convert("2h", None, None)
+
+    assert isinstance(moment, datetime)
+    assert before - timedelta(hours=2, seconds=1) <= moment <= datetime.now(UTC)
+    assert SEQ_OR_WHEN.convert("2024-05-01T12:00:00Z", None, None) == datetime(
+        2024, 5, 1, 12, tzinfo=UTC
+    )
+
+
+@pytest.mark.parametrize("text", ["-1", "-2h", "soon"])
+def test_a_negative_seq_or_an_unreadable_time_is_refused(text: str) -> None:
+    with pytest.raises(click.BadParameter, match=r"ISO-8601"):
+        SEQ_OR_WHEN.convert(text, None, None)

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from mpstate import RedisPipelineStateStore, StepError
 from mpstate.cli import cli
+from mpstate.cli.context import CliContext
 
 from .support import RunCli, make_run
 
@@ -110,15 +111,32 @@ def test_runs_list_pages_with_limit_and_offset(run_cli: RunCli) -> None:
     assert listed_ids(second.stdout) == ["acme-pending"]
 
 
-def test_runs_list_says_so_when_nothing_matches(
-    run_cli: RunCli, store: RedisPipelineStateStore
+def test_runs_list_says_so_when_nothing_matches_and_where_it_looked(
+    run_cli: RunCli, store: RedisPipelineStateStore, redis_url: str, prefix: str
 ) -> None:
     make_run(store, "r1")
 
     result = run_cli("runs", "list", "--status", "failed")
 
     assert result.exit_code == 0
-    assert result.stdout.strip() == "no runs match"
+    assert result.stdout.strip() == (
+        f"no runs match in Redis {redis_url}, database 0, prefix {prefix!r}"
+    )
+
+
+def test_no_runs_match_names_the_database_in_use(redis_url: str, prefix: str) -> None:
+    url = f"{redis_url.rsplit('/', 1)[0]}/3"
+
+    result = CliRunner().invoke(cli, ["--redis-url", url, "--prefix", prefix, "runs", "list"])
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == f"no runs match in Redis {url}, database 3, prefix {prefix!r}"
+
+
+def test_the_store_hint_masks_the_password() -> None:
+    where = CliContext(redis_url="rediss://ops:hunter2@redis.internal/2?db=5", prefix="mp").where()
+
+    assert where == "Redis rediss://ops:***@redis.internal/2?db=5, database 5, prefix 'mp'"
 
 
 def test_runs_list_row_shows_step_position_cost_attempts_and_version(
