@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from celery import Celery
 from click.testing import CliRunner, Result
 
 from mpstate import RedisPipelineStateStore
@@ -52,3 +53,18 @@ def console_script() -> Path:
     if not path.exists():
         pytest.fail(f"{path} is not installed: reinstall the project (pip install -e '.[dev]')")
     return path
+
+
+@pytest.fixture
+def app(
+    redis_url: str, prefix: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Celery]:
+    """An operator's app on the suite's Redis with its own queue, set as the test module's
+    ``APP`` (so ``--app <module>:APP`` loads it)."""
+    app = Celery(f"mpstate-test-{prefix}", broker=redis_url, set_as_current=False)
+    app.conf.task_default_queue = f"{prefix}-q"
+    monkeypatch.setattr(request.module, "APP", app)
+    yield app
+    with app.connection_for_write() as conn:
+        conn.default_channel.queue_delete(f"{prefix}-q")
+    app.close()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import json
-import sys
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -460,18 +459,6 @@ def test_an_unreachable_broker_is_reported_in_one_line_naming_the_rerun(
 
 
 # -- through the operator's app --------------------------------------------------------------------
-
-
-@pytest.fixture
-def app(redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Celery]:
-    """An operator's app on the suite's Redis with its own queue, loadable as ``APP_PATH``."""
-    app = Celery(f"mpstate-test-{prefix}", broker=redis_url, set_as_current=False)
-    app.conf.task_default_queue = f"{prefix}-q"
-    monkeypatch.setattr(sys.modules[__name__], "APP", app)
-    yield app
-    with app.connection_for_write() as conn:
-        conn.default_channel.queue_delete(f"{prefix}-q")
-    app.close()
 
 
 def test_with_app_the_ready_step_is_published_on_the_apps_queue(

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import json
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -500,18 +499,6 @@ def test_answering_without_app_or_broker_url_exits_2_and_changes_nothing(
     assert result.exit_code == 2
     assert result.stderr == "error: give --app or --broker-url (MPSTATE_BROKER_URL)\n"
     assert store.require(run_id) == before
-
-
-@pytest.fixture
-def app(redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Celery]:
-    """An operator's app on the suite's Redis with its own queue, loadable as ``APP_PATH``."""
-    app = Celery(f"mpstate-test-{prefix}", broker=redis_url, set_as_current=False)
-    app.conf.task_default_queue = f"{prefix}-q"
-    monkeypatch.setattr(sys.modules[__name__], "APP", app)
-    yield app
-    with app.connection_for_write() as conn:
-        conn.default_channel.queue_delete(f"{prefix}-q")
-    app.close()
 
 
 def test_with_app_the_approved_runs_next_step_is_published_on_the_apps_queue(
