@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from transition_support import CommittedRun
 
 from mpstate import (
-    InMemoryPipelineStateStore,
     InvalidInputError,
     InvalidTransitionError,
     PipelineRun,
@@ -39,7 +39,7 @@ META = {"taskId": "t"}
 DIAMOND = {"a": [], "b": ["a"], "c": ["a"], "d": ["b", "c"]}
 
 
-class Diamond:
+class Diamond(CommittedRun):
     """A diamond run in an in-memory store, moved along by committing transitions."""
 
     def __init__(
@@ -49,37 +49,13 @@ class Diamond:
         started: bool = True,
         run: PipelineRun | None = None,
     ) -> None:
-        self.store = InMemoryPipelineStateStore()
         if run is None:
             steps = [
                 {"stepId": s, "operation": f"op.{s}", "dependsOn": needs}
                 for s, needs in DIAMOND.items()
             ]
             run = new_run("p", steps, run_id="r1", failure_policy=policy)
-        self.run_id = self.store.create(run).run_id
-        #: Every step id published, in order, over the run's life.
-        self.published: list[str] = []
-        if started:
-            self.apply(start_run(self.run))
-
-    @property
-    def run(self) -> PipelineRun:
-        return self.store.require(self.run_id)
-
-    def apply(self, transition: Transition | None) -> PipelineRun:
-        assert transition is not None
-        before = self.run
-        committed = self.store.commit(
-            self.run_id,
-            transition.patch or None,
-            transition.events,
-            expected_version=before.version,
-        ).run
-        for step in transition.enqueue:
-            assert step.task_id is not None
-            assert committed.step(step.step_id).task_id == step.task_id
-        self.published.extend(step.step_id for step in transition.enqueue)
-        return self.run
+        super().__init__(run, started=started)
 
     def decide_start(self, step: str, attempt: int = 0) -> Transition | None:
         return start_step(self.run, step, attempt=attempt, task_id=f"t-{step}", meta=META)

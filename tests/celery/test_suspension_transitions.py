@@ -12,10 +12,10 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from transition_support import CommittedRun
 
 from mpstate import (
     BudgetExceededError,
-    InMemoryPipelineStateStore,
     InvalidInputError,
     InvalidResumeTokenError,
     InvalidTransitionError,
@@ -97,7 +97,7 @@ def diamond(
     ]
 
 
-class Runs:
+class Runs(CommittedRun):
     """A run in an in-memory store, moved along by committing transitions."""
 
     def __init__(
@@ -108,32 +108,8 @@ class Runs:
         policy: FailurePolicy = FailurePolicy.FAIL_FAST,
         started: bool = True,
     ) -> None:
-        self.store = InMemoryPipelineStateStore()
         run = new_run("p", steps, run_id="r1", budget=budget, failure_policy=policy)
-        self.run_id = self.store.create(run).run_id
-        #: Every step id published, in order, over the run's life.
-        self.published: list[str] = []
-        if started:
-            self.apply(start_run(self.run))
-
-    @property
-    def run(self) -> PipelineRun:
-        return self.store.require(self.run_id)
-
-    def apply(self, transition: Transition | None) -> PipelineRun:
-        assert transition is not None
-        before = self.run
-        committed = self.store.commit(
-            self.run_id,
-            transition.patch or None,
-            transition.events,
-            expected_version=before.version,
-        ).run
-        for published in transition.enqueue:
-            assert published.task_id is not None
-            assert committed.step(published.step_id).task_id == published.task_id
-        self.published.extend(s.step_id for s in transition.enqueue)
-        return self.run
+        super().__init__(run, started=started)
 
     def decide_start(self, step_id: str, attempt: int = 0) -> Transition | None:
         return start_step(self.run, step_id, attempt=attempt, task_id=f"t-{step_id}", meta=META)
