@@ -101,9 +101,29 @@ class StepFailed(_StepEvent):
 
 
 class StepGated(_StepEvent):
+    """A gate's decision on a step. Verdicts are free-form, except those mpstate writes itself
+    (``RESERVED_VERDICTS``), which set the step's status when the log is replayed."""
+
     kind: Literal["step-gated"] = "step-gated"
     gate_type: str
     verdict: str
+
+
+#: The gate type of the step-gated that holds a step back for the run's budget, and releases it.
+BUDGET_GATE = "budget"
+#: A step held back by the budget (its status becomes ``held``).
+OVER_BUDGET = "over-budget"
+#: A held step the budget lets start (``pending`` again).
+WITHIN_BUDGET = "within-budget"
+#: A step whose result waits for a person's verdict (``waiting``).
+AWAITING_APPROVAL = "awaiting-approval"
+#: The verdicts of step-gated that carry state; an automatic gate may not use them.
+RESERVED_VERDICTS = frozenset({OVER_BUDGET, WITHIN_BUDGET, AWAITING_APPROVAL})
+#: The verdicts a person (or a gate's deadline) gives.
+APPROVED = "approved"
+REJECTED = "rejected"
+#: The run-failed code of a rejected gate (automatic or by a person).
+GATE_REJECTED = "gate-rejected"
 
 
 class StepWaiting(_StepEvent):

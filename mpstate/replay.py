@@ -41,6 +41,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from mpstate.events import (
+    AWAITING_APPROVAL,
+    GATE_REJECTED,
+    OVER_BUDGET,
+    WITHIN_BUDGET,
     PipelineEvent,
     RunCancelled,
     RunFailed,
@@ -75,12 +79,11 @@ STEP_LOG_FIELDS = ("status", "attempts", "artifact_ids", "cost_usd", "cache_key"
 #: Cost sums are rounded like the transitions round them, so float noise is not a difference.
 _COST_DIGITS = 10
 
-_GATE_REJECTED = "gate-rejected"
 #: step-gated verdicts that set the step's status (``mpstate.celery.transitions`` writes them).
 _VERDICT_STATUS = {
-    "over-budget": StepStatus.HELD,
-    "within-budget": StepStatus.PENDING,
-    "awaiting-approval": StepStatus.WAITING,
+    OVER_BUDGET: StepStatus.HELD,
+    WITHIN_BUDGET: StepStatus.PENDING,
+    AWAITING_APPROVAL: StepStatus.WAITING,
 }
 
 
@@ -194,7 +197,7 @@ class _Replay:
             self._set_run(status=PipelineRunStatus.COMPLETED, resumable=False, suspend_reason=None)
         elif isinstance(event, RunFailed):
             if (
-                event.code == _GATE_REJECTED
+                event.code == GATE_REJECTED
                 and isinstance(previous, StepGated)
                 and previous.step_id in self.index
             ):

@@ -12,12 +12,19 @@ that changes a step ends in ``_settle``, which decides the rest from the steps a
 
 - **Fan-out.** The steps the change made ready are published, each by exactly this commit (the
   commit that made it ready), under a task id recorded on the step.
+- **Budget.** Of the steps it would publish (and the steps held earlier), only those that fit the
+  run's ``maxUsd`` are published; the rest are held (step-gated ``budget`` / ``over-budget``) until
+  room is made or ``release_held`` raises the budget (``within-budget``). See ``mpstate.budget``.
 - **Run status.** Completed once every step is done (run-completed). Failed when a step failed for
   good: at once under ``fail-fast`` (running siblings are revoked, steps not started never start),
   or once nothing else can run under ``finish-branches`` (run-failed). Suspended when no step runs
-  or is queued and at least one waits for a provider (run-suspended, with a fresh resume token).
-  Running otherwise; a provider's callback that wakes a suspended run logs run-resumed first, and
-  if the run still only waits on other providers it is suspended again (a fresh token).
+  or is queued and something waits: a person's verdict (reason ``gate``: the token is the waiting
+  step's approval token), the budget (``budget``) or a provider (``webhook``), with a resume token.
+  Running otherwise; a callback, a verdict or a release that wakes a suspended run logs run-resumed
+  first, and if the run still waits it is suspended again (a fresh token).
+
+Verdicts and resumes (``decide_gate``, ``release_held``) are decided here too, and raise typed
+errors for a finished run or a token that is not live, so a refused answer commits nothing.
 """
 
 from __future__ import annotations
@@ -37,6 +44,14 @@ from mpstate.errors import (
     InvalidTransitionError,
 )
 from mpstate.events import (
+    APPROVED,
+    AWAITING_APPROVAL,
+    BUDGET_GATE,
+    GATE_REJECTED,
+    OVER_BUDGET,
+    REJECTED,
+    RESERVED_VERDICTS,
+    WITHIN_BUDGET,
     EventMeta,
     PipelineEvent,
     RunCompleted,
@@ -99,22 +114,6 @@ __all__ = [
 WORKER_LOST = "worker-lost"
 #: The code of the step-failed logged when a provider's answer did not come by the deadline.
 EXTERNAL_TIMEOUT = "external-timeout"
-
-#: The gate type of the step-gated that holds a step back, and releases it, for the budget.
-BUDGET_GATE = "budget"
-#: step-gated verdicts that carry state (``mpstate.replay``); automatic gates may not use them.
-#: A step held back by the budget:
-OVER_BUDGET = "over-budget"
-#: A held step the budget lets start again (on resume):
-WITHIN_BUDGET = "within-budget"
-#: A step whose result waits for a person's verdict:
-AWAITING_APPROVAL = "awaiting-approval"
-RESERVED_VERDICTS = frozenset({OVER_BUDGET, WITHIN_BUDGET, AWAITING_APPROVAL})
-#: The verdicts a person (or a gate's deadline) gives.
-APPROVED = "approved"
-REJECTED = "rejected"
-#: The run-failed code of a rejected gate (automatic or by a person).
-GATE_REJECTED = "gate-rejected"
 
 #: Statuses in which nothing more happens to a step.
 _CLOSED_STEP = frozenset(
