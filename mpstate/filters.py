@@ -22,7 +22,8 @@ class RunFilter(CamelModel):
     """Runs to list. Every field is optional and they combine with AND.
 
     ``status`` is one status or several (any of them); ``since``/``until`` bound ``created_at``,
-    both inclusive. Results are sorted by ``created_at`` then ``run_id``, both ascending.
+    both inclusive. Results are sorted by ``created_at`` then ``run_id``, both ascending, or
+    both descending with ``newest_first`` (``offset`` then counts from the newest).
     """
 
     status: frozenset[PipelineRunStatus] | None = None
@@ -32,6 +33,7 @@ class RunFilter(CamelModel):
     until: UtcDatetime | None = None
     limit: int | None = Field(default=None, ge=1, le=MAX_PAGE_SIZE)
     offset: int = Field(default=0, ge=0)
+    newest_first: bool = False
 
     model_config = ConfigDict(frozen=True)
 
@@ -64,6 +66,10 @@ class RunFilter(CamelModel):
             and (self.since is None or run.created_at >= self.since)
             and (self.until is None or run.created_at <= self.until)
         )
+
+    def sort(self, runs: list[PipelineRun]) -> None:
+        """Sort matched runs in place into the filter's order."""
+        runs.sort(key=sort_key, reverse=self.newest_first)
 
     def page(self, runs: list[PipelineRun]) -> list[PipelineRun]:
         """Apply ``offset`` and ``limit`` to runs already matched and sorted."""

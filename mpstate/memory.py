@@ -24,7 +24,7 @@ from mpstate.core import LockAttempt, StoreCore, StoreOptions
 from mpstate.deliveries import UNMATCHED_KEPT, UnmatchedCallback
 from mpstate.events import TERMINAL_EVENT_KINDS, PipelineEvent, RunCreated
 from mpstate.fields import utc_now
-from mpstate.filters import RunFilter, sort_key
+from mpstate.filters import RunFilter
 from mpstate.models import PipelineRun
 from mpstate.plans import Blocking, Plan, immediate
 from mpstate.store import PipelineStateStore
@@ -250,7 +250,7 @@ class MemoryBackend(StoreCore):
     def _select(self, run_filter: RunFilter) -> list[PipelineRun]:
         with self._state.mutex:
             matched = [s.run for s in self._state.runs.values() if run_filter.matches(s.run)]
-            matched.sort(key=sort_key)
+            run_filter.sort(matched)
             return [run.model_copy(deep=True) for run in run_filter.page(matched)]
 
     @immediate

@@ -30,7 +30,7 @@ from mpstate.deliveries import (
 from mpstate.errors import MpStateError
 from mpstate.events import PipelineEvent, RunCreated, event_document
 from mpstate.fields import epoch_ms, iso_z, now_ms, utc_now
-from mpstate.filters import RunFilter, sort_key
+from mpstate.filters import RunFilter
 from mpstate.models import PipelineRun, PipelineRunStatus
 from mpstate.plans import Pause, Plan
 from mpstate.redis.codec import (
@@ -503,7 +503,7 @@ class RedisBackend(StoreCore):
             if repairs:
                 yield Batch(tuple(repairs))
             if len(dropped) == extra:
-                matched.sort(key=sort_key)
+                run_filter.sort(matched)
                 return matched
 
     def _rescore(self, run: PipelineRun) -> list[Script]:
@@ -540,20 +540,21 @@ class RedisBackend(StoreCore):
         high = str(epoch_ms(run_filter.until)) if run_filter.until else "+inf"
         count = -1 if run_filter.limit is None else run_filter.limit + extra
         zsets = [self._zset(source) for source in sources]
+        order = "desc" if run_filter.newest_first else "asc"
         if len(zsets) == 1:
-            flat = yield Script("page_index", zsets, [low, high, run_filter.offset, count])
+            flat = yield Script("page_index", zsets, [low, high, run_filter.offset, count, order])
             return _pairs(flat)
         # Several statuses: merge the heads of their indexes (ids only; no run is read here).
         head = None if count < 0 else run_filter.offset + count
         limit = () if head is None else ("LIMIT", 0, head)
+        scores: tuple[str, ...] = (
+            (high, low, "BYSCORE", "REV") if run_filter.newest_first else (low, high, "BYSCORE")
+        )
         per_source = yield Batch(
-            tuple(
-                Command(("ZRANGE", zset, low, high, "BYSCORE", *limit, "WITHSCORES"))
-                for zset in zsets
-            )
+            tuple(Command(("ZRANGE", zset, *scores, *limit, "WITHSCORES")) for zset in zsets)
         )
         found = {(score, member) for reply in per_source for member, score in _pairs(reply)}
-        merged = sorted(found)
+        merged = sorted(found, reverse=run_filter.newest_first)
         window = merged[run_filter.offset : None if head is None else head]
         return [(member, score) for score, member in window]
 

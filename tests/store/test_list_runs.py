@@ -292,6 +292,36 @@ def test_paging_through_a_filtered_selection_yields_each_match_once_in_order(
         assert paged == want, page_size
 
 
+NEWEST_FIRST_CRITERIA: list[dict[str, Any]] = [
+    {},
+    {"status": "running"},
+    {"status": ["pending", "completed", "suspended"]},
+    {"tenant_id": "t1"},
+    {"tenant_id": "t2", "status": list(STATUSES)},
+    {"since": at(2), "until": at(6)},
+    {"idempotency_key": "k1"},
+]
+
+
+@pytest.mark.parametrize(
+    "criteria", NEWEST_FIRST_CRITERIA, ids=[str(sorted(c)) for c in NEWEST_FIRST_CRITERIA]
+)
+def test_newest_first_is_the_same_selection_in_reverse_and_pages_from_the_newest(
+    store: PipelineStateStore, criteria: dict[str, Any]
+) -> None:
+    made = make_dataset(store)
+    want = list(reversed(expected(made, **criteria)))
+    assert len(want) >= 2
+    assert ids(store.list_runs(**criteria, newest_first=True)) == want
+    for size in (1, 3):
+        paged: list[str] = []
+        for offset in range(0, len(want) + size, size):
+            page = store.list_runs(**criteria, newest_first=True, limit=size, offset=offset)
+            assert len(page) <= size
+            paged.extend(ids(page))
+        assert paged == want, size
+
+
 def test_an_offset_past_the_end_returns_nothing(store: PipelineStateStore) -> None:
     make_dataset(store, count=5)
     assert store.list_runs(offset=5) == []

@@ -3,6 +3,7 @@
 KEYS[1] an index zset (score = created_at epoch ms, member = run id)
 ARGV[1] lowest score, or "-inf"     ARGV[3] offset within the window
 ARGV[2] highest score, or "+inf"    ARGV[4] count, or -1 for all
+ARGV[5] "asc" (oldest first) or "desc" (newest first: the offset counts from the window's end)
 
 ZRANGE ... BYSCORE LIMIT skips `offset` entries one by one; ranks found with ZCOUNT (O(log N))
 let a deep page cost the same as the first. Returns {member, score, member, score, ...}.
@@ -17,8 +18,27 @@ if ARGV[2] ~= '+inf' then
 else
   last = redis.call('ZCARD', KEYS[1]) - 1
 end
-local start = first + tonumber(ARGV[3])
+local offset = tonumber(ARGV[3])
 local count = tonumber(ARGV[4])
+if ARGV[5] == 'desc' then
+  -- The same window read from its end: ranks last - offset down to last - offset - count + 1.
+  local high = last - offset
+  local low = first
+  if count >= 0 and high - count + 1 > low then
+    low = high - count + 1
+  end
+  if low > high then
+    return {}
+  end
+  local page = redis.call('ZRANGE', KEYS[1], low, high, 'WITHSCORES')
+  local newest = {}
+  for i = #page - 1, 1, -2 do
+    newest[#newest + 1] = page[i]
+    newest[#newest + 1] = page[i + 1]
+  end
+  return newest
+end
+local start = first + offset
 if count >= 0 and start + count - 1 < last then
   last = start + count - 1
 end
