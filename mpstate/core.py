@@ -505,6 +505,19 @@ class StoreCore(ABC):
         check_int(limit, "limit", minimum=1)
         return (yield from self._list_unmatched(provider, min(limit, self.options.unmatched_kept)))
 
+    def _plan_count_by_status(self, tenant_id: str | None) -> Plan[dict[PipelineRunStatus, int]]:
+        if tenant_id is not None:
+            check_id(tenant_id, "tenant_id")
+        if self._tenant is not None:
+            if tenant_id not in (None, self._tenant):
+                raise InvalidInputError(
+                    f"this store is scoped to tenant {self._tenant!r}; "
+                    f"it cannot count tenant {tenant_id!r}"
+                )
+            tenant_id = self._tenant
+        counts = yield from self._count_by_status(tenant_id)
+        return {status: counts.get(status, 0) for status in PipelineRunStatus}
+
     def _plan_count_unmatched(self) -> Plan[dict[tuple[str, str], int]]:
         self._untenanted("count_unmatched")
         return (yield from self._count_unmatched())
@@ -587,6 +600,10 @@ class StoreCore(ABC):
     def _list_unmatched(self, provider: str | None, limit: int) -> Plan[list[UnmatchedCallback]]:
         """Up to ``limit`` of the newest ``unmatched_kept`` callbacks (of ``provider``), newest
         first."""
+
+    @abstractmethod
+    def _count_by_status(self, tenant_id: str | None) -> Plan[dict[PipelineRunStatus, int]]:
+        """How many runs (of the tenant) are in each status, from the status indexes."""
 
     @abstractmethod
     def _count_unmatched(self) -> Plan[dict[tuple[str, str], int]]:

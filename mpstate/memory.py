@@ -25,7 +25,7 @@ from mpstate.deliveries import UNMATCHED_KEPT, UnmatchedCallback
 from mpstate.events import TERMINAL_EVENT_KINDS, PipelineEvent, RunCreated
 from mpstate.fields import utc_now
 from mpstate.filters import RunFilter
-from mpstate.models import PipelineRun
+from mpstate.models import PipelineRun, PipelineRunStatus
 from mpstate.plans import Blocking, Plan, immediate
 from mpstate.store import PipelineStateStore
 
@@ -298,6 +298,17 @@ class MemoryBackend(StoreCore):
             newest_first = reversed(self._state.unmatched)
             matching = (c for c in newest_first if provider is None or c.provider == provider)
             return list(islice(matching, limit))
+
+    @immediate
+    def _count_by_status(self, tenant_id: str | None) -> dict[PipelineRunStatus, int]:
+        with self._state.mutex:
+            return dict(
+                Counter(
+                    s.run.status
+                    for s in self._state.runs.values()
+                    if tenant_id is None or s.run.tenant_id == tenant_id
+                )
+            )
 
     @immediate
     def _count_unmatched(self) -> dict[tuple[str, str], int]:

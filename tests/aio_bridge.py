@@ -35,6 +35,7 @@ _PASSTHROUGH = (
     "release_delivery",
     "record_unmatched",
     "list_unmatched",
+    "count_by_status",
     "count_unmatched",
 )
 

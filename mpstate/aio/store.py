@@ -24,7 +24,7 @@ from mpstate.deliveries import UnmatchedCallback
 from mpstate.errors import InvalidInputError, LockNotOwnedError
 from mpstate.events import PipelineEvent
 from mpstate.filters import RunFilter
-from mpstate.models import PipelineRun
+from mpstate.models import PipelineRun, PipelineRunStatus
 from mpstate.plans import Plan, drive_async
 
 __all__ = ["AsyncHeldLock", "AsyncPipelineStateStore"]
@@ -168,6 +168,10 @@ class AsyncPipelineStateStore(StoreCore):
     ) -> list[UnmatchedCallback]:
         """See ``PipelineStateStore.list_unmatched``."""
         return await self._drive(self._plan_list_unmatched(provider, limit))
+
+    async def count_by_status(self, tenant_id: str | None = None) -> dict[PipelineRunStatus, int]:
+        """See ``PipelineStateStore.count_by_status``."""
+        return await self._drive(self._plan_count_by_status(tenant_id))
 
     async def count_unmatched(self) -> dict[tuple[str, str], int]:
         """See ``PipelineStateStore.count_unmatched``."""

@@ -628,6 +628,12 @@ class RedisBackend(StoreCore):
             end = f"({text(entries[-1][0])}"  # exclusive: before the oldest entry read
         return found
 
+    def _count_by_status(self, tenant_id: str | None) -> Plan[dict[PipelineRunStatus, int]]:
+        group = self.keys.tenant_group(tenant_id) if tenant_id else self.keys.global_group()
+        statuses = list(PipelineRunStatus)
+        cards = yield Batch(tuple(Command(("ZCARD", group.status(s))) for s in statuses))
+        return {status: int(n) for status, n in zip(statuses, cards, strict=True)}
+
     def _count_unmatched(self) -> Plan[dict[tuple[str, str], int]]:
         counts = yield Command(("HGETALL", self.keys.unmatched_counts()))
         return {parse_counts_field(text(name)): int(n) for name, n in counts.items()}

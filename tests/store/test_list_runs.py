@@ -474,3 +474,38 @@ def test_a_refused_status_change_leaves_the_run_in_its_status_results(
     assert ids(store.list_runs(status="failed")) == ["r1"]
     assert ids(store.list_runs(status="failed", tenant_id="t")) == ["r1"]
     assert store.list_runs(status="running") == []
+
+
+# -- counts by status -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tenant", [None, "t1", "t2"])
+def test_count_by_status_counts_every_status_of_the_selection(
+    store: PipelineStateStore, tenant: str | None
+) -> None:
+    made = make_dataset(store)
+    want = {
+        status: sum(1 for m in made if m.status is status and tenant in (None, m.tenant_id))
+        for status in PipelineRunStatus
+    }
+    assert store.count_by_status(tenant) == want
+    assert sum(want.values()) == len(expected(made, **({"tenant_id": tenant} if tenant else {})))
+
+
+def test_count_by_status_follows_a_status_change(store: PipelineStateStore) -> None:
+    store.create({"runId": "r1", "pipelineId": "p", "tenantId": "t1"})
+    assert store.count_by_status()[PipelineRunStatus.PENDING] == 1
+    store.update("r1", {"status": "running"})
+    counts = store.count_by_status("t1")
+    assert (counts[PipelineRunStatus.PENDING], counts[PipelineRunStatus.RUNNING]) == (0, 1)
+
+
+def test_a_tenant_view_counts_only_its_tenant_and_refuses_another(
+    store: PipelineStateStore,
+) -> None:
+    made = make_dataset(store)
+    view = store.for_tenant("t1")
+    assert view.count_by_status() == store.count_by_status("t1")
+    assert sum(view.count_by_status().values()) == sum(m.tenant_id == "t1" for m in made)
+    with pytest.raises(InvalidInputError, match="scoped to tenant"):
+        view.count_by_status("t2")
