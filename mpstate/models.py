@@ -214,6 +214,8 @@ class StepState(CamelModel):
     last_error: StepError | None = None
     #: The Celery task id of the step's latest attempt (set by mpstate.celery).
     task_id: str | None = None
+    #: When mpstate.celery last published the step's task (its queue wait starts here).
+    queued_at: UtcDatetime | None = None
     #: Ids of the steps this one waits for. When no step of a run sets it, each step waits for
     #: the one before it (a linear run); once any step sets it, the graph is explicit and a step
     #: without it starts at once (see ``mpstate.graph``).

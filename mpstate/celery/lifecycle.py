@@ -42,7 +42,7 @@ from mpstate.fields import utc_now
 from mpstate.models import GateTimeout, PipelineRun, StepState, StepStatus
 from mpstate.store import PipelineStateStore
 
-__all__ = ["Committed", "StepLifecycle", "error_code"]
+__all__ = ["Committed", "Observer", "StepLifecycle", "error_code"]
 
 log = logging.getLogger("mpstate.celery")
 
@@ -50,6 +50,9 @@ log = logging.getLogger("mpstate.celery")
 Enqueue = Callable[[PipelineRun, StepState, str | None], None]
 #: Revokes Celery tasks by id.
 Revoke = Callable[[Sequence[str]], None]
+#: Sees each committed transition, after its commit won (metrics, tracing): the run as written
+#: and the transition. It must not raise; if it does, the error is logged and ignored.
+Observer = Callable[[PipelineRun, Transition], None]
 
 
 def error_code(exc: BaseException) -> str:
@@ -74,6 +77,8 @@ class StepLifecycle:
         #: Revokes the tasks of steps a failed run no longer needs (best effort).
         self.revoke = revoke
         self.committer = Committer(store, outage_window_s=outage_window_s)
+        #: Called with every committed transition (``Observer``), in order of registration.
+        self.observers: list[Observer] = []
 
     @property
     def outage_window_s(self) -> float:
@@ -86,6 +91,11 @@ class StepLifecycle:
         committed = self.committer.apply(run_id, decide, known=known)
         transition = committed.transition
         if transition is not None:
+            for observer in self.observers:
+                try:
+                    observer(committed.run, transition)
+                except Exception:  # an observer never breaks a transition
+                    log.exception("mpstate: an observer of run %r failed", run_id)
             for step in transition.enqueue:
                 self.enqueue(committed.run, step, step.task_id)
             if transition.revoke and self.revoke is not None:

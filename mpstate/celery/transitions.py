@@ -155,6 +155,11 @@ def _new_task_id() -> str:
     return uuid.uuid4().hex
 
 
+def _published(step: StepState, now: datetime) -> StepState:
+    """The step as a commit publishes it: a new task id, queued from now."""
+    return step.model_copy(update={"task_id": _new_task_id(), "queued_at": now})
+
+
 def _settle(
     run: PipelineRun,
     steps: list[StepState],
@@ -175,7 +180,7 @@ def _settle(
     run-resumed from it, after ``before`` (a verdict). ``meta`` goes on the run-resumed and
     run-suspended this logs.
     """
-    steps, publish, budgeted = _admit(run, steps, requeue, patch, meta)
+    steps, publish, budgeted = _admit(run, steps, requeue, patch, meta=meta, now=now)
     events = [*events, *budgeted]
     patch["steps"] = _dump(steps)
     patch["currentStepIndex"] = first_open_index(steps)
@@ -239,7 +244,9 @@ def _admit(
     steps: list[StepState],
     requeue: Sequence[str],
     patch: Mapping[str, Any],
+    *,
     meta: EventMeta | None,
+    now: datetime,
 ) -> tuple[list[StepState], set[str], list[StepGated]]:
     """Which steps this commit publishes: those it made ready, ``requeue`` and the steps held
     back earlier, in definition order, as far as the run's budget allows (``mpstate.budget``).
@@ -250,10 +257,7 @@ def _admit(
     limit = max_usd(patch.get("budget", run.budget))
     if limit is None:  # no budget, nothing held: publish what is ready
         publish = ready | set(requeue)
-        steps = [
-            step.model_copy(update={"task_id": _new_task_id()}) if step.step_id in publish else step
-            for step in steps
-        ]
+        steps = [_published(step, now) if step.step_id in publish else step for step in steps]
         return steps, publish, []
     candidates = ready | set(requeue) | {step.step_id for step in _held_in(steps)}
     admission = admit(
@@ -270,7 +274,7 @@ def _admit(
             if step.status is StepStatus.HELD:
                 budgeted.append(_gated(run, step.step_id, BUDGET_GATE, WITHIN_BUDGET, meta))
                 step = step.model_copy(update={"status": StepStatus.PENDING})  # noqa: PLW2901
-            step = step.model_copy(update={"task_id": _new_task_id()})  # noqa: PLW2901
+            step = _published(step, now)  # noqa: PLW2901
         elif step.step_id in admission.held and step.status is not StepStatus.HELD:
             budgeted.append(_gated(run, step.step_id, BUDGET_GATE, OVER_BUDGET, meta))
             step = _held(step)  # noqa: PLW2901
