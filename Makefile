@@ -16,6 +16,14 @@ FAST_TESTS := tests/store tests/test_replay.py tests/celery/test_transitions.py 
 
 .PHONY: demo test test-fast lint bench bench-scale chaos install clean
 
+# The browser the dashboard's tests drive: Debian's chromium, installed when missing.
+BROWSER := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+$(BROWSER):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium
+
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -27,7 +35,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m celery_app.demo $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) $(BROWSER)
 	$(BIN)/python -m pytest $(XDIST) $(ARGS)
 
 test-fast: $(STAMP)
