@@ -287,6 +287,9 @@ class PipelineRun(CamelModel):
     rerun_of: Identifier | None = None
     #: The re-runs of this run, oldest first (written on the original, which stays final).
     reruns: list[Identifier] = Field(default_factory=list)
+    #: The run's OpenTelemetry trace context (W3C ``traceparent``), when tracing is on
+    #: (``mpstate.tracing``): every step's span joins this trace.
+    trace_context: dict[str, str] | None = None
 
     @property
     def is_terminal(self) -> bool:

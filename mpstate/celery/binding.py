@@ -45,6 +45,7 @@ from mpstate.graph import active_steps
 from mpstate.models import FailurePolicy, PipelineRun, StepState
 from mpstate.rerun import carried_steps, rerun_id
 from mpstate.store import PipelineStateStore, check_id
+from mpstate.tracing import new_run_context, publishing
 
 __all__ = ["MpState", "revoke_running_steps"]
 
@@ -164,7 +165,9 @@ class MpState:
             budget=budget,
             failure_policy=failure_policy,
         )
-        stored, created = self.store.create_or_get(self._with_task_estimates(run))
+        run = self._with_task_estimates(run)
+        run.trace_context = new_run_context(pipeline_id, run.run_id)
+        stored, created = self.store.create_or_get(run)
         if not created:
             stored = self._latest_rerun(stored)
         # Also for a run that existed already: a caller retrying after a failure between create
@@ -279,6 +282,7 @@ class MpState:
             failure_policy=original.failure_policy,
             rerun_of=original.run_id,
         )
+        run.trace_context = new_run_context(run.pipeline_id, run.run_id)
         stored, _ = self.store.create_or_get(run)
         meta: EventMeta = {"rerunOf": original.run_id, "reason": reason}
         return self.lifecycle.start_run(stored, carried, meta=meta)
@@ -475,15 +479,16 @@ class MpState:
         task = self.app.tasks.get(step.operation)
         if getattr(task, "mpstate_step_task", False):
             kwargs.update(identity.kwargs())
-        headers = {**identity.headers(), ATTEMPT_BASE: step.attempts}
-        self.app.send_task(
-            step.operation,
-            kwargs=kwargs,
-            headers=headers,
-            task_id=task_id,
-            retry=True,
-            retry_policy=self.publish_retry_policy,
-        )
+        with publishing(run) as trace_headers:
+            headers = {**trace_headers, **identity.headers(), ATTEMPT_BASE: step.attempts}
+            self.app.send_task(
+                step.operation,
+                kwargs=kwargs,
+                headers=headers,
+                task_id=task_id,
+                retry=True,
+                retry_policy=self.publish_retry_policy,
+            )
 
 
 def _check_token(token: object) -> str:

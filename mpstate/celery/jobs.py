@@ -42,6 +42,7 @@ from mpstate.events import EventMeta, StepProgress
 from mpstate.fields import utc_now
 from mpstate.models import ExternalJob, PipelineRun, StepState, StepStatus
 from mpstate.store import PipelineStateStore
+from mpstate.tracing import resolve_span
 
 __all__ = [
     "POLL_JOB",
@@ -180,15 +181,16 @@ class ExternalJobs:
                 ),
             )
             return Resolution.PROGRESS
-        committed = host.lifecycle.resolve_job(
-            run,
-            step,
-            outcome,
-            provider=provider,
-            job_id=job_id,
-            retry_limit=host.default_max_retries(step),
-            meta=meta,
-        )
+        with resolve_span(run, step.step_id, provider):
+            committed = host.lifecycle.resolve_job(
+                run,
+                step,
+                outcome,
+                provider=provider,
+                job_id=job_id,
+                retry_limit=host.default_max_retries(step),
+                meta=meta,
+            )
         if not committed.changed:
             return Resolution.IGNORED
         return Resolution.RESUMED if outcome.status == "succeeded" else Resolution.FAILED

@@ -27,6 +27,7 @@ from mpstate.celery.identity import (
 from mpstate.celery.lifecycle import StepLifecycle
 from mpstate.celery.results import as_step_result
 from mpstate.events import EventMeta
+from mpstate.tracing import message_carrier, step_span
 
 
 class ReceiverHost(Protocol):
@@ -68,6 +69,7 @@ class SignalReceivers:
             (signals.before_task_publish, self.before_task_publish),
             (signals.task_received, self.task_received),
             (signals.task_prerun, self.task_prerun),
+            (signals.task_postrun, self.task_postrun),
             (signals.task_success, self.task_success),
             (signals.task_retry, self.task_retry),
             (signals.task_failure, self.task_failure),
@@ -126,12 +128,28 @@ class SignalReceivers:
         identity = identity_of(task.request)
         if identity is None or not identity.is_step:
             return
+        # The attempt's span, current until task_postrun (a PipelineTask opens its own).
+        span = step_span(
+            message_carrier(task.request),
+            identity.run_id,
+            identity.step_id,
+            attempt_of(task.request),
+        )
+        span.__enter__()
+        task.request.mpstate_span = span
         self._guarded(
             "step-started for a plain task",
             lambda: self.lifecycle.start_step(
                 identity, attempt=attempt_of(task.request), meta=request_meta(task.request)
             ),
         )
+
+    def task_postrun(self, task: Any = None, **_: Any) -> None:
+        """End a plain step task's span (after task_success or task_failure logged its end)."""
+        span = getattr(task.request, "mpstate_span", None) if task is not None else None
+        if span is not None:
+            task.request.mpstate_span = None
+            span.__exit__(None, None, None)
 
     def task_success(self, sender: Any = None, result: Any = None, **_: Any) -> None:
         if sender is None or _is_step_task(sender):

@@ -42,6 +42,7 @@ from mpstate.errors import InvalidInputError, NotInRunError, StateStoreUnavailab
 from mpstate.events import EventMeta, StepProgress
 from mpstate.graph import upstream
 from mpstate.models import GateTimeout, PipelineRun
+from mpstate.tracing import message_carrier, step_span
 from mpstate.webhooks.schemes.tokens import callback_path
 
 __all__ = ["PipelineTask"]
@@ -359,6 +360,12 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type hints
         # Task.retry leaves the last limit on the (shared) task object and autoretry_for reuses
         # it: start every attempt from the step's own max_retries instead.
         self.__dict__.pop("override_max_retries", None)
+        carrier = message_carrier(self.request)
+        with step_span(carrier, identity.run_id, identity.step_id, self.attempt):
+            return self._run_step(identity, *args, **kwargs)
+
+    def _run_step(self, identity: StepIdentity, *args: Any, **kwargs: Any) -> Any:
+        """One attempt: step-started, the body, then step-completed (or the body's own end)."""
         lifecycle = self.mpstate.lifecycle
         run = lifecycle.start_step(identity, attempt=self.attempt, meta=self.event_meta())
         if run is None:
