@@ -318,11 +318,29 @@ class RedisBackend(StoreCore):
             return Applied(run, seqs)
         if code == 2:
             return (yield from self._replayed(run_id, text(reply[1]), nonce))
+        unchanged = decode_run(reply[2]) if code == 0 else None
         if nonce and placement is not None:
-            yield self._release_marks(run_id, placement[0], None, placement[1], nonce)
-        if code == 0:
-            return Applied(decode_run(reply[2]), (), changed=False)
+            yield from self._withdraw(run_id, placement, nonce, unchanged)
+        if unchanged is not None:
+            return Applied(unchanged, (), changed=False)
         raise self._refusal(change, code, reply)
+
+    def _withdraw(
+        self,
+        run_id: str,
+        placement: tuple[str | None, int],
+        nonce: str,
+        run: PipelineRun | None,
+    ) -> Plan[None]:
+        """After a refused status change: settle the run as it is into its status indexes,
+        which takes out the entry added ahead of the write (so counts by status stay right), and
+        clears this writer's marks. A run that is gone only has its marks cleared."""
+        if run is None:
+            run = yield from self._load(run_id, include_events=False)
+        if run is None:
+            yield self._release_marks(run_id, placement[0], None, placement[1], nonce)
+            return
+        yield self._settle(run, nonce, everything=False)
 
     def _placement(self, run_id: str) -> Plan[tuple[str | None, int] | None]:
         """The run's tenant and index score (both immutable): cached, else read (None: no run)."""

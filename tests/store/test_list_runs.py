@@ -17,6 +17,7 @@ from mpstate import (
     PipelineRunStatus,
     PipelineStateStore,
     RunFilter,
+    VersionConflictError,
 )
 from mpstate.filters import MAX_PAGE_SIZE
 
@@ -509,3 +510,17 @@ def test_a_tenant_view_counts_only_its_tenant_and_refuses_another(
     assert sum(view.count_by_status().values()) == sum(m.tenant_id == "t1" for m in made)
     with pytest.raises(InvalidInputError, match="scoped to tenant"):
         view.count_by_status("t2")
+
+
+def test_a_refused_status_change_leaves_the_counts_as_they_were(store: PipelineStateStore) -> None:
+    # A step finishing after its run was cancelled: the late write is refused, and the status it
+    # asked for must not be counted (the Redis store indexes a status ahead of the write).
+    store.create({"runId": "r1", "pipelineId": "p", "tenantId": "t1"})
+    running = store.update("r1", {"status": "running"})
+    store.cancel("r1", "operator")
+    with pytest.raises(VersionConflictError):
+        store.update("r1", {"status": "completed"}, expected_version=running.version)
+    for tenant in (None, "t1"):
+        counts = store.count_by_status(tenant)
+        assert (counts[PipelineRunStatus.CANCELLED], counts[PipelineRunStatus.COMPLETED]) == (1, 0)
+    assert ids(store.list_runs(status="completed")) == []
