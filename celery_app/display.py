@@ -44,6 +44,11 @@ _STATUS_STYLE = {
 }
 
 
+#: Narrower than this, the "needs" column gives way so the last event keeps some room (at 80
+#: columns it would get two cells).
+NEEDS_MIN_WIDTH = 100
+
+
 def note(event: PipelineEvent) -> str:
     """The step's "last event" cell: the kind and what it recorded, as ``mpstate events`` says."""
     return " ".join([event.kind, *event_details(event, with_meta=False)])
@@ -120,7 +125,9 @@ class RunBoard:
 
     def _render_run(self, view: _RunView) -> RenderableType:
         run = view.run
+        with_needs = self.console.width >= NEEDS_MIN_WIDTH
         table = Table(
+            # The title wraps at spaces only: the run id stays whole, to copy into `mpstate`.
             title=Text.assemble(
                 (f"{run.pipeline_id} ", "bold"),
                 (run.run_id, "dim"),
@@ -133,7 +140,8 @@ class RunBoard:
         )
         # The stored truth never shrinks; the bar and the note give way.
         table.add_column("step", no_wrap=True, min_width=max(len(s.step_id) for s in run.steps))
-        table.add_column("needs", overflow="fold", min_width=5, max_width=18)
+        if with_needs:
+            table.add_column("needs", overflow="fold", min_width=5, max_width=18)
         table.add_column("progress", width=10)
         table.add_column("status", no_wrap=True, min_width=9)
         table.add_column("tries", justify="right", no_wrap=True, min_width=5)
@@ -144,15 +152,16 @@ class RunBoard:
         for step in run.steps:
             done = step.status in (StepStatus.COMPLETED, StepStatus.CACHED)
             pct = 100.0 if done else view.pct.get(step.step_id, 0.0)
-            table.add_row(
+            cells: list[RenderableType] = [
                 step.step_id,
-                ",".join(needs[step.step_id]) or "-",
+                *([",".join(needs[step.step_id]) or "-"] if with_needs else []),
                 ProgressBar(total=100, completed=pct, width=10),
                 Text(step.status.value, style=_STATUS_STYLE.get(step.status.value, "")),
                 str(step.attempts),
                 f"${step.cost_usd:.3f}",
                 view.notes.get(step.step_id, ""),
-            )
+            ]
+            table.add_row(*cells)
         elapsed = (view.finished or time.monotonic()) - view.started
         footer = Text.assemble(
             ("total ", "bold"),

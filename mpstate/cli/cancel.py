@@ -10,6 +10,7 @@ from mpstate.cli.celery_apps import BROKER_TIMEOUT_S
 from mpstate.cli.context import CliContext
 from mpstate.cli.exit_codes import EXIT_USAGE, CliError
 from mpstate.cli.render import make_console, print_json, run_document
+from mpstate.cli.run_ids import RUN_HELP
 
 if TYPE_CHECKING:
     from mpstate import PipelineRun
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 __all__ = ["cancel"]
 
 
-@click.command(short_help="Cancel a run and revoke its running Celery tasks.")
+@click.command(short_help="Cancel a run and revoke its running Celery tasks.", epilog=RUN_HELP)
 @click.argument("run_id", metavar="RUN")
 @click.option("--reason", required=True, help="Why; recorded as the run's error and in its log.")
 @click.option(
@@ -46,6 +47,7 @@ def cancel(
         )
     if obj.broker_url:
         _require_celery()
+    run_id = obj.find_run(run_id, tenant_id).run_id
     run = obj.store(tenant_id).cancel(run_id, reason)
     revoked = None if not obj.broker_url else _revoke(obj.broker_url, run, terminate=terminate)
     if obj.as_json:

@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from mpstate import InvalidInputError
+from mpstate import InvalidInputError, PipelineRun
 from mpstate.cli import MISSING_EXTRA
 from mpstate.cli.exit_codes import EXIT_USAGE, CliError, database_of, redacted_url
+from mpstate.cli.run_ids import find_run
 
 if TYPE_CHECKING:
     from mpstate.redis import RedisPipelineStateStore
@@ -44,6 +45,11 @@ class CliContext:
         if self._store is None:
             self._store = self._build_store()
         return self._store if tenant_id is None else self._store.for_tenant(tenant_id)
+
+    def find_run(self, run_id: str, tenant_id: str | None = None) -> PipelineRun:
+        """The run (without its log) a RUN argument names: its id, or a unique prefix of it
+        among the newest runs (of ``tenant_id``'s); see ``run_ids.find_run``."""
+        return find_run(self.store(tenant_id), run_id)
 
     def where(self) -> str:
         """Where the store is, for hints: the URL (password masked), database and prefix."""

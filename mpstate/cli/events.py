@@ -12,12 +12,13 @@ from mpstate.cli.event_lines import event_line
 from mpstate.cli.exit_codes import EXIT_TIMEOUT, CliError
 from mpstate.cli.params import SEQ_OR_WHEN
 from mpstate.cli.render import make_console, print_json
+from mpstate.cli.run_ids import RUN_HELP
 from mpstate.events import TERMINAL_EVENT_KINDS
 
 __all__ = ["events"]
 
 
-@click.command()
+@click.command(epilog=RUN_HELP)
 @click.argument("run_id", metavar="RUN")
 @click.option(
     "--since",
@@ -59,6 +60,7 @@ def events(
     if timeout_s is not None and not follow:
         raise click.BadParameter("only applies with --follow", param_hint="'--timeout'")
     since_seq, since_ms = (since, None) if isinstance(since, int) else (0, _epoch_ms(since))
+    run_id = obj.find_run(run_id, tenant_id).run_id
     store = obj.store(tenant_id)
     feed = (
         store.follow_events(run_id, since_seq, timeout_s=timeout_s)

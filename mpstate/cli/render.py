@@ -1,8 +1,9 @@
 """How runs look on a terminal (rich tables) and to scripts (JSON documents).
 
 User data (ids, messages, errors) always goes into ``Text`` objects, never into markup, so a
-step error containing ``[red]`` prints as written. Nothing is ever cut off with an ellipsis:
-long cells fold, and output to a pipe is laid out wide instead of at 80 columns.
+step error containing ``[red]`` prints as written. Tables fit the terminal (``fitting``): ids stay
+whole, less important columns give way, then free text folds; nothing is ever cut off with an
+ellipsis, and output to a pipe is laid out wide instead of at 80 columns.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from rich.text import Text
 
 from mpstate import PipelineRun, StepState, StepStatus, SuspendReason
 from mpstate.budget import max_usd
+from mpstate.cli.fitting import Cell, Column, FittedTable, fit_table
 from mpstate.cli.flower import run_search_api_link, run_search_link, task_link
 from mpstate.graph import active_steps, dependencies, is_explicit
 from mpstate.models import DONE_STEP_STATUSES
@@ -29,6 +31,7 @@ __all__ = [
     "STATUS_STYLES",
     "format_cost",
     "format_time",
+    "left_out",
     "make_console",
     "print_json",
     "run_detail",
@@ -104,38 +107,26 @@ def _step_position(run: PipelineRun) -> str:
     return f"{done}/{total} {names}".rstrip()
 
 
-#: Columns of free text that may fold on a narrow terminal; the others keep their width.
-_FREE_TEXT = frozenset(
-    {"run", "pipeline", "tenant", "step", "needs", "operation", "last error", "flower"}
-)
-
+#: ``runs list``: an id first; at 80 columns the times, counters, tenant and pipeline give way.
 _RUN_COLUMNS = (
-    "run",
-    "pipeline",
-    "tenant",
-    "status",
-    "step",
-    "cost",
-    "attempts",
-    "version",
-    "created",
-    "updated",
+    Column("run", "id"),
+    Column("pipeline", drop=6),
+    Column("tenant", drop=5),
+    Column("status"),
+    Column("step", "text", drop=8, keep=True),
+    Column("cost", drop=7, keep=True, justify="right"),
+    Column("attempts", drop=3, justify="right"),
+    Column("version", drop=2, justify="right"),
+    Column("created", drop=4),
+    Column("updated", drop=1),
 )
 
 
-def runs_table(runs: Sequence[PipelineRun]) -> Table:
-    """One row per run: where it is, what it cost, how often its steps were tried."""
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for name in _RUN_COLUMNS:
-        right = name in ("cost", "attempts", "version")
-        table.add_column(
-            name,
-            justify="right" if right else "left",
-            no_wrap=name not in _FREE_TEXT,
-            overflow="fold",
-        )
-    for run in runs:
-        table.add_row(
+def runs_table(runs: Sequence[PipelineRun], width: int | None = None) -> FittedTable:
+    """One row per run: where it is, what it cost, how often its steps were tried; fitted to
+    ``width`` (``None``: as wide as it takes)."""
+    rows: list[list[Cell]] = [
+        [
             Text(run.run_id),
             Text(run.pipeline_id),
             Text(run.tenant_id or "-"),
@@ -146,8 +137,17 @@ def runs_table(runs: Sequence[PipelineRun]) -> Table:
             str(run.version),
             format_time(run.created_at),
             format_time(run.updated_at),
-        )
-    return table
+        ]
+        for run in runs
+    ]
+    return fit_table(_RUN_COLUMNS, rows, width)
+
+
+def left_out(fitted: FittedTable, width: int | None) -> Text | None:
+    """The dim line naming the columns left out to fit ``width``, if any were."""
+    if not fitted.dropped:
+        return None
+    return Text(f"left out at {width} columns: {', '.join(fitted.dropped)}", style="dim")
 
 
 #: For a suspended run: what it waits for, and how an operator answers it.
@@ -158,10 +158,17 @@ _ANSWERS = {
 }
 
 
-def _header(run: PipelineRun, flower_url: str | None) -> Table:
+#: Width of the header's first column (its longest label), and the space after it.
+_LABEL_WIDTH = len("external jobs") + 2
+
+
+def _header(run: PipelineRun, flower_url: str | None, width: int | None) -> Table:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
-    grid.add_column(overflow="fold")
+    # At least as wide as the ids, so they stay whole (unless the terminal is narrower still).
+    ids = max(len(run.run_id), len(run.rerun_of or ""))
+    fits = width is None or _LABEL_WIDTH + ids <= width
+    grid.add_column(overflow="fold", min_width=ids if fits else None)
     rows: list[tuple[str, Text | str]] = [
         ("run", Text(run.run_id)),
         ("status", _status(run.status.value)),
@@ -212,31 +219,26 @@ def _step_status(step: StepState) -> Text:
     return text
 
 
-def _steps_table(run: PipelineRun, flower_url: str | None) -> Table:
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    names = [
-        "step",
-        "needs",
-        "operation",
-        "status",
-        "attempts",
-        "cost",
-        "celery task",
-        "last error",
-    ]
-    if flower_url:
-        names.append("flower")
-    for name in names:
-        right = name in ("attempts", "cost")
-        table.add_column(
-            name,
-            justify="right" if right else "left",
-            no_wrap=name not in _FREE_TEXT,
-            overflow="fold",
-        )
+#: ``runs show``'s steps: the step, its status and its Celery task stay; the rest gives way.
+_STEP_COLUMNS = (
+    Column("step", "id"),
+    Column("needs", "text", drop=2),
+    Column("operation", drop=3),
+    Column("status"),
+    Column("attempts", drop=5, keep=True, justify="right"),
+    Column("cost", drop=6, keep=True, justify="right"),
+    Column("celery task", "id"),
+    Column("last error", "text", drop=4),
+)
+_FLOWER_COLUMN = Column("flower", "text", drop=1)
+
+
+def _steps_table(run: PipelineRun, flower_url: str | None, width: int | None) -> FittedTable:
+    columns = [*_STEP_COLUMNS, *([_FLOWER_COLUMN] if flower_url else [])]
     needs = dependencies(run.steps)
+    rows: list[list[Cell]] = []
     for step in run.steps:
-        cells: list[Text | str] = [
+        cells: list[Cell] = [
             Text(step.step_id),
             Text(",".join(needs[step.step_id]) or "-"),
             Text(step.operation),
@@ -248,12 +250,28 @@ def _steps_table(run: PipelineRun, flower_url: str | None) -> Table:
         ]
         if flower_url:
             cells.append(Text(task_link(flower_url, step.task_id) if step.task_id else "-"))
-        table.add_row(*cells)
-    return table
+        rows.append(cells)
+    return fit_table(columns, rows, width)
 
 
-def run_detail(run: PipelineRun, flower_url: str | None) -> list[Table | Text]:
-    """``runs show``: the run's header, then its steps."""
+def run_detail(
+    run: PipelineRun, flower_url: str | None, width: int | None = None
+) -> list[Table | Text]:
+    """``runs show``: the run's header, then its steps, fitted to ``width`` (``None``: as wide
+    as it takes). When the steps' errors do not fit in the table, they follow it, one a line."""
+    header = _header(run, flower_url, width)
     if not run.steps:
-        return [_header(run, flower_url), Text("\nno steps", style="dim")]
-    return [_header(run, flower_url), Text(""), _steps_table(run, flower_url)]
+        return [header, Text("\nno steps", style="dim")]
+    steps = _steps_table(run, flower_url, width)
+    parts: list[Table | Text] = [header, Text(""), steps.table]
+    if "last error" in steps.dropped:
+        errors = [(step.step_id, _step_error(step)) for step in run.steps]
+        parts.extend(
+            Text.assemble("error of ", (step_id, "bold"), ": ", error)
+            for step_id, error in errors
+            if error.plain
+        )
+    note = left_out(steps, width)
+    if note is not None:
+        parts.append(note)
+    return parts

@@ -9,11 +9,12 @@ from mpstate.cli.celery_apps import app_option, bound_mpstate, publishing_app
 from mpstate.cli.context import CliContext
 from mpstate.cli.exit_codes import CliError
 from mpstate.cli.render import make_console, print_json, run_document
+from mpstate.cli.run_ids import RUN_HELP
 
 __all__ = ["rerun"]
 
 
-@click.command(short_help="Re-run a failed or cancelled run from a step.")
+@click.command(short_help="Re-run a failed or cancelled run from a step.", epilog=RUN_HELP)
 @click.argument("run_id", metavar="RUN")
 @click.option(
     "--from",
@@ -41,7 +42,7 @@ def rerun(
     Running it again while the re-run is live prints that re-run. `mpstate --json runs rerun`
     prints the new run's document.
     """
-    obj.store(tenant_id).require(run_id, include_events=False)  # the tenant check, and exit 3
+    run_id = obj.find_run(run_id, tenant_id).run_id  # the tenant check, and exit 3
     app = publishing_app(obj, app_path, "mpstate-rerun")
     with bound_mpstate(app, obj) as mp:
         try:

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import shlex
 from datetime import datetime
+from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from mpstate import PipelineRun, PipelineRunStatus, PipelineStateStore, SuspendReason
 from mpstate.cli.context import CliContext
 from mpstate.cli.params import WHEN
-from mpstate.cli.render import make_console, print_json, run_detail, run_document, runs_table
+from mpstate.cli.render import (
+    left_out,
+    make_console,
+    print_json,
+    run_detail,
+    run_document,
+    runs_table,
+)
 from mpstate.cli.rerun import rerun
+from mpstate.cli.run_ids import RUN_HELP
 from mpstate.cli.suspensions import approve, reject, resume
 from mpstate.filters import MAX_PAGE_SIZE
 
@@ -56,9 +67,10 @@ runs.add_command(reject)
     type=click.Choice([r.value for r in SuspendReason], case_sensitive=False),
     help="Only suspended runs waiting for this (implies --status suspended).",
 )
-@click.pass_obj
+@click.option("--oldest-first", is_flag=True, help="Oldest runs first (and --offset from them).")
+@click.pass_context
 def list_runs(
-    obj: CliContext,
+    ctx: click.Context,
     tenant_id: str | None,
     statuses: tuple[str, ...],
     since: datetime | None,
@@ -66,33 +78,84 @@ def list_runs(
     limit: int,
     offset: int,
     reason: str | None,
+    oldest_first: bool,
 ) -> None:
-    """Runs, oldest first (by creation time, then run id).
+    """Runs, newest first (by creation time, then run id), or oldest first with --oldest-first.
 
-    `mpstate --json runs list` prints one JSON array of run documents (without their logs).
+    When more runs match than --limit shows, a last line gives the command for the next page.
+    Ids stay whole at any terminal width: the columns that do not fit are left out, and a line
+    names them. `mpstate --json runs list` prints one JSON array of run documents (without
+    their logs).
     """
+    obj: CliContext = ctx.obj
     if since is not None and until is not None and since > until:
         raise click.BadParameter("--since is after --until", param_hint="'--since'")
     store = obj.store(tenant_id)
+    newest_first = not oldest_first
     if reason is not None:
         if statuses and {s.lower() for s in statuses} != {"suspended"}:
             raise click.BadParameter("--reason lists suspended runs only", param_hint="'--reason'")
-        found = _suspended_for(store, SuspendReason(reason.lower()), since, until)
-        found = found[offset : offset + limit]
+        waiting = _suspended_for(store, SuspendReason(reason.lower()), since, until, newest_first)
+        found = waiting[offset : offset + limit + 1]
     else:
-        found = store.list_runs(
+        found = _page_and_one(
+            store,
+            limit,
+            offset,
             status=[s.lower() for s in statuses] or None,
             since=since,
             until=until,
-            limit=limit,
-            offset=offset,
+            newest_first=newest_first,
         )
+    more, found = len(found) > limit, found[:limit]
     if obj.as_json:
         print_json([run_document(run) for run in found])
-    elif found:
-        make_console().print(runs_table(found))
-    else:
-        make_console().print(f"no runs match in {obj.where()}", style="dim", soft_wrap=True)
+        return
+    console = make_console()
+    if not found:
+        console.print(f"no runs match in {obj.where()}", style="dim", soft_wrap=True)
+        return
+    fitted = runs_table(found, console.width)
+    console.print(fitted.table)
+    note = left_out(fitted, console.width)
+    if note is not None:
+        console.print(note, soft_wrap=True)
+    if more:
+        console.print(f"more runs: {_next_page(ctx, offset + limit)}", style="dim", soft_wrap=True)
+
+
+def _page_and_one(
+    store: PipelineStateStore, limit: int, offset: int, **selection: Any
+) -> list[PipelineRun]:
+    """The page, and the run after it if there is one: it says that more runs match."""
+    page = store.list_runs(limit=min(limit + 1, MAX_PAGE_SIZE), offset=offset, **selection)
+    if len(page) == limit == MAX_PAGE_SIZE:  # the store's largest page: ask for the next run
+        page += store.list_runs(limit=1, offset=offset + limit, **selection)
+    return page
+
+
+def _next_page(ctx: click.Context, offset: int) -> str:
+    """The ``runs list`` command for the next page: the options given, then ``--offset``."""
+    words = ["mpstate", "runs", "list"]
+    for param in ctx.command.params:
+        name = param.name
+        if not isinstance(param, click.Option) or name in (None, "offset"):
+            continue
+        if ctx.get_parameter_source(name) in (
+            None,
+            ParameterSource.DEFAULT,
+            ParameterSource.DEFAULT_MAP,
+        ):
+            continue
+        value = ctx.params[name]
+        for item in value if param.multiple else (value,):
+            if param.is_flag:
+                words.extend([param.opts[0]] if item else [])
+            elif isinstance(item, datetime):  # a WHEN such as 2h, pinned so pages do not shift
+                words.extend([param.opts[0], item.isoformat().replace("+00:00", "Z")])
+            else:
+                words.extend([param.opts[0], str(item)])
+    return shlex.join([*words, "--offset", str(offset)])
 
 
 def _suspended_for(
@@ -100,14 +163,20 @@ def _suspended_for(
     reason: SuspendReason,
     since: datetime | None,
     until: datetime | None,
+    newest_first: bool,
 ) -> list[PipelineRun]:
-    """Every suspended run waiting for ``reason`` (the store indexes status, not reasons: the
-    suspended runs are read page by page and filtered)."""
+    """Every suspended run waiting for ``reason``, in the listing's order (the store indexes
+    status, not reasons: the suspended runs are read page by page and filtered)."""
     found: list[PipelineRun] = []
     offset = 0
     while True:
         page = store.list_runs(
-            status="suspended", since=since, until=until, limit=MAX_PAGE_SIZE, offset=offset
+            status="suspended",
+            since=since,
+            until=until,
+            newest_first=newest_first,
+            limit=MAX_PAGE_SIZE,
+            offset=offset,
         )
         found.extend(run for run in page if run.suspend_reason is reason)
         if len(page) < MAX_PAGE_SIZE:
@@ -115,7 +184,7 @@ def _suspended_for(
         offset += MAX_PAGE_SIZE
 
 
-@runs.command("show")
+@runs.command("show", epilog=RUN_HELP)
 @click.argument("run_id", metavar="RUN")
 @click.option("--tenant", "tenant_id", metavar="T", help="The run must belong to this tenant.")
 @click.pass_obj
@@ -123,13 +192,14 @@ def show_run(obj: CliContext, run_id: str, tenant_id: str | None) -> None:
     """One run: status, cost, timestamps, error, and each step with its Celery task.
 
     With a Flower URL, each step links to its task in Flower and the run to a search for all of
-    its tasks. `mpstate --json runs show` prints the run document without its log (read that
-    with `events`).
+    its tasks. The run and task ids stay whole at any terminal width: the step columns that do
+    not fit are left out (the steps' errors then follow the table). `mpstate --json runs show`
+    prints the run document without its log (read that with `events`).
     """
-    run = obj.store(tenant_id).require(run_id, include_events=False)
+    run = obj.find_run(run_id, tenant_id)
     if obj.as_json:
         print_json(run_document(run))
         return
     console = make_console()
-    for part in run_detail(run, obj.flower_url):
+    for part in run_detail(run, obj.flower_url, console.width):
         console.print(part)

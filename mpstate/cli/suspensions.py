@@ -18,6 +18,7 @@ from mpstate.cli.celery_apps import app_option, bound_mpstate, publishing_app
 from mpstate.cli.context import CliContext
 from mpstate.cli.exit_codes import EXIT_USAGE, CliError
 from mpstate.cli.render import make_console, print_json, run_document
+from mpstate.cli.run_ids import RUN_HELP
 
 __all__ = ["approve", "reject", "resume"]
 
@@ -49,7 +50,10 @@ def _published_failure(run_id: str, exc: Exception) -> CliError:
     )
 
 
-@click.command(short_help="Resume a run its budget suspended, optionally raising the budget.")
+@click.command(
+    short_help="Resume a run its budget suspended, optionally raising the budget.",
+    epilog=RUN_HELP,
+)
 @click.argument("run_id", metavar="RUN")
 @click.option(
     "--raise-budget",
@@ -75,7 +79,8 @@ def resume(
     Exit 1 when the run is not suspended for its budget, or the budget still stops every held
     step (raise it); nothing changes then.
     """
-    run = obj.store(tenant_id).require(run_id, include_events=False)
+    run = obj.find_run(run_id, tenant_id)
+    run_id = run.run_id
     if run.suspend_reason is not SuspendReason.BUDGET or not run.resume_token:
         raise CliError(f"run {run_id!r} is {_waiting_for(run)}: nothing to resume")
     current = max_usd(run.budget)
@@ -128,6 +133,7 @@ def _verdict_command(approved: bool) -> click.Command:
     @click.command(
         verb,
         short_help=f"{verb.capitalize()} the step of a run that waits for a person's verdict.",
+        epilog=RUN_HELP,
     )
     @click.argument("run_id", metavar="RUN")
     @click.option("--step", "step_id", metavar="STEP", help="The step, if several wait.")
@@ -145,7 +151,8 @@ def _verdict_command(approved: bool) -> click.Command:
         tenant_id: str | None,
         app_path: str | None,
     ) -> None:
-        run = obj.store(tenant_id).require(run_id, include_events=False)
+        run = obj.find_run(run_id, tenant_id)
+        run_id = run.run_id
         token = _gate_token(run, step_id)
         app = publishing_app(obj, app_path, f"mpstate-{verb}")
         with bound_mpstate(app, obj) as mp:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import unquote
@@ -39,9 +40,18 @@ STEPS: list[dict[str, Any]] = [
 ]
 
 
+#: Lines ``runs list`` may print after its table.
+NOTES = ("more runs: ", "left out at ")
+
+
 def listed_ids(output: str) -> list[str]:
-    """Run ids in the first column of a ``runs list`` table (its header row skipped)."""
-    return [line.split()[0] for line in output.splitlines()[1:] if line.strip()]
+    """Run ids in the first column of a ``runs list`` table (its header row and the notes after
+    it skipped)."""
+    return [
+        line.split()[0]
+        for line in output.splitlines()[1:]
+        if line.strip() and not line.startswith(NOTES)
+    ]
 
 
 @pytest.fixture
@@ -56,11 +66,22 @@ def fleet(store: RedisPipelineStateStore) -> None:
 
 
 @pytest.mark.usefixtures("fleet")
-def test_runs_list_shows_every_run_oldest_first(run_cli: RunCli) -> None:
+def test_runs_list_shows_every_run_newest_first(run_cli: RunCli) -> None:
     result = run_cli("runs", "list")
 
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[0].split()[:4] == ["run", "pipeline", "tenant", "status"]
+    ids = listed_ids(result.stdout)
+    assert sorted(ids[:2]) == ["globex-cancelled", "globex-running"]
+    assert ids[2:] == ["acme-pending", "acme-running", "old-done"]
+    assert "more runs" not in result.stdout
+
+
+@pytest.mark.usefixtures("fleet")
+def test_runs_list_oldest_first_shows_every_run_in_creation_order(run_cli: RunCli) -> None:
+    result = run_cli("runs", "list", "--oldest-first")
+
+    assert result.exit_code == 0, result.output
     ids = listed_ids(result.stdout)
     assert ids[:3] == ["old-done", "acme-running", "acme-pending"]
     assert sorted(ids[3:]) == ["globex-cancelled", "globex-running"]
@@ -99,16 +120,98 @@ def test_runs_list_since_accepts_a_relative_duration_and_until_an_iso_time(
     assert "old-done" not in listed_ids(last_day.stdout)
     assert len(listed_ids(last_day.stdout)) == 4
     assert listed_ids(last_hour_acme.stdout) == ["acme-pending"]
-    assert listed_ids(before_the_last_hour.stdout) == ["old-done", "acme-running"]
+    assert listed_ids(before_the_last_hour.stdout) == ["acme-running", "old-done"]
 
 
 @pytest.mark.usefixtures("fleet")
-def test_runs_list_pages_with_limit_and_offset(run_cli: RunCli) -> None:
+def test_runs_list_pages_with_limit_and_offset_from_the_newest(run_cli: RunCli) -> None:
     first = run_cli("runs", "list", "--limit", "2")
     second = run_cli("runs", "list", "--limit", "2", "--offset", "2", "--tenant", "acme")
 
+    assert sorted(listed_ids(first.stdout)) == ["globex-cancelled", "globex-running"]
+    assert listed_ids(second.stdout) == ["old-done"]
+
+
+@pytest.mark.usefixtures("fleet")
+def test_runs_list_oldest_first_pages_from_the_oldest(run_cli: RunCli) -> None:
+    first = run_cli("runs", "list", "--oldest-first", "--limit", "2")
+    second = run_cli(
+        "runs", "list", "--oldest-first", "--limit", "2", "--offset", "2", "--tenant", "acme"
+    )
+
     assert listed_ids(first.stdout) == ["old-done", "acme-running"]
     assert listed_ids(second.stdout) == ["acme-pending"]
+
+
+def next_page(output: str) -> list[str] | None:
+    """The arguments of the "more runs" hint's command (after ``mpstate``), if there is one."""
+    hints = [line for line in output.splitlines() if line.startswith("more runs: ")]
+    if not hints:
+        return None
+    (hint,) = hints
+    words = shlex.split(hint.removeprefix("more runs: "))
+    assert words[0] == "mpstate"
+    return words[1:]
+
+
+@pytest.mark.usefixtures("fleet")
+def test_runs_list_says_how_to_list_the_next_page_until_the_last(run_cli: RunCli) -> None:
+    first = run_cli("runs", "list", "--tenant", "acme", "--limit", "2")
+
+    assert listed_ids(first.stdout) == ["acme-pending", "acme-running"]
+    assert first.stdout.splitlines()[-1] == (
+        "more runs: mpstate runs list --tenant acme --limit 2 --offset 2"
+    )
+    second = run_cli(*(next_page(first.stdout) or []))
+    assert listed_ids(second.stdout) == ["old-done"]
+    assert next_page(second.stdout) is None
+
+
+@pytest.mark.usefixtures("fleet")
+def test_the_next_page_hint_repeats_every_option_given_and_pins_a_relative_time(
+    run_cli: RunCli,
+) -> None:
+    args = ["runs", "list", "--status", "running", "--status", "pending", "--since", "7d"]
+    pages = [run_cli(*args, "--oldest-first", "--limit", "1")]
+    while (following := next_page(pages[-1].stdout)) is not None:
+        pages.append(run_cli(*following))
+
+    assert [listed_ids(page.stdout) for page in pages] == [
+        ["acme-running"],
+        ["acme-pending"],
+        ["globex-running"],
+    ]
+    hint = next_page(pages[0].stdout)
+    assert hint is not None
+    since = hint[hint.index("--since") + 1]
+    assert abs(datetime.fromisoformat(since) - (datetime.now(UTC) - timedelta(days=7))) < timedelta(
+        minutes=1
+    )
+    assert hint == [
+        *("runs", "list", "--status", "running", "--status", "pending", "--since", since),
+        *("--limit", "1", "--oldest-first", "--offset", "1"),
+    ]
+
+
+@pytest.mark.usefixtures("fleet")
+def test_a_page_that_ends_with_the_last_run_has_no_next_page_hint(run_cli: RunCli) -> None:
+    result = run_cli("runs", "list", "--limit", "5")
+
+    assert len(listed_ids(result.stdout)) == 5
+    assert "more runs" not in result.stdout
+
+
+@pytest.mark.usefixtures("fleet")
+def test_runs_list_json_stays_one_array_of_the_page_when_more_runs_match(
+    run_cli: RunCli, store: RedisPipelineStateStore
+) -> None:
+    result = run_cli("runs", "list", "--limit", "2", "--offset", "1", json=True)
+
+    assert result.exit_code == 0, result.output
+    expected = store.list_runs(newest_first=True, limit=2, offset=1)
+    assert json.loads(result.stdout) == [
+        run.model_dump(mode="json", by_alias=True, exclude={"events"}) for run in expected
+    ]
 
 
 def test_runs_list_says_so_when_nothing_matches_and_where_it_looked(
@@ -160,10 +263,10 @@ def test_runs_list_json_is_the_stores_page_as_documents(
     assert result.exit_code == 0, result.output
     expected = [
         run.model_dump(mode="json", by_alias=True, exclude={"events"})
-        for run in store.list_runs(status="running", limit=50)
+        for run in store.list_runs(status="running", limit=50, newest_first=True)
     ]
     assert json.loads(result.stdout) == expected
-    assert [doc["runId"] for doc in expected] == ["acme-running", "globex-running"]
+    assert [doc["runId"] for doc in expected] == ["globex-running", "acme-running"]
 
 
 def test_runs_show_prints_the_header_and_every_step(

@@ -561,6 +561,25 @@ def test_list_reason_in_a_table_names_only_the_matching_runs(
     assert not [run_id for run_id in others if run_id in result.stdout]
 
 
+def test_list_reason_is_newest_first_and_says_how_to_list_the_next_page(
+    run_cli: RunCli, suspended_runs: dict[str, str]
+) -> None:
+    newest = run_cli("runs", "list", "--reason", "gate", json=True)
+    oldest = run_cli("runs", "list", "--reason", "gate", "--oldest-first", json=True)
+    first_page = run_cli("runs", "list", "--reason", "gate", "--limit", "1")
+    second_page = run_cli("runs", "list", "--reason", "gate", "--limit", "1", "--offset", "1")
+
+    gates = [suspended_runs["gate2"], suspended_runs["gate"]]
+    assert [doc["runId"] for doc in json.loads(newest.stdout)] == gates
+    assert [doc["runId"] for doc in json.loads(oldest.stdout)] == gates[::-1]
+    assert first_page.stdout.splitlines()[1].split()[0] == gates[0]
+    assert first_page.stdout.splitlines()[-1] == (
+        "more runs: mpstate runs list --limit 1 --reason gate --offset 1"
+    )
+    assert second_page.stdout.splitlines()[1].split()[0] == gates[1]
+    assert "more runs" not in second_page.stdout
+
+
 def test_list_reason_with_another_status_exits_2(
     run_cli: RunCli, suspended_runs: dict[str, str]
 ) -> None:
