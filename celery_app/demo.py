@@ -33,6 +33,7 @@ from celery_app.reviewer import Reviewer
 from celery_app.settings import Settings
 from mpstate import PipelineRun, PipelineStateStore, audit_run
 from mpstate.celery import MpState
+from mpstate.dashboard import dashboard_app
 from mpstate.models import PipelineRunStatus
 from mpstate.webhooks import parse_secrets, webhook_app
 
@@ -71,6 +72,11 @@ RAISED_BUDGET_USD = 1.00
 )
 @click.option("--review-delay", default=2.0, show_default=True, type=click.FloatRange(0, 60))
 @click.option("--timeout", default=90.0, show_default=True, help="Seconds before giving up.")
+@click.option(
+    "--keep-open",
+    is_flag=True,
+    help="Keep serving the dashboard (and the rest) after the runs end, until Ctrl-C.",
+)
 def main(
     redis_url: str | None,
     deployed: bool,
@@ -83,6 +89,7 @@ def main(
     suspensions: bool,
     review_delay: float,
     timeout: float,
+    keep_open: bool,
 ) -> None:
     console = Console(highlight=False)
     # Through the console, so warnings print above the live view instead of tearing it.
@@ -117,6 +124,7 @@ def main(
             stack.enter_context(serving(provider_app(behaviour), provider_sock))
             secrets = parse_secrets(settings.webhook_secrets)
             stack.enter_context(serving(webhook_app(app, secrets), receiver_sock))
+            dashboard_url = _serve_dashboard(stack, store, console)
             concurrency = min(8, max(2, len(plans)))
             stack.enter_context(worker_thread(app, concurrency=concurrency))
         live = None
@@ -143,12 +151,32 @@ def main(
             live.update(board.render())
         if provider_sock is not None:
             provider_stats = httpx.get(f"{settings.provider_url}/stats", timeout=5).json()
+            _keep_serving(console, dashboard_url, keep_open=keep_open)
     if live is None:
         console.print()
         console.print(board.render())
     if provider_sock is not None:
         _print_provider_stats(console, provider_stats)
     sys.exit(_conclude(console, board.runs(), store, settings))
+
+
+def _serve_dashboard(stack: ExitStack, store: PipelineStateStore, console: Console) -> str:
+    """The dashboard on the demo's store, read-only, on a loopback port; its URL."""
+    url: str = stack.enter_context(serving(dashboard_app(store), bind_loopback()))
+    console.print(f"dashboard (read-only) at [bold]{url}/[/bold]")
+    return url
+
+
+def _keep_serving(console: Console, dashboard_url: str, *, keep_open: bool) -> None:
+    """With ``--keep-open``, wait for Ctrl-C while the dashboard and the rest keep serving."""
+    if not keep_open:
+        return
+    console.print(f"the runs ended; the dashboard stays at {dashboard_url}/ until Ctrl-C")
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        console.print()
 
 
 def _conclude(

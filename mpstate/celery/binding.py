@@ -32,6 +32,7 @@ from mpstate.celery.lifecycle import StepLifecycle
 from mpstate.celery.reconciler import Reconciler, ReconcileReport
 from mpstate.celery.settings import CelerySettings
 from mpstate.celery.signals import SignalReceivers
+from mpstate.celery.transitions import Transition
 from mpstate.celery.webhook import PayloadAdapter, WebhookOutcome
 from mpstate.definitions import fresh_step, new_run
 from mpstate.deliveries import UnmatchedCallback, UnmatchedReason
@@ -40,7 +41,8 @@ from mpstate.errors import (
     MpStateError,
     VersionConflictError,
 )
-from mpstate.events import EventMeta
+from mpstate.events import EventMeta, RunCancelled
+from mpstate.fields import utc_now
 from mpstate.graph import active_steps
 from mpstate.models import FailurePolicy, PipelineRun, StepState
 from mpstate.rerun import carried_steps, rerun_id
@@ -323,7 +325,13 @@ class MpState:
         running finishes without effect and no later step is enqueued. ``terminate=True`` also
         kills the process executing the step (prefork workers).
         """
+        asked_at = utc_now()
         run = self.store.cancel(run_id, reason)
+        # A run cancelled earlier comes back unchanged: only a cancel committed by this call
+        # (stamped completed_at after it began) is shown to the lifecycle's observers.
+        if run.completed_at is not None and run.completed_at >= asked_at:
+            cancelled = RunCancelled(run_id=run.run_id, reason=reason)
+            self.lifecycle.notify(run, Transition({}, [cancelled]))
         revoke_running_steps(self.app, run, terminate=terminate)
         return run
 

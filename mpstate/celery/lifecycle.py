@@ -91,16 +91,21 @@ class StepLifecycle:
         committed = self.committer.apply(run_id, decide, known=known)
         transition = committed.transition
         if transition is not None:
-            for observer in self.observers:
-                try:
-                    observer(committed.run, transition)
-                except Exception:  # an observer never breaks a transition
-                    log.exception("mpstate: an observer of run %r failed", run_id)
+            self.notify(committed.run, transition)
             for step in transition.enqueue:
                 self.enqueue(committed.run, step, step.task_id)
             if transition.revoke and self.revoke is not None:
                 self.revoke(transition.revoke)
         return committed
+
+    def notify(self, run: PipelineRun, transition: Transition) -> None:
+        """Call each observer with a committed transition (``apply`` does; ``MpState.cancel_run``
+        too, for the cancel the store commits itself)."""
+        for observer in self.observers:
+            try:
+                observer(run, transition)
+            except Exception:  # an observer never breaks a transition
+                log.exception("mpstate: an observer of run %r failed", run.run_id)
 
     # -- runs -------------------------------------------------------------------------------
 

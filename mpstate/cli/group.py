@@ -14,6 +14,7 @@ import click
 from mpstate import MpStateError
 from mpstate.cli.cancel import cancel
 from mpstate.cli.context import CliContext
+from mpstate.cli.dashboard import dashboard
 from mpstate.cli.events import events
 from mpstate.cli.exit_codes import (
     EXIT_INTERRUPTED,
@@ -21,6 +22,7 @@ from mpstate.cli.exit_codes import (
     from_mpstate_error,
     from_redis_error,
 )
+from mpstate.cli.metrics import metrics
 from mpstate.cli.reconcile import reconcile
 from mpstate.cli.runs import runs
 from mpstate.cli.webhooks import webhooks
@@ -147,3 +149,5 @@ cli.add_command(events)
 cli.add_command(cancel)
 cli.add_command(reconcile)
 cli.add_command(webhooks)
+cli.add_command(dashboard)
+cli.add_command(metrics)

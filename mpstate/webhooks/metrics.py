@@ -1,67 +1,39 @@
-"""The receiver's ``/metrics`` (Prometheus): its answers, and the callbacks that matched no run.
+"""The receiver's ``/metrics`` (Prometheus), built on ``mpstate.metrics``.
 
-Answers are counted in this process (``mpstate_webhook_answers_total{provider, answer}``): scrape
-each receiver process. Unmatched callbacks are read from the store at each scrape
-(``mpstate_webhook_unmatched_total{provider, reason}``), so the figure is exact across processes
-and restarts (the store counts them beyond the capped list ``mpstate webhooks unmatched`` shows).
-Labels are provider names, answers and reasons only: no run or job ids, so cardinality stays
-bounded by the providers you configure. Unconfigured provider names are counted as ``other``.
+- ``mpstate_webhook_answers_total{provider, answer, reason}``: the answers of this receiver
+  process (``mpstate.metrics.webhooks``); scrape each receiver process, or run them in
+  multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``);
+- with an ``MpState`` bound, the store's gauges, read at each scrape so they are exact across
+  processes and restarts: ``mpstate_webhook_unmatched_total{provider, reason}`` and
+  ``mpstate_runs{status}`` (``mpstate.metrics.store``);
+- prometheus-client's default registry, where ``mpstate.metrics.instrument(mp)`` counts the
+  runs this process advances (the callbacks it applies inline complete and fail steps here).
+
+Labels are provider names, answers and reasons only: no run or job ids. Unconfigured provider
+names are counted as ``other``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Collection
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
-from prometheus_client.core import CounterMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client import REGISTRY, CollectorRegistry
 
-__all__ = ["CONTENT_TYPE", "ReceiverMetrics"]
+from mpstate.metrics.asgi import MetricsApp, metrics_app
+from mpstate.metrics.webhooks import WebhookAnswers
 
-#: The Prometheus text format's media type.
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-class _UnmatchedCollector(Collector):
-    """Reads the store's unmatched counts at scrape time."""
-
-    def __init__(self, counts: Callable[[], Mapping[tuple[str, str], int]]) -> None:
-        self._counts = counts
-
-    def collect(self) -> Iterator[Metric]:
-        family = CounterMetricFamily(
-            "mpstate_webhook_unmatched",
-            "Callbacks that could never reach a step, by provider and reason.",
-            labels=["provider", "reason"],
-        )
-        for (provider, reason), count in sorted(self._counts().items()):
-            family.add_metric([provider, reason], count)
-        yield family
+__all__ = ["ReceiverMetrics"]
 
 
 class ReceiverMetrics:
-    """One receiver's registry: answer counts, and the store's unmatched counts on scrape."""
+    """One receiver's answers (in a registry of its own) and the app exposing its metrics."""
 
-    def __init__(
-        self,
-        providers: Collection[str],
-        unmatched_counts: Callable[[], Mapping[tuple[str, str], int]] | None,
-    ) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        self._providers = frozenset(providers)
-        self.answers = Counter(
-            "mpstate_webhook_answers",
-            "Callbacks answered by this receiver process, by provider and answer.",
-            ["provider", "answer"],
-            registry=self.registry,
-        )
-        if unmatched_counts is not None:
-            self.registry.register(_UnmatchedCollector(unmatched_counts))
+    def __init__(self, providers: Collection[str], store: Any = None) -> None:
+        self.registry = CollectorRegistry()
+        self.answers = WebhookAnswers(providers, self.registry)
+        self.app: MetricsApp = metrics_app(store=store, registry=[self.registry, REGISTRY])
 
-    def answered(self, provider: str, answer: str) -> None:
-        """Count one answer (``resumed``, ``duplicate``, ``unmatched``, ``refused-401``, ...)."""
-        label = provider if provider in self._providers else "other"
-        self.answers.labels(provider=label, answer=answer).inc()
-
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+    def answered(self, provider: str, answer: str, reason: str = "") -> None:
+        """Count one answer (see ``WebhookAnswers.answered``)."""
+        self.answers.answered(provider, answer, reason)

@@ -36,7 +36,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -45,7 +45,7 @@ import anyio.to_thread
 from celery import Celery
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from mpstate.aio.store import AsyncPipelineStateStore
@@ -61,8 +61,9 @@ from mpstate.errors import (
 )
 from mpstate.events import EventMeta
 from mpstate.fields import ensure_storable
+from mpstate.metrics.asgi import MetricsApp
 from mpstate.store import check_id, check_positive
-from mpstate.webhooks.metrics import CONTENT_TYPE, ReceiverMetrics
+from mpstate.webhooks.metrics import ReceiverMetrics
 from mpstate.webhooks.providers import ProviderConfig, Secrets, provider_configs
 from mpstate.webhooks.schemes import SignatureScheme, Verified, check_callback_token
 
@@ -89,6 +90,13 @@ _PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.1, "interval_step
 DEFAULT_DEDUPE_TTL_S = 3600.0
 
 
+_STORE_DOWN = "store-unavailable"
+_BROKER_DOWN = "broker-unavailable"
+
+#: The ``reason`` label of a refusal, by status, unless the refusal names its own cause.
+_CAUSES = {400: "payload", 401: "signature", 404: "unknown-provider", 413: "too-large"}
+
+
 class _RefusedError(Exception):
     """An answer other than 202, with its status and a message for the provider."""
 
@@ -99,12 +107,15 @@ class _RefusedError(Exception):
         *,
         headers: Mapping[str, str] | None = None,
         reason: str | None = None,
+        cause: str | None = None,
     ):
         super().__init__(message)
         self.status = status
         self.headers = dict(headers or {})
         #: Extra fields of the answer (``reason``: why it can never match).
         self.document = {"reason": reason} if reason else {}
+        #: Why, as a short slug for the answers metric's ``reason`` label.
+        self.cause = cause or reason or _CAUSES.get(status, "refused")
 
 
 def webhook_app(
@@ -224,20 +235,13 @@ class _Receiver:
         self.store = store
         self.metrics: ReceiverMetrics | None = None
 
-    def enable_metrics(self) -> Callable[[Request], Awaitable[Response]]:
-        """Count answers from now on, and the ``GET /metrics`` handler that exposes them."""
+    def enable_metrics(self) -> MetricsApp:
+        """Count answers from now on; the ``GET /metrics`` app that exposes them (with the
+        store's gauges and this process's run metrics, when an ``MpState`` is bound)."""
         mp = self.bound()
-        counts = mp.store.count_unmatched if mp is not None else None
-        self.metrics = metrics = ReceiverMetrics(self.configs, counts)
-
-        async def scrape(_: Request) -> Response:
-            try:
-                body = await anyio.to_thread.run_sync(metrics.exposition)
-            except StateStoreUnavailableError:
-                return JSONResponse({"error": "the store is unavailable"}, status_code=503)
-            return Response(body, media_type=CONTENT_TYPE)
-
-        return scrape
+        store = self.store if self.store is not None else (mp.store if mp is not None else None)
+        self.metrics = ReceiverMetrics(self.configs, store)
+        return self.metrics.app
 
     def bound(self) -> MpState | None:
         """The app's ``MpState`` when callbacks are applied here (None: publish only)."""
@@ -262,17 +266,19 @@ class _Receiver:
         except _RefusedError as refused:
             if refused.status >= 500:
                 log.warning("webhook from %s not accepted: %s", provider, refused)
-            self._count(provider, f"refused-{refused.status}")
+            self._count(provider, f"refused-{refused.status}", refused.cause)
             document = {"error": str(refused), **refused.document}
             return JSONResponse(document, status_code=refused.status, headers=refused.headers)
         self._count(
-            provider, str(answer.get("outcome") or answer.get("pending") or answer["status"])
+            provider,
+            str(answer.get("outcome") or answer.get("pending") or answer["status"]),
+            str(answer.get("reason") or ""),
         )
         return JSONResponse(answer, status_code=202)
 
-    def _count(self, provider: str, answer: str) -> None:
+    def _count(self, provider: str, answer: str, reason: str) -> None:
         if self.metrics is not None:
-            self.metrics.answered(provider, answer)
+            self.metrics.answered(provider, answer, reason)
 
     async def _verified(self, request: Request, provider: str) -> _Callback:
         """Authenticate and read the callback: 404, 413, 401, 400 (``_RefusedError``)."""
@@ -288,8 +294,14 @@ class _Receiver:
         capability_route = "token" in params
         if capability_route != config.capability:
             if config.capability:
-                raise _RefusedError(401, f"provider {provider!r} calls back on its callback URL")
-            raise _RefusedError(404, f"provider {provider!r} has no callback URLs")
+                raise _RefusedError(
+                    401,
+                    f"provider {provider!r} calls back on its callback URL",
+                    cause="wrong-route",
+                )
+            raise _RefusedError(
+                404, f"provider {provider!r} has no callback URLs", cause="wrong-route"
+            )
         body = await _read_body(request, self.max_body_bytes)
         delivery_id: str | None = None
         target: tuple[str, str, int] | None = None
@@ -368,11 +380,17 @@ class _Receiver:
                 )
         except TimeoutError as exc:
             raise _RefusedError(
-                503, "the store did not answer in time; retry later", headers=_RETRY_AFTER
+                503,
+                "the store did not answer in time; retry later",
+                headers=_RETRY_AFTER,
+                cause=_STORE_DOWN,
             ) from exc
         except StateStoreUnavailableError as exc:
             raise _RefusedError(
-                503, "the store is unavailable; retry later", headers=_RETRY_AFTER
+                503,
+                "the store is unavailable; retry later",
+                headers=_RETRY_AFTER,
+                cause=_STORE_DOWN,
             ) from exc
 
     async def _resolve_within(self, mp: MpState, callback: _Callback, early_wait_s: float) -> str:
@@ -398,7 +416,9 @@ def _verify(scheme: SignatureScheme, request: Request, body: bytes) -> Verified:
     except WebhookSignatureError as exc:
         if type(exc).__name__ == "JwksUnavailableError":
             # The keys could not be fetched: not the sender's fault, let it retry.
-            raise _RefusedError(503, str(exc), headers=_RETRY_AFTER) from exc
+            raise _RefusedError(
+                503, str(exc), headers=_RETRY_AFTER, cause="keys-unavailable"
+            ) from exc
         raise _RefusedError(401, str(exc)) from exc
 
 
@@ -460,7 +480,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
                 raise _RefusedError(413, f"body is larger than {limit} bytes")
             chunks.append(chunk)
     except ClientDisconnect as exc:
-        raise _RefusedError(400, "the client disconnected before the body was read") from exc
+        raise _RefusedError(
+            400, "the client disconnected before the body was read", cause="disconnected"
+        ) from exc
     return b"".join(chunks)
 
 
@@ -483,7 +505,7 @@ def _checked_job_id(value: object, what: str) -> str:
     try:
         return check_id(value, what)
     except InvalidInputError as exc:
-        raise _RefusedError(400, str(exc)) from exc
+        raise _RefusedError(400, str(exc), cause="job-id") from exc
 
 
 async def _wait_until_recorded(
@@ -499,7 +521,7 @@ async def _wait_until_recorded(
         return True
     except StateStoreUnavailableError as exc:
         raise _RefusedError(
-            503, "the store is unavailable; retry later", headers=_RETRY_AFTER
+            503, "the store is unavailable; retry later", headers=_RETRY_AFTER, cause=_STORE_DOWN
         ) from exc
 
 
@@ -548,7 +570,10 @@ async def _publish_within(  # noqa: PLR0917 - private, called once
     except TimeoutError as exc:
         log.warning("publishing %s for %s/%s timed out", RESOLVE_WEBHOOK, provider, job_id)
         raise _RefusedError(
-            503, "the broker did not answer in time; retry later", headers=_RETRY_AFTER
+            503,
+            "the broker did not answer in time; retry later",
+            headers=_RETRY_AFTER,
+            cause=_BROKER_DOWN,
         ) from exc
 
 
@@ -570,6 +595,6 @@ def _publish(
     except Exception as exc:  # kombu and the transports raise many types for "broker down"
         log.warning("could not publish %s for %s/%s: %r", RESOLVE_WEBHOOK, provider, job_id, exc)
         raise _RefusedError(
-            503, "the broker is unavailable; retry later", headers=_RETRY_AFTER
+            503, "the broker is unavailable; retry later", headers=_RETRY_AFTER, cause=_BROKER_DOWN
         ) from exc
     return str(result.id)

@@ -83,6 +83,7 @@ def services(compose: dict[str, Any]) -> dict[str, Any]:
 TEST_DOT_ENV = {
     "MPSTATE_WEBHOOK_SECRETS": "video=test-secret-for-compose",
     "FLOWER_BASIC_AUTH": "admin:test-password-for-compose",
+    "MPSTATE_DASHBOARD_TOKEN": "test-token-for-compose",
 }
 
 

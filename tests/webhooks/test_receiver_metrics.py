@@ -45,11 +45,16 @@ def test_metrics_count_each_answer_by_provider_and_the_stores_unmatched_callback
     assert scraped.headers["content-type"].startswith("text/plain")
     found = samples(scraped.text)
     answers = "mpstate_webhook_answers_total"
-    assert found[(answers, (("answer", "resumed"), ("provider", "video")))] == 1
-    assert found[(answers, (("answer", "ignored"), ("provider", "video")))] == 1
-    assert found[(answers, (("answer", "refused-401"), ("provider", "video")))] == 1
+    assert found[(answers, (("answer", "resumed"), ("provider", "video"), ("reason", "")))] == 1
+    assert found[(answers, (("answer", "ignored"), ("provider", "video"), ("reason", "")))] == 1
+    refused = (("answer", "refused-401"), ("provider", "video"), ("reason", "signature"))
+    assert found[(answers, refused)] == 1
     # An unconfigured name is not a label value of its own: cardinality stays bounded.
-    assert found[(answers, (("answer", "refused-404"), ("provider", "other")))] == 1
+    unknown = (("answer", "refused-404"), ("provider", "other"), ("reason", "unknown-provider"))
+    assert found[(answers, unknown)] == 1
+    # The store's gauges come with the answers.
+    assert found[("mpstate_runs", (("status", "running"),))] == 1
+    assert found[("mpstate_store_up", ())] == 1
     unmatched = (("provider", "video"), ("reason", "unknown-job"))
     assert found[("mpstate_webhook_unmatched_total", unmatched)] == 1
 
