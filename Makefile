@@ -48,6 +48,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.store $(ARGS) && $(BIN)/python -m benchmarks.celery_hooks $(ARGS)
+	$(BIN)/python -m benchmarks.dashboard $(ARGS)
 
 # 1,000,000 runs on a private Redis and a private 3-master cluster: memory per run, throughput
 # at 1/8/32 clients, list_runs at 1k vs 1M (over an hour on 2 cores; ARGS=--quick: about 3 min).

@@ -24,8 +24,13 @@ START_TIMEOUT_S = 15.0
 
 
 def bind_loopback() -> socket.socket:
-    """A listening socket on a free loopback port (its URL is known before the server runs)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    """A listening socket on a free loopback port (its URL is known before the server runs).
+
+    Made with ``IPPROTO_TCP`` given: asyncio sets ``TCP_NODELAY`` only on accepted sockets whose
+    protocol says TCP, and without it uvicorn's two writes of a response (head, then body) wait
+    out the client's delayed ACK: 40 ms per request on loopback instead of about 1.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
