@@ -63,7 +63,10 @@ def duration(run: PipelineRun, now: datetime) -> str:
 
 
 def current_steps(run: PipelineRun) -> list[StepState]:
-    """Steps in flight or waiting (for a provider, a verdict or the budget)."""
+    """Steps in flight or waiting (for a provider, a verdict or the budget); none for a finished
+    run (a step a cancel interrupted still says running in the store)."""
+    if run.is_terminal:
+        return []
     active = {step.step_id for step in active_steps(run.steps)}
     return [s for s in run.steps if s.step_id in active or s.status in _WAITING]
 
