@@ -8,7 +8,7 @@ re-poll, approve, reject, resume) also need the Celery app that runs the steps (
 from __future__ import annotations
 
 from contextlib import ExitStack
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -51,6 +51,11 @@ def dashboard() -> None:
     "--require-auth-to-read", is_flag=True, help="Every page needs auth, not only actions."
 )
 @click.option("--tenant", "tenant_id", metavar="T", help="Show this tenant's runs only.")
+@click.option(
+    "--metrics",
+    is_flag=True,
+    help="Serve GET /metrics (Prometheus): the store's gauges and what this process counted.",
+)
 @app_option
 @click.option("--log-level", default="info", show_default=True)
 @click.pass_obj
@@ -63,6 +68,7 @@ def serve(
     read_only: bool,
     require_auth_to_read: bool,
     tenant_id: str | None,
+    metrics: bool,
     app_path: str | None,
     log_level: str,
 ) -> None:
@@ -97,10 +103,19 @@ def serve(
                 flower_url=obj.flower_url,
                 read_only=not acts,
                 require_auth_to_read=require_auth_to_read,
+                metrics_app=_metrics_app(obj, tenant_id) if metrics else None,
             )
         except InvalidInputError as exc:
             raise CliError(str(exc), EXIT_USAGE) from exc
         uvicorn.run(asgi, host=host, port=port, log_level=log_level, proxy_headers=True)
+
+
+def _metrics_app(obj: CliContext, tenant_id: str | None) -> Any:
+    """``/metrics``: the store's gauges (of ``tenant_id``'s runs in tenant mode: a tenant view
+    has no unmatched callbacks) and what this process counted (its actions)."""
+    from mpstate.metrics import metrics_app  # noqa: PLC0415 - the web extra
+
+    return metrics_app(obj.store(tenant_id), unmatched=tenant_id is None)
 
 
 def _auth(token: str | None, users: tuple[str, ...]) -> DashboardAuth | None:

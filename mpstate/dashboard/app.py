@@ -302,7 +302,8 @@ def dashboard_app(
         Mount("/static", StaticFiles(packages=[("mpstate.dashboard", "static")]), name="static"),
     ]
     if metrics_app is not None:
-        routes_.append(Mount("/metrics", app=metrics_app, name="metrics"))
+        # A Route, not a Mount: GET /metrics itself (a Mount redirects it to /metrics/).
+        routes_.append(Route("/metrics", metrics_app, name="metrics"))
     app = Starlette(routes=routes_)
     app.state.dashboard = dashboard
     return app

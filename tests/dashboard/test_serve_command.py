@@ -42,7 +42,7 @@ def test_serve_answers_on_its_port_with_the_stores_runs(
     create_run(rstore, "served-1")
     port = free_port()
     command = [str(MPSTATE), "--redis-url", redis_url, "--prefix", prefix]
-    command += ["dashboard", "serve", "--port", str(port), "--log-level", "warning"]
+    command += ["dashboard", "serve", "--port", str(port), "--log-level", "warning", "--metrics"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 15
@@ -57,6 +57,9 @@ def test_serve_answers_on_its_port_with_the_stores_runs(
         assert page.status_code == 200
         assert 'data-run-id="served-1"' in page.text
         assert 'data-read-only="true"' in page.text
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+        assert metrics.status_code == 200
+        assert 'mpstate_runs{status="running"} 1.0' in metrics.text
     finally:
         process.terminate()
         process.wait(10)
