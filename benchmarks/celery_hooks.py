@@ -68,8 +68,12 @@ from celery.contrib.testing.worker import start_worker
 import mpstate.celery.lifecycle as lifecycle_module
 import mpstate.core as core_module
 import mpstate.redis.backend as redis_backend_module
-from benchmarks.harness import write_results
+import mpstate.redis.claims as redis_claims_module
+import mpstate.redis.selection as redis_selection_module
+import mpstate.redis.writes as redis_writes_module
+from benchmarks.harness import main_thread_cpu_seconds, write_results
 from benchmarks.store import machine_info
+from benchmarks.tables import number, render
 from mpstate.celery import MpState, PipelineTask
 from mpstate.models import PipelineRunStatus
 from mpstate.redis import RedisPipelineStateStore
@@ -156,15 +160,10 @@ class ServerSnapshot:
             for name, entry in stats.items()
             if not name.startswith(OWN_COMMANDS)
         }
-        cpu = admin.info("cpu")
-        if "used_cpu_user_main_thread" in cpu:
-            user, system = cpu["used_cpu_user_main_thread"], cpu["used_cpu_sys_main_thread"]
-        else:
-            user, system = cpu["used_cpu_user"], cpu["used_cpu_sys"]
         return cls(
             Counter({name: int(entry["calls"]) for name, entry in mine.items()}),
             Counter({name: int(entry["usec"]) for name, entry in mine.items()}),
-            float(user) + float(system),
+            main_thread_cpu_seconds(admin),
         )
 
     def __sub__(self, before: ServerSnapshot) -> ServerSnapshot:
@@ -505,9 +504,15 @@ class Bench:
         spans.patch(store, "_execute", "redis request (a script, command or pipeline)")
         spans.patch(store, "_own_events", "validate events")
         spans.patch(core_module, "validate_patch", "validate_patch")
-        spans.patch(redis_backend_module, "decode_run", "decode_run (pydantic)")
-        spans.patch(redis_backend_module, "encode_fields", "encode_fields")
-        spans.patch(redis_backend_module, "event_document", "event_document")
+        for module in (
+            redis_backend_module,
+            redis_claims_module,
+            redis_selection_module,
+            redis_writes_module,
+        ):
+            spans.patch(module, "decode_run", "decode_run (pydantic)")
+        spans.patch(redis_writes_module, "encode_fields", "encode_fields")
+        spans.patch(redis_writes_module, "event_document", "event_document")
         spans.patch(lifecycle_module, "start_step", "decide: start_step")
         spans.patch(lifecycle_module, "complete_step", "decide: complete_step")
 
@@ -593,10 +598,6 @@ def summarize(
     return rows, commands
 
 
-def _fmt(value: float | None, digits: int = 0) -> str:
-    return "-" if value is None else f"{value:,.{digits}f}"
-
-
 def render_table(rows: list[dict[str, Any]], target: dict[str, Any]) -> str:
     headers = (
         "kind", "steps/s", "us/step", "x bare", "e2e/s", "e2e x", "store RTs/step",
@@ -608,32 +609,23 @@ def render_table(rows: list[dict[str, Any]], target: dict[str, Any]) -> str:
         lines.append(
             (
                 row["label"],
-                _fmt(row["steps_per_s"]),
-                _fmt(row["us_per_step"]),
+                number(row["steps_per_s"]),
+                number(row["us_per_step"]),
                 f"{row['ratio_to_bare']:.3f}",
-                _fmt(row["end_to_end_steps_per_s"]),
+                number(row["end_to_end_steps_per_s"]),
                 f"{row['end_to_end_ratio_to_bare']:.3f}",
-                _fmt(row["store_round_trips_per_step"], 2),
+                number(row["store_round_trips_per_step"], 2),
                 f"{row['store_round_trips_per_step_publisher']:.2f}"
                 f"+{row['store_round_trips_per_step_worker']:.2f}",
-                _fmt(row["redis_commands_per_step"], 1),
-                _fmt(row["store_redis_commands_per_step"], 1),
-                _fmt(row["evalsha_per_step"], 2),
-                _fmt(row["server_cpu_us_per_step"]),
+                number(row["redis_commands_per_step"], 1),
+                number(row["store_redis_commands_per_step"], 1),
+                number(row["evalsha_per_step"], 2),
+                number(row["server_cpu_us_per_step"]),
                 target["target"] if hooks else "",
                 ("PASS" if target["met"] else "MISS") if hooks else "",
             )
         )
-    widths = [max(len(str(cells[i])) for cells in [headers, *lines]) for i in range(len(headers))]
-
-    def fmt(cells: Sequence[str]) -> str:
-        return "  ".join(
-            str(cell).ljust(widths[i]) if i in (0, 12, 13) else str(cell).rjust(widths[i])
-            for i, cell in enumerate(cells)
-        ).rstrip()
-
-    rule = "  ".join("-" * width for width in widths)
-    return "\n".join([fmt(headers), rule, *(fmt(line) for line in lines)])
+    return render(headers, lines, left=(0, 12, 13))
 
 
 def render_tree(rows: list[tuple[int, str, float, float]], unit: str) -> str:

@@ -29,6 +29,7 @@ __all__ = [
     "Segment",
     "ServerCounters",
     "interleaved_segments",
+    "main_thread_cpu_seconds",
     "measure_lock_handoff",
     "one_connection_client",
     "percentile",
@@ -97,12 +98,17 @@ class ServerCounters:
             for name, entry in stats.items()
             if not name.startswith(("cmdstat_info", "cmdstat_client", "cmdstat_config"))
         )
-        cpu = self.admin.info("cpu")
-        if "used_cpu_user_main_thread" in cpu:
-            user, system = cpu["used_cpu_user_main_thread"], cpu["used_cpu_sys_main_thread"]
-        else:
-            user, system = cpu["used_cpu_user"], cpu["used_cpu_sys"]
-        return commands, float(user) + float(system)
+        return commands, main_thread_cpu_seconds(self.admin)
+
+
+def main_thread_cpu_seconds(admin: redis.Redis) -> float:
+    """The server's main-thread CPU seconds (user + system; all threads' before Redis 7)."""
+    cpu = admin.info("cpu")
+    if "used_cpu_user_main_thread" in cpu:
+        user, system = cpu["used_cpu_user_main_thread"], cpu["used_cpu_sys_main_thread"]
+    else:
+        user, system = cpu["used_cpu_user"], cpu["used_cpu_sys"]
+    return float(user) + float(system)
 
 
 @dataclass(frozen=True, slots=True)

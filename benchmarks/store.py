@@ -48,6 +48,7 @@ from benchmarks.harness import (
     percentile,
     write_results,
 )
+from benchmarks.tables import number, render
 from benchmarks.workload import (
     bulk_create,
     bulk_run_id,
@@ -344,12 +345,6 @@ def evaluate_targets(
     return targets
 
 
-def _number(value: float | None, digits: int = 0) -> str:
-    if value is None:
-        return "-"
-    return f"{value:,.{digits}f}"
-
-
 def _ratio(value: float | None) -> str:
     if value is None:
         return "-"
@@ -376,29 +371,19 @@ def render_table(rows: list[dict[str, Any]], targets: list[dict[str, Any]]) -> s
         lines.append(
             (
                 row["label"],
-                _number(row["ops_per_s"], 1 if row["ops_per_s"] < 100 else 0),
-                _number(row["us_per_op"], 0),
+                number(row["ops_per_s"], 1 if row["ops_per_s"] < 100 else 0),
+                number(row["us_per_op"], 0),
                 _ratio(row["ratio_to_evalsha"]),
                 _trips(trips),
-                _number(row.get("server_commands_per_op"), 0),
-                _number(row.get("server_cpu_us_per_op"), 0),
-                _number(ts_ops, 1 if ts_ops is not None and ts_ops < 100 else 0),
-                _number(row["ts_original_round_trips"]),
+                number(row.get("server_commands_per_op"), 0),
+                number(row.get("server_cpu_us_per_op"), 0),
+                number(ts_ops, 1 if ts_ops is not None and ts_ops < 100 else 0),
+                number(row["ts_original_round_trips"]),
                 target["target"] if target else "",
                 ("PASS" if target["met"] else "MISS") if target else "",
             )
         )
-    widths = [max(len(str(cells[i])) for cells in [headers, *lines]) for i in range(len(headers))]
-    right = {1, 2, 3, 4, 5, 6, 7, 8}
-
-    def fmt(cells: Sequence[str]) -> str:
-        return "  ".join(
-            str(cell).rjust(widths[i]) if i in right else str(cell).ljust(widths[i])
-            for i, cell in enumerate(cells)
-        ).rstrip()
-
-    rule = "  ".join("-" * width for width in widths)
-    return "\n".join([fmt(headers), rule, *(fmt(line) for line in lines)])
+    return render(headers, lines, left=(0, 9, 10))
 
 
 def run_handoff(

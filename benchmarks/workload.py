@@ -79,17 +79,20 @@ def run_document(
     return document
 
 
-def progress_event(run_id: str, pct: float) -> dict[str, Any]:
-    """A step-progress event, the most frequent event of a running pipeline."""
-    return {
+def progress_event(run_id: str, pct: float, *, meta: bool = True) -> dict[str, Any]:
+    """A step-progress event, the most frequent event of a running pipeline (with the task's
+    ``meta`` unless ``meta=False``)."""
+    event: dict[str, Any] = {
         "kind": "step-progress",
         "runId": run_id,
         "stepId": "transcode",
         "pct": pct,
         "etaMs": 12_000,
         "message": "encoding",
-        "meta": {"taskId": "c0ffee00-1234-5678-9abc-def012345678", "worker": "w1"},
     }
+    if meta:
+        event["meta"] = {"taskId": "c0ffee00-1234-5678-9abc-def012345678", "worker": "w1"}
+    return event
 
 
 def bulk_run_id(tenant_id: str, index: int) -> str:

@@ -16,6 +16,7 @@ import logging
 import sys
 import time
 from contextlib import ExitStack
+from secrets import token_urlsafe
 from typing import Any
 
 import click
@@ -218,6 +219,8 @@ def _print_provider_stats(console: Console, stats: dict[str, int]) -> None:
 
 def _embedded_settings(redis_url: str | None, receiver_url: str, provider_url: str) -> Settings:
     overrides: dict[str, object] = {"receiver_url": receiver_url, "provider_url": provider_url}
+    # The embedded provider and receiver share a secret made for this run (there is no default).
+    overrides["webhook_secrets"] = f"video={token_urlsafe(24)}"
     if redis_url:
         overrides |= {"broker_url": redis_url, "store_url": redis_url}
         overrides |= {"prefix": "mpstate-demo", "queue": "mpstate-demo"}

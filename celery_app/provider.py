@@ -267,8 +267,12 @@ def main(
     callback_rate: float,
 ) -> None:
     """Serve the simulated video provider; its secret is MPSTATE_WEBHOOK_SECRETS' "video"."""
+    try:
+        secret = Settings.from_env().secret_for("video")
+    except LookupError as exc:  # no default secret: say what to set, exit 2
+        raise click.UsageError(f"{exc} (e.g. MPSTATE_WEBHOOK_SECRETS=video=...)") from exc
     behaviour = ProviderBehaviour(
-        secret=Settings.from_env().secret_for("video"),
+        secret=secret,
         delay_s=delay,
         duplicate_rate=duplicate_rate,
         failure_rate=failure_rate,

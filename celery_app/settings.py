@@ -1,7 +1,9 @@
 """The example application's configuration, read from the environment (twelve-factor style).
 
-Every setting has an embedded default, so ``make demo`` needs no server: ``memory://`` for the
-broker and the store. A deployment sets the variables below (docker-compose.yml does).
+Every setting but the webhook secrets has an embedded default, so ``make demo`` needs no server:
+``memory://`` for the broker and the store. The secrets have none: the embedded demo makes one for
+each run, and a deployment sets them with the variables below (docker-compose.yml does), or the
+simulated provider refuses to start (as ``mpstate webhooks serve`` does).
 
 =============================  ============================================================
 ``MPSTATE_BROKER_URL``         Celery broker (``redis://...``, ``amqp://...``, ``memory://``)
@@ -62,7 +64,8 @@ class Settings(BaseModel):
     visibility_timeout_s: int = Field(default=3600, ge=1)
     provider_url: str = "http://127.0.0.1:8001"
     receiver_url: str = "http://127.0.0.1:8000"
-    webhook_secrets: str = "video=demo-secret"
+    #: No default: a deployment names its own (the embedded demo makes one per run).
+    webhook_secrets: str = ""
     #: Poll the video provider for its jobs too (``GET /jobs/{id}``), besides its callbacks.
     poll_provider: bool = False
 

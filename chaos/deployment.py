@@ -25,7 +25,8 @@ import psutil
 
 from celery_app.settings import Settings
 from chaos.config import ChaosConfig
-from mpstate.testing import RedisServer, free_port
+from mpstate.testing import RedisServer
+from mpstate.testing._servers import free_port
 
 __all__ = ["Deployment", "Service"]
 

@@ -1,4 +1,4 @@
-"""The README's quick start, runnable: `make demo` (in memory) or `make demo ARGS="--redis URL"`.
+"""The store on its own, runnable: ``python examples/quickstart.py [--redis URL]``.
 
 It creates a one-step run, logs its life as events, makes versioned updates, replays the log from
 a seq, queries a tenant's runs and cancels a second run. Exits 0 when everything behaved as the
@@ -21,6 +21,7 @@ from mpstate import (
     StepCompleted,
     StepStarted,
     StepState,
+    StepStatus,
     VersionConflictError,
 )
 
@@ -59,8 +60,9 @@ def quickstart(store: PipelineStateStore) -> None:
         print(f"refused a stale write: {exc}")
 
     # 4. Finish the step and the run, each as one atomic commit.
+    # model_copy does not validate: give it the enum, not the string "completed".
     step = run.steps[0].model_copy(
-        update={"status": "completed", "artifact_ids": ["img-1"], "cost_usd": 0.04}
+        update={"status": StepStatus.COMPLETED, "artifact_ids": ["img-1"], "cost_usd": 0.04}
     )
     run = store.commit(
         run_id,

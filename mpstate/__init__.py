@@ -6,6 +6,7 @@ record and its append-only event log; see the README for the contract and its gu
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,7 @@ from mpstate.errors import (
     InvalidPipelineError,
     InvalidResumeTokenError,
     InvalidTransitionError,
+    LockLostError,
     LockNotOwnedError,
     LockTimeoutError,
     MpStateError,
@@ -76,6 +78,12 @@ if TYPE_CHECKING:
 # A library logs; the application decides where it goes (nothing reaches stderr unconfigured).
 logging.getLogger("mpstate").addHandler(logging.NullHandler())
 
+try:
+    #: The installed distribution's version: pyproject.toml's ``version`` is its one source.
+    __version__ = importlib.metadata.version("mpstate")
+except importlib.metadata.PackageNotFoundError:  # pragma: no cover - a source tree, not installed
+    __version__ = "0+unknown"
+
 __all__ = [
     "ALLOWED_RUN_TRANSITIONS",
     "TERMINAL_RUN_STATUSES",
@@ -94,6 +102,7 @@ __all__ = [
     "InvalidPipelineError",
     "InvalidResumeTokenError",
     "InvalidTransitionError",
+    "LockLostError",
     "LockNotOwnedError",
     "LockTimeoutError",
     "MpStateError",

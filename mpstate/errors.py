@@ -1,30 +1,43 @@
 """Every error mpstate raises, in one hierarchy.
 
+The right column says whether retrying the very same call may succeed (each class's
+``retryable``): a retryable error reports contention or an outage that passes; a permanent one
+reports something that stays true until someone changes the call or the run.
+
 ::
 
-    MpStateError
-    ├── InvalidInputError (also ValueError)      bad ids, events, patches, filters, options
-    │   └── InvalidPipelineError                 a step graph with unknown ids or a cycle, or a
-    │                                            canvas that cannot become a run
-    ├── RunNotFoundError (also LookupError)      no such run (or not in this tenant)
-    ├── RunInProgressError                       the run is busy or changed under you
-    │   ├── RunAlreadyExistsError                create() of an existing run id
-    │   ├── IdempotencyKeyInUseError             the key belongs to another live run
-    │   ├── VersionConflictError                 expected_version did not match
-    │   ├── LockTimeoutError                     the run's lock was not granted in time
-    │   └── StaleFenceError                      a write carried an outdated lock fence
-    ├── LockNotOwnedError                        release/extend of a lock you no longer hold
-    ├── InvalidTransitionError                   e.g. cancelling a completed run
-    │   ├── InvalidResumeTokenError              a resume token that is wrong, stale or used
-    │   └── BudgetExceededError                  a resume that the budget still refuses
-    ├── StateStoreUnavailableError               Redis refused, reset or timed out (cause chained)
-    │   └── WriteNotReplicatedError              applied, but too few replicas confirmed it
-    ├── WebhookSignatureError                    a callback's signature is missing, wrong or stale
-    └── NotInRunError (also RuntimeError)        a run-only task helper called outside a run
+    MpStateError                                                        retryable
+    ├── InvalidInputError (also ValueError)      bad ids, events, patches, filters, options   no
+    │   └── InvalidPipelineError                 a step graph with unknown ids or a cycle,    no
+    │                                            or a canvas that cannot become a run
+    ├── RunNotFoundError (also LookupError)      no such run (or not in this tenant)          no
+    ├── RunInProgressError                       the run is busy or changed under you         yes
+    │   ├── RunAlreadyExistsError                create() of an existing run id               no
+    │   ├── IdempotencyKeyInUseError             the key belongs to another live run          no
+    │   ├── VersionConflictError                 expected_version did not match               yes
+    │   ├── LockTimeoutError                     the run's lock was not granted in time       yes
+    │   └── StaleFenceError (also LockLostError) a write carried an outdated lock fence       no
+    ├── LockLostError                            you no longer hold the run's lock            no
+    │   ├── StaleFenceError                      (above) the lock was granted to another since
+    │   └── LockNotOwnedError                    release/extend of a lock you no longer hold  no
+    ├── InvalidTransitionError                   e.g. cancelling a completed run              no
+    │   ├── InvalidResumeTokenError              a resume token that is wrong, stale or used  no
+    │   └── BudgetExceededError                  a resume that the budget still refuses       no
+    ├── StateStoreUnavailableError               Redis refused, reset or timed out (cause     yes
+    │   │                                        chained)
+    │   └── WriteNotReplicatedError              applied, but too few replicas confirmed it   yes
+    ├── WebhookSignatureError                    a callback's signature is missing, wrong or  no
+    │                                            stale
+    └── NotInRunError (also RuntimeError)        a run-only task helper called outside a run  no
 
 Callers that only care whether "something about mpstate" failed catch ``MpStateError``; code
-that retries on contention catches ``RunInProgressError``; code that retries on outages catches
-``StateStoreUnavailableError``. Logic errors are never reported as unavailability.
+that retries checks ``error.retryable`` (a version conflict: read the run again first; an outage:
+back off first), or catches ``StateStoreUnavailableError`` for outages alone. Code that held a
+lock catches ``LockLostError`` for "another holder took it": a stale fenced write and a failed
+release or extend alike. ``RunAlreadyExistsError``, ``IdempotencyKeyInUseError`` and
+``StaleFenceError`` stay ``RunInProgressError`` for the callers that caught them that way, but are
+not retryable: retrying the same create or the same fenced write is refused again. Logic errors
+are never reported as unavailability.
 """
 
 from __future__ import annotations
@@ -36,6 +49,7 @@ __all__ = [
     "InvalidPipelineError",
     "InvalidResumeTokenError",
     "InvalidTransitionError",
+    "LockLostError",
     "LockNotOwnedError",
     "LockTimeoutError",
     "MpStateError",
@@ -59,6 +73,9 @@ class MpStateError(Exception):
     (which rebuild a task's exception that way), hand the caller the same error, not a stand-in.
     """
 
+    #: Whether retrying the same call may succeed (contention or an outage that passes), as
+    #: opposed to an error that stays true until the call or the run changes.
+    retryable: bool = False
     _message: str | None = None
 
     def _keep(self, message: str, *arguments: object) -> None:
@@ -93,7 +110,10 @@ class RunNotFoundError(MpStateError, LookupError):
 
 
 class RunInProgressError(MpStateError):
-    """The run exists or is being changed by someone else; retrying may succeed."""
+    """The run is being changed by someone else (retryable), or a create or fenced write
+    conflicts with what is stored (the subclasses that are not ``retryable``)."""
+
+    retryable = True
 
     def __init__(self, message: str, run_id: str) -> None:
         super().__init__(message)
@@ -104,13 +124,20 @@ class RunInProgressError(MpStateError):
 class RunAlreadyExistsError(RunInProgressError):
     """``create()`` was called with a run id that is already stored."""
 
+    retryable = False
+
     def __init__(self, run_id: str) -> None:
         super().__init__(f"run {run_id!r} already exists", run_id=run_id)
         self.args = (run_id,)
 
 
 class IdempotencyKeyInUseError(RunInProgressError):
-    """The idempotency key is held by another live run, named by ``existing_run_id``."""
+    """The idempotency key is held by another live run, named by ``existing_run_id``.
+
+    Not retryable: the key stays held for the store's idempotency TTL; ``create_or_get``
+    returns the holder instead."""
+
+    retryable = False
 
     def __init__(self, run_id: str, idempotency_key: str, existing_run_id: str) -> None:
         super().__init__(
@@ -123,7 +150,10 @@ class IdempotencyKeyInUseError(RunInProgressError):
 
 
 class VersionConflictError(RunInProgressError):
-    """A compare-and-set update found another version than the one expected."""
+    """A compare-and-set update found another version than the one expected; read the run
+    again and retry with its version."""
+
+    retryable = True
 
     def __init__(self, run_id: str, expected: int, actual: int) -> None:
         super().__init__(
@@ -137,6 +167,8 @@ class VersionConflictError(RunInProgressError):
 class LockTimeoutError(RunInProgressError):
     """The run's exclusive lock could not be acquired within the timeout."""
 
+    retryable = True
+
     def __init__(self, run_id: str, timeout_ms: int) -> None:
         super().__init__(
             f"lock on run {run_id!r} not acquired within {timeout_ms} ms", run_id=run_id
@@ -145,27 +177,42 @@ class LockTimeoutError(RunInProgressError):
         self.timeout_ms = timeout_ms
 
 
-class StaleFenceError(RunInProgressError):
-    """A write made under a lock carried a fence older than the newest grant."""
+class LockLostError(MpStateError):
+    """The caller no longer holds the run's lock: it expired and another holder may have it.
 
-    def __init__(self, run_id: str, fence: int, current: int) -> None:
-        super().__init__(
-            f"write to run {run_id!r} carried fence {fence}, the lock was since granted "
-            f"with fence {current}",
-            run_id=run_id,
-        )
-        self.args = (run_id, fence, current)
-        self.fence = fence
-        self.current = current
+    Not retryable: take the lock again (and read the run again) instead.
+    """
 
-
-class LockNotOwnedError(MpStateError):
-    """The lock expired or passed to another holder before it was released or extended."""
+    retryable = False
 
     def __init__(self, run_id: str) -> None:
         super().__init__(run_id)
         self._keep(f"lock on run {run_id!r} is no longer held by this holder", run_id)
         self.run_id = run_id
+
+
+class StaleFenceError(LockLostError, RunInProgressError):
+    """A write made under a lock carried a fence older than the newest grant.
+
+    A ``LockLostError``, and a ``RunInProgressError`` too for the callers that caught it so.
+    """
+
+    retryable = False
+
+    def __init__(self, run_id: str, fence: int, current: int) -> None:
+        message = (
+            f"write to run {run_id!r} carried fence {fence}, the lock was since granted "
+            f"with fence {current}"
+        )
+        MpStateError.__init__(self, message)
+        self._keep(message, run_id, fence, current)
+        self.run_id = run_id
+        self.fence = fence
+        self.current = current
+
+
+class LockNotOwnedError(LockLostError):
+    """The lock expired or passed to another holder before it was released or extended."""
 
 
 class InvalidTransitionError(MpStateError):
@@ -206,6 +253,8 @@ class BudgetExceededError(InvalidTransitionError):
 
 class StateStoreUnavailableError(MpStateError):
     """The backing store could not be reached; the operation may be retried."""
+
+    retryable = True
 
 
 class WriteNotReplicatedError(StateStoreUnavailableError):

@@ -117,10 +117,6 @@ TERMINAL_RUN_STATUSES = frozenset(
     {PipelineRunStatus.COMPLETED, PipelineRunStatus.FAILED, PipelineRunStatus.CANCELLED}
 )
 
-_LIVE = frozenset(
-    {PipelineRunStatus.PENDING, PipelineRunStatus.RUNNING, PipelineRunStatus.SUSPENDED}
-)
-
 #: For each status, the statuses a run may move to from it. Every backend enforces this table on
 #: every write that changes ``status``; a terminal run keeps its status forever, so a late result
 #: cannot revive a cancelled, failed or completed run.
@@ -137,10 +133,6 @@ ALLOWED_RUN_TRANSITIONS: dict[PipelineRunStatus, frozenset[PipelineRunStatus]] =
 def statuses_that_may_become(target: PipelineRunStatus) -> frozenset[PipelineRunStatus]:
     """The statuses from which a run may move to ``target`` (the table, read backwards)."""
     return frozenset(s for s, targets in ALLOWED_RUN_TRANSITIONS.items() if target in targets)
-
-
-#: Statuses that may be cancelled (a cancelled run is cancelled again as a no-op).
-CANCELLABLE_RUN_STATUSES = _LIVE
 
 
 class StepError(CamelModel):

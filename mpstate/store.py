@@ -61,12 +61,10 @@ class HeldLock:
     fence: int
     run: PipelineRun
     _store: PipelineStateStore = field(repr=False)
-    _lost: bool = field(default=False, repr=False)
 
     def extend(self, ttl_ms: int | None = None) -> None:
         """Reset the lock's time to live; ``LockNotOwnedError`` if it was lost meanwhile."""
         if not self._store._drive(self._store._plan_extend(self.run_id, self.token, ttl_ms)):
-            self._lost = True
             raise LockNotOwnedError(self.run_id)
 
 
@@ -79,6 +77,15 @@ class PipelineStateStore(StoreCore):
 
     def _drive(self, plan: Plan[T]) -> T:
         return drive(plan, self._execute)
+
+    def reset_connections(self) -> None:
+        """Forget the pooled connections without closing them: call it in a forked child.
+
+        A process forked after the store connected (a Celery prefork child; ``MpState`` does it
+        on ``worker_process_init``) shares its parent's sockets: using them would mix both
+        processes' replies, and closing them would close the parent's. The store opens new
+        connections on its next request. A store without connections (in memory) has none.
+        """
 
     # -- creating ---------------------------------------------------------------------------
 

@@ -35,7 +35,8 @@ from mpstate.aio import (
     AsyncPipelineStateStore,
     AsyncRedisPipelineStateStore,
 )
-from mpstate.testing import LocalRedisCluster, RedisServer
+from mpstate.testing import RedisServer
+from mpstate.testing._cluster import LocalRedisCluster
 
 # The Celery test helpers (``celery_support``, ``video_pipeline``) serve tests/webhooks and
 # tests/celery_app too; pytest puts tests/celery on sys.path only when it collects that folder.

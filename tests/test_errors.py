@@ -23,6 +23,7 @@ SAMPLES: list[errors.MpStateError] = [
     errors.VersionConflictError("r1", expected=3, actual=4),
     errors.LockTimeoutError("r1", timeout_ms=50),
     errors.StaleFenceError("r1", fence=2, current=3),
+    errors.LockLostError("r1"),
     errors.LockNotOwnedError("r1"),
     errors.InvalidTransitionError("run 'r1' is completed", run_id="r1", status="completed"),
     errors.InvalidResumeTokenError("r1", "suspended"),
@@ -57,3 +58,58 @@ def test_an_error_is_rebuilt_from_its_type_and_args_as_result_backends_do(
 
     assert str(rebuilt) == str(error)
     assert vars(rebuilt) == vars(error)
+
+
+#: Whether retrying the very same call may succeed, per error class (the errors module's tree).
+RETRYABLE = {
+    "InvalidInputError": False,
+    "InvalidPipelineError": False,
+    "RunNotFoundError": False,
+    "RunInProgressError": True,
+    "RunAlreadyExistsError": False,
+    "IdempotencyKeyInUseError": False,
+    "VersionConflictError": True,
+    "LockTimeoutError": True,
+    "StaleFenceError": False,
+    "LockLostError": False,
+    "LockNotOwnedError": False,
+    "InvalidTransitionError": False,
+    "InvalidResumeTokenError": False,
+    "BudgetExceededError": False,
+    "StateStoreUnavailableError": True,
+    "WriteNotReplicatedError": True,
+    "WebhookSignatureError": False,
+    "NotInRunError": False,
+}
+
+
+def test_every_error_says_whether_retrying_the_same_call_may_succeed() -> None:
+    assert set(RETRYABLE) == set(errors.__all__) - {"MpStateError"}
+    for error in SAMPLES:
+        assert error.retryable is RETRYABLE[type(error).__name__], type(error).__name__
+
+
+def test_the_errors_module_docstring_draws_each_errors_retryability() -> None:
+    doc = errors.__doc__ or ""
+    for name, retryable in RETRYABLE.items():
+        row = next(line for line in doc.splitlines() if f"── {name}" in line)
+        assert row.rstrip().endswith(" yes" if retryable else " no"), row
+
+
+def test_a_retryable_flag_survives_a_pickle_round_trip() -> None:
+    for error in SAMPLES:
+        assert pickle.loads(pickle.dumps(error)).retryable is error.retryable
+
+
+def test_a_stale_fence_and_a_lock_not_owned_are_both_a_lost_lock() -> None:
+    stale = errors.StaleFenceError("r1", fence=2, current=3)
+    not_owned = errors.LockNotOwnedError("r1")
+
+    assert isinstance(stale, errors.LockLostError)
+    assert isinstance(not_owned, errors.LockLostError)
+    assert isinstance(stale, errors.RunInProgressError)  # kept, for callers that caught it so
+    assert not isinstance(not_owned, errors.RunInProgressError)
+    assert (stale.run_id, stale.fence, stale.current) == ("r1", 2, 3)
+    assert (
+        str(stale) == "write to run 'r1' carried fence 2, the lock was since granted with fence 3"
+    )

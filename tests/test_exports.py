@@ -37,6 +37,9 @@ def test_every_error_derives_from_mpstate_error() -> None:
     assert issubclass(mpstate.VersionConflictError, mpstate.RunInProgressError)
     assert issubclass(mpstate.IdempotencyKeyInUseError, mpstate.RunInProgressError)
     assert issubclass(mpstate.LockTimeoutError, mpstate.RunInProgressError)
+    assert issubclass(mpstate.StaleFenceError, mpstate.LockLostError)
+    assert issubclass(mpstate.StaleFenceError, mpstate.RunInProgressError)
+    assert issubclass(mpstate.LockNotOwnedError, mpstate.LockLostError)
 
 
 def test_the_asyncio_package_names_its_public_api() -> None:

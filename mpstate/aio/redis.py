@@ -101,6 +101,20 @@ class AsyncRedisPipelineStateStore(RedisBackend, AsyncPipelineStateStore):
         await self.client.aclose()
         self._initialized = not isinstance(self.client, redis.asyncio.cluster.RedisCluster)
 
+    def reset_connections(self) -> None:
+        """See ``PipelineStateStore.reset_connections``: a cluster client's every node's
+        connections (redis-py's asyncio cluster nodes pool their own, with no reset of their
+        own), and the initialization lock, which belongs to the parent's event loop."""
+        self._initializing = None
+        client = self.client
+        if not isinstance(client, redis.asyncio.cluster.RedisCluster):
+            client.connection_pool.reset()  # type: ignore[no-untyped-call]
+            return
+        manager = client.nodes_manager
+        for node in [*manager.nodes_cache.values(), *manager.startup_nodes.values()]:
+            node._connections.clear()
+            node._free.clear()
+
     async def _execute(self, request: Any) -> Any:
         with reachable():
             if not self._initialized:

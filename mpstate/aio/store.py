@@ -61,6 +61,9 @@ class AsyncPipelineStateStore(StoreCore):
     async def _drive(self, plan: Plan[T]) -> T:
         return await drive_async(plan, self._execute)
 
+    def reset_connections(self) -> None:
+        """See ``PipelineStateStore.reset_connections`` (no I/O, so not a coroutine)."""
+
     async def create(self, run: PipelineRun | Mapping[str, Any]) -> PipelineRun:
         """See ``PipelineStateStore.create``."""
         stored, _ = await self._drive(self._plan_create(run, return_existing=False))

@@ -54,6 +54,10 @@ __all__ = ["MpState", "revoke_running_steps"]
 log = logging.getLogger("mpstate.celery")
 
 _BOUND: weakref.WeakKeyDictionary[Celery, MpState] = weakref.WeakKeyDictionary()
+#: The tasks each app got from its first MpState. An MpState bound to the app later (after
+#: ``close()``, as the pytest plugin does for each test) reuses them: they run on the MpState
+#: bound when they execute, and Celery warns about a second registration of a task name.
+_TASKS: weakref.WeakKeyDictionary[Celery, tuple[Any, Any, Any]] = weakref.WeakKeyDictionary()
 
 #: Times a re-run looks again after another caller reserved one first.
 _RERUN_RACES = 10
@@ -116,11 +120,8 @@ class MpState:
         _BOUND.pop(self.app, None)
 
     def reset_connections(self) -> None:
-        """Drop pooled Redis connections (called in each new prefork child)."""
-        client = getattr(self.store, "client", None)
-        pool = getattr(client, "connection_pool", None)
-        if pool is not None:
-            pool.reset()
+        """Forget the store's pooled connections (called in each new prefork child)."""
+        self.store.reset_connections()
 
     # -- runs -------------------------------------------------------------------------------
 
@@ -421,6 +422,11 @@ class MpState:
         )
 
     def _register_tasks(self) -> None:
+        registered = _TASKS.get(self.app)
+        if registered is not None:
+            self.resolve_webhook, self.reconcile_task, self.poll_job = registered
+            return
+
         @self.app.task(  # type: ignore[untyped-decorator]
             name=RESOLVE_WEBHOOK, bind=True, max_retries=None, shared=False
         )
@@ -478,6 +484,7 @@ class MpState:
             return mp.jobs.poll(run_id, step_id, provider, job_id, polls)
 
         self.poll_job = poll_job
+        _TASKS[self.app] = (self.resolve_webhook, self.reconcile_task, self.poll_job)
 
     # -- enqueueing -------------------------------------------------------------------------
 

@@ -80,6 +80,7 @@ class MpStateGroup(click.Group):
 
 
 @click.group("mpstate", cls=MpStateGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mpstate", prog_name="mpstate")
 @click.option(
     "--redis-url",
     envvar="MPSTATE_REDIS_URL",

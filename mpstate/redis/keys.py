@@ -112,17 +112,11 @@ class RedisKeys:
         """Unmatched callbacks by provider and reason, in the stream's slot."""
         return f"{self.prefix}:{{unmatched}}:counts"
 
-    def all_runs(self) -> str:
-        return self.global_group().everything
-
     def by_status(self, status: PipelineRunStatus) -> str:
         return self.global_group().status(status)
 
     def by_tenant(self, tenant_id: str) -> str:
         return self.tenant_group(tenant_id).everything
-
-    def by_tenant_status(self, tenant_id: str, status: PipelineRunStatus) -> str:
-        return self.tenant_group(tenant_id).status(status)
 
     def by_idempotency_key(self, key: str) -> str:
         return f"{self.prefix}:idx:idem:{{{escape_id(key)}}}"

@@ -131,6 +131,11 @@ class RedisPipelineStateStore(RedisBackend, PipelineStateStore):
         """Close the client's connections."""
         self.client.close()
 
+    def reset_connections(self) -> None:
+        """See ``PipelineStateStore.reset_connections``: a cluster client's every node pool."""
+        for pool in _pools(self.client):
+            pool.reset()
+
     # -- carrying out requests ------------------------------------------------------------------
 
     def _execute(self, request: Any) -> Any:
@@ -231,6 +236,19 @@ class RedisPipelineStateStore(RedisBackend, PipelineStateStore):
             return self._command(*eval_args(script, by_sha=True))
         except redis.exceptions.NoScriptError:
             return self._command(*eval_args(script, by_sha=False))
+
+
+def _pools(client: SyncClient) -> list[redis.ConnectionPool]:
+    """The client's connection pools: its own, or one per cluster node it has met."""
+    if not isinstance(client, RedisCluster):
+        return [client.connection_pool]
+    manager = client.nodes_manager
+    pools: dict[int, redis.ConnectionPool] = {}
+    for node in [*manager.nodes_cache.values(), *manager.startup_nodes.values()]:
+        if node.redis_connection is not None:
+            pool = node.redis_connection.connection_pool
+            pools[id(pool)] = pool
+    return list(pools.values())
 
 
 def _socket_timeout(client: SyncClient) -> float | None:

@@ -27,7 +27,7 @@ from mpstate.aio import (
     AsyncPipelineStateStore,
     AsyncRedisPipelineStateStore,
 )
-from mpstate.testing import free_port
+from mpstate.testing._servers import free_port
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 

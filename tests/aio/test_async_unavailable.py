@@ -17,7 +17,8 @@ from aio_support import renew_tasks
 
 from mpstate import StateStoreUnavailableError
 from mpstate.aio import AsyncPipelineStateStore, AsyncRedisPipelineStateStore
-from mpstate.testing import RedisServer, free_port
+from mpstate.testing import RedisServer
+from mpstate.testing._servers import free_port
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 

@@ -24,7 +24,8 @@ from mpstate import PipelineRun, RedisPipelineStateStore, StateStoreUnavailableE
 from mpstate.celery.lifecycle import StepLifecycle
 from mpstate.celery.transitions import start_run
 from mpstate.models import PipelineRunStatus, StepState
-from mpstate.testing import RedisServer, free_port
+from mpstate.testing import RedisServer
+from mpstate.testing._servers import free_port
 
 WINDOW_S = 1.0
 #: The store's client options here: short, so one call's worst case is a fraction of the window.

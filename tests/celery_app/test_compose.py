@@ -32,7 +32,7 @@ import yaml
 from key_cleanup import delete_queue
 
 from celery_app.settings import ENVIRONMENT
-from mpstate.testing import free_port
+from mpstate.testing._servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"

@@ -38,7 +38,7 @@ from celery_app.settings import Settings
 from mpstate import PipelineRun, PipelineStateStore
 from mpstate.celery import RUN_ID, STEP_ID, MpState
 from mpstate.models import PipelineRunStatus
-from mpstate.testing import free_port
+from mpstate.testing._servers import free_port
 from mpstate.webhooks import parse_secrets, webhook_app
 
 T = TypeVar("T")
@@ -215,6 +215,7 @@ def observed(redis_url: str) -> Iterator[ObservedRun]:
             queue=queue,
             provider_url=url_of(provider_sock),
             receiver_url=url_of(receiver_sock),
+            webhook_secrets=f"video={uuid.uuid4().hex}",  # there is no default secret
         )
         app = create_app(settings)
         # BRPOP returns every 0.2 s: the worker stops promptly at teardown.

@@ -81,6 +81,7 @@ def make_stack() -> Iterator[StackFactory]:
                 queue=f"pipeline-{uuid.uuid4().hex[:10]}",
                 provider_url=url_of(provider_sock),
                 receiver_url=url_of(receiver_sock),
+                webhook_secrets=f"video={uuid.uuid4().hex}",  # there is no default secret
             )
             app = create_app(settings)
             mp = MpState.of(app)

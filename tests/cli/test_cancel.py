@@ -10,7 +10,7 @@ import pytest
 from celery.app.control import Control
 
 from mpstate import PipelineRun, RedisPipelineStateStore, RunCancelled
-from mpstate.testing import free_port
+from mpstate.testing._servers import free_port
 
 from .support import RunCli, make_run
 

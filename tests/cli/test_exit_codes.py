@@ -17,7 +17,7 @@ from click.testing import CliRunner, Result
 from mpstate import PipelineRun, RedisPipelineStateStore
 from mpstate.cli import cli
 from mpstate.cli.exit_codes import CliError, database_of, redacted_url
-from mpstate.testing import free_port
+from mpstate.testing._servers import free_port
 
 from .support import RunCli, make_run
 

@@ -34,7 +34,7 @@ from mpstate.celery.transitions import (
     start_step,
 )
 from mpstate.fields import utc_now
-from mpstate.testing import free_port
+from mpstate.testing._servers import free_port
 
 from .support import RunCli, script_env
 

@@ -30,7 +30,7 @@ from mpstate.celery.transitions import (
     start_run,
     start_step,
 )
-from mpstate.testing import free_port
+from mpstate.testing._servers import free_port
 
 from .support import RunCli, make_run
 

@@ -23,7 +23,7 @@ from typing import Any
 import redis
 from redis.cluster import RedisCluster
 
-import mpstate.redis.backend
+import mpstate.redis.claims
 from mpstate import (
     IdempotencyKeyInUseError,
     PipelineStateStore,
@@ -289,7 +289,7 @@ def create_or_get_rounds_in_process(
     appear before voiding the claim (``()``: void at once, so claims are voided far more often).
     Returns, per round, this process's outcomes in thread order."""
     if claim_grace is not None:
-        mpstate.redis.backend._CLAIM_GRACE_S = claim_grace
+        mpstate.redis.claims._CLAIM_GRACE_S = claim_grace
     store = RedisPipelineStateStore.from_url(redis_url, prefix=prefix)
     try:
         threads = len(rounds[0])

@@ -265,10 +265,10 @@ def test_create_or_get_with_one_idempotency_key_from_many_threads_in_several_pro
             assert store.get(run_id) is None, key
     k = store.keys
     for zset in [
-        k.all_runs(),
+        k.global_group().everything,
         k.by_status(PipelineRunStatus.PENDING),
         k.by_tenant("acme"),
-        k.by_tenant_status("acme", PipelineRunStatus.PENDING),
+        k.tenant_group("acme").status(PipelineRunStatus.PENDING),
     ]:
         assert {m.decode() for m in target.client.zrange(zset, 0, -1)} == winners, zset
     print(f"{voided} claims of {len(void_sets)} runs voided over {KEY_ROUNDS} rounds")

@@ -12,7 +12,7 @@ import pytest
 from dashboard_support import CountingStore, create_run
 
 from mpstate.cli import main
-from mpstate.testing import free_port
+from mpstate.testing._servers import free_port
 
 #: The installed command, next to this interpreter.
 MPSTATE = Path(sys.executable).parent / "mpstate"

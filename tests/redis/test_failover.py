@@ -30,7 +30,8 @@ from mpstate import (
     WriteNotReplicatedError,
     audit_run,
 )
-from mpstate.testing import LocalRedisCluster, RedisServer
+from mpstate.testing import RedisServer
+from mpstate.testing._cluster import LocalRedisCluster
 
 pytestmark = [pytest.mark.timeout(120)]
 

@@ -198,10 +198,10 @@ def test_a_creator_dead_after_create_run_leaves_the_run_listed_in_every_index(
     assert "settle_index_entries" not in creator.names()
 
     for zset in [
-        k.all_runs(),
+        k.global_group().everything,
         k.by_status(PENDING),
         k.by_tenant("t"),
-        k.by_tenant_status("t", PENDING),
+        k.tenant_group("t").status(PENDING),
         k.by_idempotency_key("key"),
     ]:
         assert "r1" in members(client, zset), zset
@@ -222,7 +222,7 @@ def test_a_slow_creators_entries_survive_a_reader_that_finds_no_run_so_its_run_i
     # keeps it from removing them (it would otherwise settle the run as gone).
     assert store.list_runs() == []
     assert store.list_runs(status="pending") == []
-    assert "r1" in members(client, k.all_runs())
+    assert "r1" in members(client, k.global_group().everything)
     assert "r1" in members(client, k.by_status(PENDING))
 
     creator.run_through("create_run")  # ... and dies before settling
@@ -239,7 +239,12 @@ def test_entries_of_a_create_that_never_happened_are_removed_by_a_reader_once_th
         another(store), {"runId": "r1", "pipelineId": "p", "tenantId": "t"}, or_get=False
     )
     creator.run_through("add_index_entries")  # ... and dies before create_run
-    zsets = [k.all_runs(), k.by_status(PENDING), k.by_tenant("t"), k.by_tenant_status("t", PENDING)]
+    zsets = [
+        k.global_group().everything,
+        k.by_status(PENDING),
+        k.by_tenant("t"),
+        k.tenant_group("t").status(PENDING),
+    ]
 
     assert ids(store.list_runs()) == ["other"]
     assert ids(store.list_runs(tenant_id="t", status="pending")) == ["other"]
@@ -462,7 +467,7 @@ def expired_run(store: RedisPipelineStateStore, client: Any) -> None:
     time.sleep(0.65)
     assert store.get("r1") is None
     k = store.keys
-    assert members(client, k.all_runs()) == {"r1": epoch_ms(T0)}
+    assert members(client, k.global_group().everything) == {"r1": epoch_ms(T0)}
     assert members(client, k.by_status(RUNNING)) == {"r1": epoch_ms(T0)}
     assert entry(client, k.global_group(), "r1") == (str(epoch_ms(T0)), "2", ())
 
@@ -485,7 +490,7 @@ def assert_indexed_as_recreated(
     assert store.list_runs(tenant_id="old") == []
     # The old tenant's entries were the old incarnation's: the reader removed them.
     assert members(client, k.by_tenant("old")) == {}
-    assert members(client, k.by_tenant_status("old", RUNNING)) == {}
+    assert members(client, k.tenant_group("old").status(RUNNING)) == {}
 
 
 def test_a_readers_late_repair_of_an_expired_incarnation_leaves_the_re_created_run_listed(
@@ -559,7 +564,7 @@ def recreated_by_a_creator_that_dies(
     creator.run_through("create_run")  # ... and dies before settling
     assert "settle_index_entries" not in creator.names()
     # add_index_entries' ZADD NX kept the expired incarnation's score in the global index.
-    assert members(client, store.keys.all_runs()) == {"r1": epoch_ms(T0)}
+    assert members(client, store.keys.global_group().everything) == {"r1": epoch_ms(T0)}
     return creator
 
 
@@ -708,7 +713,11 @@ def test_a_creator_that_stalls_after_claiming_the_key_is_voided_and_loses_to_exa
     assert ids(store.list_runs(idempotency_key="k")) == ["fast"]
     assert ids(store.list_runs(tenant_id="t", status="pending")) == ["fast"]
     # The slow creator's entries (added before its refused create) were repaired away.
-    for zset in [k.all_runs(), k.by_tenant_status("t", PENDING), k.by_idempotency_key("k")]:
+    for zset in [
+        k.global_group().everything,
+        k.tenant_group("t").status(PENDING),
+        k.by_idempotency_key("k"),
+    ]:
         assert set(members(client, zset)) == {"fast"}, zset
     assert claim_of(store, client)[1] == "fast"
 

@@ -86,10 +86,10 @@ def labelled_keys(keys: RedisKeys, a: str, b: str) -> list[tuple[str, tuple[obje
         (keys.unmatched_counts(), ("unmatched_counts",)),
         (keys.by_tenant(a), ("by_tenant", a)),
         (keys.by_idempotency_key(a), ("by_idempotency_key", a)),
-        (keys.all_runs(), ("all_runs",)),
+        (keys.global_group().everything, ("global_group",)),
     ]
     labelled += [
-        (keys.by_tenant_status(a, s), ("by_tenant_status", a, s)) for s in PipelineRunStatus
+        (keys.tenant_group(a).status(s), ("tenant_group.status", a, s)) for s in PipelineRunStatus
     ]
     labelled += [(keys.by_status(s), ("by_status", s)) for s in PipelineRunStatus]
     return labelled
@@ -182,7 +182,7 @@ def test_a_tenants_indexes_share_the_tenants_hash_tag() -> None:
     for tenant in TRICKY_IDS:
         tenant_keys = [
             keys.by_tenant(tenant),
-            *(keys.by_tenant_status(tenant, s) for s in PipelineRunStatus),
+            *(keys.tenant_group(tenant).status(s) for s in PipelineRunStatus),
         ]
         assert {hash_tag(key) for key in tenant_keys} == {escape_id(tenant)}
 
@@ -208,7 +208,7 @@ def test_the_unmatched_callbacks_and_their_counts_share_one_slot_of_their_own() 
     assert keys.unmatched() == "mp:{unmatched}"
     assert keys.unmatched_counts() == "mp:{unmatched}:counts"
     assert hash_tag(keys.unmatched()) == hash_tag(keys.unmatched_counts()) == "unmatched"
-    assert key_slot(keys.unmatched().encode()) != key_slot(keys.all_runs().encode())
+    assert key_slot(keys.unmatched().encode()) != key_slot(keys.global_group().everything.encode())
 
 
 # -- prefixes -----------------------------------------------------------------------------------
@@ -228,13 +228,13 @@ def test_a_prefix_with_glob_characters_scans_exactly_its_own_keys(
 ) -> None:
     mine = RedisKeys(f"{prefix}{special}")
     lookalikes = [RedisKeys(f"{prefix}{other}") for other in ["x", "*x", "xx", "[", "]", "\\", "a"]]
-    written = [mine.all_runs(), mine.run("r")]
-    written += [k.all_runs() for k in lookalikes if k.prefix != mine.prefix]
+    written = [mine.global_group().everything, mine.run("r")]
+    written += [k.global_group().everything for k in lookalikes if k.prefix != mine.prefix]
     try:
         for key in written:
             redis_client.set(key, "1", px=60_000)
         found = {key.decode() for key in redis_client.scan_iter(match=mine.pattern(), count=1000)}
-        assert found == {mine.all_runs(), mine.run("r")}
+        assert found == {mine.global_group().everything, mine.run("r")}
     finally:
         redis_client.delete(*written)
 

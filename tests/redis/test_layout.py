@@ -31,7 +31,9 @@ from mpstate.fields import epoch_ms
 from mpstate.redis.keys import RedisKeys
 from mpstate.redis.requests import Batch, Ordered, Script
 from mpstate.redis.scripts import SCRIPT_NAMES
-from mpstate.testing import RedisServer, free_cluster_port, free_port
+from mpstate.testing import RedisServer
+from mpstate.testing._cluster import free_cluster_port
+from mpstate.testing._servers import free_port
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -72,11 +74,11 @@ def test_a_new_run_writes_the_documented_keys(redis_client: redis.Redis, prefix:
     assert written - operations == {
         k.run("r1"),
         k.events("r1"),
-        k.all_runs(),
+        k.global_group().everything,
         k.by_status(PipelineRunStatus.PENDING),
         k.global_group().entries,
     }
-    assert k.all_runs() == f"{prefix}:idx:{{all}}"
+    assert k.global_group().everything == f"{prefix}:idx:{{all}}"
     assert k.global_group().entries == f"{prefix}:idx:{{all}}:entries"
     assert redis_client.type(k.run("r1")) == b"hash"
     assert redis_client.type(k.events("r1")) == b"stream"
@@ -84,7 +86,7 @@ def test_a_new_run_writes_the_documented_keys(redis_client: redis.Redis, prefix:
     entries = redis_client.xrange(k.events("r1"))
     assert entries is not None
     assert [entry_id for entry_id, _ in entries] == [b"0-1"]
-    assert redis_client.zscore(k.all_runs(), "r1") == epoch_ms(T0)
+    assert redis_client.zscore(k.global_group().everything, "r1") == epoch_ms(T0)
     assert redis_client.zscore(k.by_status(PipelineRunStatus.PENDING), "r1") == epoch_ms(T0)
     # Settled: "score:version" and no pending mark (";expiry:nonce") left behind.
     assert redis_client.hgetall(k.global_group().entries) == {b"r1": f"{epoch_ms(T0)}:1".encode()}
@@ -116,11 +118,11 @@ def test_tenant_key_and_job_keys_are_written_where_documented(
         k.job("replicate", "j2"),
         k.job_providers("j1"),
         k.job_providers("j2"),
-        k.all_runs(),
+        k.global_group().everything,
         k.by_status(PipelineRunStatus.PENDING),
         k.global_group().entries,
         k.by_tenant("t"),
-        k.by_tenant_status("t", PipelineRunStatus.PENDING),
+        k.tenant_group("t").status(PipelineRunStatus.PENDING),
         k.tenant_group("t").entries,
         k.by_idempotency_key("key"),
         k.idempotency_group("key").entries,
@@ -291,11 +293,11 @@ def test_every_key_the_store_writes_has_a_ttl(redis_client: redis.Redis, prefix:
         k.job("legacy", "l1"),
         k.job_providers("j0b"),
         k.job_providers("l1"),
-        k.all_runs(),
+        k.global_group().everything,
         k.by_status(PipelineRunStatus.CANCELLED),
         k.global_group().entries,
         k.by_tenant("t2"),
-        k.by_tenant_status("t1", PipelineRunStatus.RUNNING),
+        k.tenant_group("t1").status(PipelineRunStatus.RUNNING),
         k.tenant_group("t1").entries,
         k.by_idempotency_key("key2"),
         k.idempotency_group("kv").entries,
@@ -385,11 +387,11 @@ def test_keys_expire_after_their_configured_lifetimes(
         assert 995 < ttl_s(key) <= 1000, key
     # Indexes live twice the run TTL, re-asserted by a run's write every half run TTL.
     for key in [
-        k.all_runs(),
+        k.global_group().everything,
         k.by_status(PipelineRunStatus.PENDING),
         k.global_group().entries,
         k.by_tenant("t"),
-        k.by_tenant_status("t", PipelineRunStatus.PENDING),
+        k.tenant_group("t").status(PipelineRunStatus.PENDING),
         k.tenant_group("t").entries,
         k.by_idempotency_key("k"),
         k.idempotency_group("k").entries,
@@ -441,7 +443,7 @@ def test_a_run_kept_alive_by_writes_stays_listed(redis_client: redis.Redis, pref
     assert ids(store.list_runs(tenant_id="t")) == ["kept"]
     assert ids(store.list_runs(tenant_id="t", status="pending")) == ["kept"]
     assert ids(store.list_runs(idempotency_key="kkept")) == ["kept"]
-    for key in [k.all_runs(), k.global_group().entries, k.tenant_group("t").entries]:
+    for key in [k.global_group().everything, k.global_group().entries, k.tenant_group("t").entries]:
         assert redis_client.pttl(key) > 600, key
 
 
@@ -506,10 +508,10 @@ def test_an_index_entry_whose_run_is_gone_is_never_listed_and_is_pruned(
     run_ids = make_runs(store, 8)
     expire(redis_client, store, "r00", "r03", "r04")
     live = [r for r in run_ids if r not in {"r00", "r03", "r04"}]
-    assert "r03" in index_members(redis_client, k.all_runs())
+    assert "r03" in index_members(redis_client, k.global_group().everything)
 
     assert ids(store.list_runs()) == live
-    assert index_members(redis_client, k.all_runs()) == live
+    assert index_members(redis_client, k.global_group().everything) == live
 
     assert ids(store.list_runs(status="pending")) == live
     assert index_members(redis_client, k.by_status(PipelineRunStatus.PENDING)) == live
@@ -751,11 +753,11 @@ def test_a_script_whose_keys_span_two_slots_is_refused_by_the_one_node_cluster(
 ) -> None:
     """Control for the test above: the node does refuse a script writing a run and an index."""
     k = RedisKeys("mp")
-    assert key_slot(k.run("r1").encode()) != key_slot(k.all_runs().encode())
+    assert key_slot(k.run("r1").encode()) != key_slot(k.global_group().everything.encode())
     command: Any = one_node_cluster.execute_command
     with pytest.raises(redis.ResponseError, match="same slot"):  # CROSSSLOT
         command("EVAL", "return redis.call('EXISTS', KEYS[1], KEYS[2])", 2,
-                k.run("r1"), k.all_runs())  # fmt: skip
+                k.run("r1"), k.global_group().everything)  # fmt: skip
 
 
 @pytest.mark.parametrize("backend", ["redis", "redis6"], indirect=True)

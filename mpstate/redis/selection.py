@@ -1,0 +1,167 @@
+"""Reading runs on Redis: one run by id, and the runs of one page of an index.
+
+``load_run`` reads one run (and its events, if asked) in its slot. ``RunSelector`` pages the most
+selective index of a ``RunFilter`` and loads only the runs on that page; an entry whose run is
+gone or contradicts it is repaired in its index on the way (the rules live in ``indexing.py``).
+Plans only: the sync and asyncio shells carry out their requests.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mpstate.fields import epoch_ms, now_ms
+from mpstate.filters import RunFilter
+from mpstate.models import PipelineRun, PipelineRunStatus
+from mpstate.plans import Plan
+from mpstate.redis.codec import decode_events, decode_run, decode_run_hash, text
+from mpstate.redis.indexing import Indexer
+from mpstate.redis.keys import IndexGroup, RedisKeys
+from mpstate.redis.requests import Batch, Command, Script
+
+__all__ = ["RunSelector", "load_run"]
+
+#: An index zset a selection reads: its group and, for a status zset, that status.
+_Source = tuple[IndexGroup, PipelineRunStatus | None]
+
+
+def load_run(keys: RedisKeys, run_id: str, *, include_events: bool) -> Plan[PipelineRun | None]:
+    """The run (with its event log if ``include_events``), or None: one script in its slot."""
+    reply = yield Script(
+        "load_run", [keys.run(run_id), keys.events(run_id)], ["1" if include_events else "0"]
+    )
+    if not reply:
+        return None
+    return decode_run(reply[0], decode_events(reply[1]) if include_events else None)
+
+
+def _pairs(reply: Any) -> list[tuple[str, float]]:
+    """(member, score) pairs from a ZRANGE ... WITHSCORES reply, flat or paired."""
+    if reply and isinstance(reply[0], list | tuple):
+        return [(text(member), float(score)) for member, score in reply]
+    return [(text(m), float(text(s))) for m, s in zip(reply[0::2], reply[1::2], strict=True)]
+
+
+class RunSelector:
+    """``list_runs`` on Redis: a page of an index, its runs, and repairs of stale entries."""
+
+    __slots__ = ("indexer", "keys")
+
+    def __init__(self, keys: RedisKeys, indexer: Indexer) -> None:
+        self.keys = keys
+        self.indexer = indexer
+
+    def select(self, run_filter: RunFilter) -> Plan[list[PipelineRun]]:
+        """Read one page of the most selective index, then only the runs on that page.
+
+        One round trip finds the page's run ids (by rank, O(log N + page) for one index), one loads
+        those runs. An entry whose run is gone (expired) or contradicts it (a stale entry) is
+        repaired in its index and skipped; only then is another pass needed, reading as many
+        entries further as were dropped.
+        """
+        if run_filter.idempotency_key is not None and (run_filter.status or run_filter.tenant_id):
+            # The key's index also holds runs of other statuses and tenants, so offsets cannot be
+            # counted on it: select all of the key's runs (a handful) and page here.
+            whole = run_filter.model_copy(update={"limit": None, "offset": 0})
+            return run_filter.page((yield from self._scan(whole)))
+        return (yield from self._scan(run_filter))
+
+    def _scan(self, run_filter: RunFilter) -> Plan[list[PipelineRun]]:
+        sources = self._index_sources(run_filter)
+        dropped: set[str] = set()
+        while True:
+            extra = len(dropped)
+            page = yield from self._page_ids(sources, run_filter, extra)
+            candidates = [(member, score) for member, score in page if member not in dropped]
+            if run_filter.limit is not None:
+                candidates = candidates[: run_filter.limit]
+            runs = yield from self._load_many([member for member, _ in candidates])
+            matched: list[PipelineRun] = []
+            repairs: list[Script] = []
+            for (member, score), run in zip(candidates, runs, strict=True):
+                if run is not None and epoch_ms(run.created_at) != int(score):
+                    # An entry left by an expired incarnation of this run id whose re-creator
+                    # died before settling: settle the run as created, under its own score.
+                    repairs += self._rescore(run)
+                if run is not None and run_filter.matches(run):
+                    matched.append(run)
+                    continue
+                dropped.add(member)
+                repairs += self._repairs(sources, member, int(score), run)
+            if repairs:
+                yield Batch(tuple(repairs))
+            if len(dropped) == extra:
+                run_filter.sort(matched)
+                return matched
+
+    def _rescore(self, run: PipelineRun) -> list[Script]:
+        settle = self.indexer.settle_created(run, epoch_ms(run.created_at), "", now_ms())
+        return [item for item in settle.items if isinstance(item, Script)]
+
+    def _repairs(
+        self, sources: list[_Source], member: str, score: int, run: PipelineRun | None
+    ) -> list[Script]:
+        """Settle what the run says into the groups whose entries contradicted it."""
+        now = now_ms()
+        repairs: list[Script] = []
+        for group, status in sources:
+            belongs = run is not None and group.tenant_id in (None, run.tenant_id)
+            if run is not None and belongs and status in (None, run.status):
+                continue  # this entry is right; the run was dropped for another reason
+            settle = self.indexer.settle(
+                [group],
+                member,
+                score if run is None or not belongs else epoch_ms(run.created_at),
+                version=run.version if run is not None and belongs else None,
+                status=PipelineRunStatus(run.status) if run is not None and belongs else None,
+                nonce="",
+                now_ms=now,
+            )
+            repairs += [item for item in settle.items if isinstance(item, Script)]
+        return repairs
+
+    def _page_ids(
+        self, sources: list[_Source], run_filter: RunFilter, extra: int
+    ) -> Plan[list[tuple[str, float]]]:
+        """Index entries ``[offset, offset + limit + extra)`` of the filter's window, in order."""
+        low = str(epoch_ms(run_filter.since)) if run_filter.since else "-inf"
+        high = str(epoch_ms(run_filter.until)) if run_filter.until else "+inf"
+        count = -1 if run_filter.limit is None else run_filter.limit + extra
+        zsets = [self._zset(source) for source in sources]
+        order = "desc" if run_filter.newest_first else "asc"
+        if len(zsets) == 1:
+            flat = yield Script("page_index", zsets, [low, high, run_filter.offset, count, order])
+            return _pairs(flat)
+        # Several statuses: merge the heads of their indexes (ids only; no run is read here).
+        head = None if count < 0 else run_filter.offset + count
+        limit = () if head is None else ("LIMIT", 0, head)
+        scores: tuple[str, ...] = (
+            (high, low, "BYSCORE", "REV") if run_filter.newest_first else (low, high, "BYSCORE")
+        )
+        per_source = yield Batch(
+            tuple(Command(("ZRANGE", zset, *scores, *limit, "WITHSCORES")) for zset in zsets)
+        )
+        found = {(score, member) for reply in per_source for member, score in _pairs(reply)}
+        merged = sorted(found, reverse=run_filter.newest_first)
+        window = merged[run_filter.offset : None if head is None else head]
+        return [(member, score) for score, member in window]
+
+    @staticmethod
+    def _zset(source: _Source) -> str:
+        group, status = source
+        return group.everything if status is None else group.status(status)
+
+    def _index_sources(self, run_filter: RunFilter) -> list[_Source]:
+        k = self.keys
+        if run_filter.idempotency_key is not None:
+            return [(k.idempotency_group(run_filter.idempotency_key), None)]
+        group = k.tenant_group(run_filter.tenant_id) if run_filter.tenant_id else k.global_group()
+        if run_filter.status:
+            return [(group, status) for status in sorted(run_filter.status)]
+        return [(group, None)]
+
+    def _load_many(self, run_ids: list[str]) -> Plan[list[PipelineRun | None]]:
+        if not run_ids:
+            return []
+        replies = yield Batch(tuple(Command(("HGETALL", self.keys.run(r))) for r in run_ids))
+        return [decode_run_hash(reply) for reply in replies]

@@ -1,0 +1,1 @@
+"""Repository tooling (not installed): ``check_package`` is ``make package``."""
