@@ -16,7 +16,7 @@ import os
 import sys
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, cast
@@ -37,6 +37,7 @@ from mpstate.aio import (
 )
 from mpstate.testing import RedisServer
 from mpstate.testing._cluster import LocalRedisCluster
+from mpstate.testing._servers import private_redis_server
 
 # The Celery test helpers (``celery_support``, ``video_pipeline``) serve tests/webhooks and
 # tests/celery_app too; pytest puts tests/celery on sys.path only when it collects that folder.
@@ -110,25 +111,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @contextmanager
 def private_server(binary: str | None = None) -> Iterator[RedisServer]:
-    """``RedisServer`` on a free port, on another port if that one was taken before it bound.
-
-    ``free_port`` releases the port before redis-server binds it: another process (an xdist
-    worker starting its own server, any client's outgoing connection) may take it meanwhile.
-    """
-    for attempt in range(3):
-        server = RedisServer(binary)
-        try:
-            server.start()
-        except RuntimeError as error:  # start() stopped it; the log says why
-            server.cleanup()
-            if attempt == 2 or "in use" not in str(error):
-                raise
-            continue
-        try:
-            yield server
-        finally:
-            server.cleanup()
-        return
+    """``RedisServer`` on a free port (``mpstate.testing``'s, which retries a port taken
+    meanwhile by another xdist worker's server or any client's outgoing connection)."""
+    with private_redis_server(binary) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
@@ -259,3 +245,25 @@ def make_store(backend: str, request: pytest.FixtureRequest, prefix: str) -> Ite
 def store(make_store: StoreFactory) -> PipelineStateStore:
     """A store of each backend with default options."""
     return make_store()
+
+
+@pytest.fixture
+def make_harness(redis_url: str, prefix: str) -> Iterator[Callable[..., Any]]:
+    """Build this test's Celery harness on the suite's Redis, broker and store
+    (``tests/celery/celery_support.py``); workers are opt-in (``h.start_worker()``). The Celery
+    tests override it to run on each store backend."""
+    from celery_support import harness  # noqa: PLC0415 - Celery, for the folders that use it
+
+    with ExitStack() as stack:
+
+        def factory(**conf: Any) -> Any:
+            conf.setdefault("broker_transport_options", {"polling_interval": 0.2})
+            return stack.enter_context(harness(redis_url, redis_url, prefix, **conf))
+
+        yield factory
+
+
+@pytest.fixture
+def h(make_harness: Callable[..., Any]) -> Any:
+    """A harness with default settings and no worker (``h.start_worker()`` starts one)."""
+    return make_harness()

@@ -17,10 +17,12 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.util import find_spec
 from pathlib import Path
 
-__all__ = ["RedisServer", "find_redis_server", "free_port"]
+__all__ = ["RedisServer", "find_redis_server", "free_port", "private_redis_server"]
 
 
 def find_redis_server() -> str:
@@ -173,3 +175,24 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.cleanup()
+
+
+@contextmanager
+def private_redis_server(binary: str | None = None) -> Iterator[RedisServer]:
+    """A started ``RedisServer`` on a free port, stopped and removed afterwards; on another port
+    if that one was taken before it bound (``free_port`` releases the port before redis-server
+    binds it: another process may take it meanwhile)."""
+    for attempt in range(3):
+        server = RedisServer(binary)
+        try:
+            server.start()
+        except RuntimeError as error:  # start() stopped it; the log says why
+            server.cleanup()
+            if attempt == 2 or "in use" not in str(error):
+                raise
+            continue
+        try:
+            yield server
+        finally:
+            server.cleanup()
+        return

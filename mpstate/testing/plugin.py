@@ -36,7 +36,7 @@ import pytest
 
 from mpstate.memory import InMemoryPipelineStateStore
 from mpstate.store import PipelineStateStore
-from mpstate.testing._servers import RedisServer, find_redis_server
+from mpstate.testing._servers import find_redis_server, private_redis_server
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -98,7 +98,7 @@ def mpstate_redis_url() -> Iterator[str]:
         binary = find_redis_server()
     except FileNotFoundError as exc:
         pytest.skip(_NO_REDIS.format(reason=exc))
-    with _private_server(binary) as server:
+    with private_redis_server(binary) as server:
         yield server.url
 
 
@@ -192,25 +192,6 @@ def mpstate_celery(
 
 
 # -- plumbing -------------------------------------------------------------------------------
-
-
-@contextmanager
-def _private_server(binary: str) -> Iterator[RedisServer]:
-    """A ``RedisServer`` on a free port, on another if that one was taken before it bound."""
-    for attempt in range(3):
-        server = RedisServer(binary)
-        try:
-            server.start()
-        except RuntimeError as error:  # start() stopped it; the log says why
-            server.cleanup()
-            if attempt == 2 or "in use" not in str(error):
-                raise
-            continue
-        try:
-            yield server
-        finally:
-            server.cleanup()
-        return
 
 
 def _delete_prefix(store: RedisPipelineStateStore) -> None:

@@ -5,33 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import ExitStack
-from typing import Any
 
 import httpx
 import pytest
 import redis
-from celery_support import Harness, HarnessFactory, harness
 from dashboard_support import CountingStore, Serve
 from key_cleanup import delete_prefix
 
 from celery_app.embedded import bind_loopback, serving
-
-
-@pytest.fixture
-def make_harness(redis_url: str, prefix: str) -> Iterator[HarnessFactory]:
-    with ExitStack() as stack:
-
-        def factory(**conf: Any) -> Harness:
-            conf.setdefault("broker_transport_options", {"polling_interval": 0.2})
-            return stack.enter_context(harness(redis_url, redis_url, prefix, **conf))
-
-        yield factory
-
-
-@pytest.fixture
-def h(make_harness: HarnessFactory) -> Harness:
-    """A harness (app, store, MpState) with no worker."""
-    return make_harness()
 
 
 @pytest.fixture

@@ -14,27 +14,9 @@ from typing import Any
 
 import httpx
 import pytest
-from celery_support import Harness, HarnessFactory, harness
 from prometheus_client import CollectorRegistry
 
 from celery_app.embedded import bind_loopback, serving
-
-
-@pytest.fixture
-def make_harness(redis_url: str, prefix: str) -> Iterator[HarnessFactory]:
-    with ExitStack() as stack:
-
-        def factory(**conf: Any) -> Harness:
-            conf.setdefault("broker_transport_options", {"polling_interval": 0.2})
-            return stack.enter_context(harness(redis_url, redis_url, prefix, **conf))
-
-        yield factory
-
-
-@pytest.fixture
-def h(make_harness: HarnessFactory) -> Harness:
-    """A harness with default settings and no worker (``h.start_worker()`` starts one)."""
-    return make_harness()
 
 
 @pytest.fixture

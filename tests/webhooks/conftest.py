@@ -10,33 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import ExitStack
-from typing import Any
 
 import httpx
 import pytest
-from celery_support import Harness, HarnessFactory, harness
 from provider_support import FAL_KEY, FAL_NEXT_KEY, Endpoint, JwksServer, jwks_server
 from webhook_support import Serve
 
 from celery_app.embedded import bind_loopback, serving
-
-
-@pytest.fixture
-def make_harness(redis_url: str, prefix: str) -> Iterator[HarnessFactory]:
-    """Build this test's harness on the suite's Redis (broker and store); workers are opt-in."""
-    with ExitStack() as stack:
-
-        def factory(**conf: Any) -> Harness:
-            conf.setdefault("broker_transport_options", {"polling_interval": 0.2})
-            return stack.enter_context(harness(redis_url, redis_url, prefix, **conf))
-
-        yield factory
-
-
-@pytest.fixture
-def h(make_harness: HarnessFactory) -> Harness:
-    """A harness with default settings and no worker (``h.start_worker()`` starts one)."""
-    return make_harness()
 
 
 @pytest.fixture
