@@ -4,9 +4,11 @@ run ``mpstate`` against it, in process (click's ``CliRunner``) or as the install
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
@@ -14,9 +16,10 @@ from celery import Celery
 from click.testing import CliRunner, Result
 
 from mpstate import RedisPipelineStateStore
+from mpstate.celery.identity import RUN_ID
 from mpstate.cli import cli
 
-from .support import CLI_ENV, LAYOUT_ENV, RunCli
+from .support import CLI_ENV, DEFAULT_QUEUE, LAYOUT_ENV, RunCli
 
 
 @pytest.fixture(autouse=True)
@@ -68,3 +71,17 @@ def app(
     with app.connection_for_write() as conn:
         conn.default_channel.queue_delete(f"{prefix}-q")
     app.close()
+
+
+@pytest.fixture
+def broker(redis_url: str, prefix: str) -> Iterator[tuple[str, redis.Redis]]:
+    """A broker URL on the suite's Redis, database 2 (away from the stores), and a client to
+    it. Afterwards exactly the messages of this test's runs (ids start with its prefix) are
+    removed, never the whole queue."""
+    url = urlunsplit(urlsplit(redis_url)._replace(path="/2"))
+    client = redis.Redis.from_url(url)
+    yield url, client
+    for raw in client.lrange(DEFAULT_QUEUE, 0, -1):
+        if str(json.loads(raw)["headers"].get(RUN_ID, "")).startswith(prefix):
+            client.lrem(DEFAULT_QUEUE, 0, raw)
+    client.close()

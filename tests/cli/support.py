@@ -3,6 +3,8 @@ installed console script."""
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
@@ -10,9 +12,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import redis
 from click.testing import Result
 
 from mpstate import PipelineRun, RedisPipelineStateStore, RunCompleted, RunStarted
+from mpstate.celery.identity import RUN_ID
+
+#: The queue a bare app on ``--broker-url`` publishes to (Celery's default).
+DEFAULT_QUEUE = "celery"
 
 #: Environment the CLI reads; cleared so an operator's own settings never reach a test.
 CLI_ENV = (
@@ -80,3 +87,15 @@ def make_run(
     if status == "cancelled":
         run = store.cancel(run_id, "test cancelled it")
     return store.require(run_id, include_events=False)
+
+
+def messages(client: redis.Redis, queue: str, run_id: str) -> list[dict[str, Any]]:
+    """The kombu messages waiting in ``queue`` for ``run_id``, oldest first."""
+    found = []
+    for raw in reversed(client.lrange(queue, 0, -1)):  # LPUSHed: the oldest is last
+        message = json.loads(raw)
+        if message["headers"].get(RUN_ID) == run_id:
+            args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
+            message["args"], message["kwargs"] = args, kwargs
+            found.append(message)
+    return found

@@ -36,12 +36,11 @@ from mpstate.celery.transitions import (
 from mpstate.fields import utc_now
 from mpstate.testing._servers import free_port
 
-from .support import RunCli, script_env
+from .support import DEFAULT_QUEUE, RunCli, script_env
 
 STALE = "0.3"
 STALE_S = 0.3
 #: The queue a bare app (``--broker-url`` alone) publishes to: Celery's default.
-DEFAULT_QUEUE = "celery"
 #: Set by the ``--app`` tests; the CLI loads it as ``<this module>:APP``.
 APP: Celery | None = None
 

@@ -12,11 +12,9 @@ it was given already, or the budget still refuses), 2 bad input, 3 unknown run.
 
 from __future__ import annotations
 
-import base64
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
@@ -33,10 +31,9 @@ from mpstate.celery.transitions import (
 )
 from mpstate.models import StepStatus, SuspendReason
 
-from .support import RunCli
+from .support import DEFAULT_QUEUE, RunCli, messages
 
 #: The queue a bare app (``--broker-url`` alone) publishes to: Celery's default.
-DEFAULT_QUEUE = "celery"
 #: Set by the ``--app`` test; the CLI loads it as ``<this module>:APP``.
 APP: Celery | None = None
 APP_PATH = f"{__name__}:APP"
@@ -155,32 +152,6 @@ def running(store: RedisPipelineStateStore, run_id: str) -> PipelineRun:
 
 
 # -- the broker ------------------------------------------------------------------------------------
-
-
-def messages(client: redis.Redis, queue: str, run_id: str) -> list[dict[str, Any]]:
-    """The kombu messages waiting in ``queue`` for ``run_id``, oldest first."""
-    found = []
-    for raw in reversed(client.lrange(queue, 0, -1)):  # LPUSHed: the oldest is last
-        message = json.loads(raw)
-        if message["headers"].get(RUN_ID) == run_id:
-            args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
-            message["args"], message["kwargs"] = args, kwargs
-            found.append(message)
-    return found
-
-
-@pytest.fixture
-def broker(redis_url: str, prefix: str) -> Iterator[tuple[str, redis.Redis]]:
-    """A broker URL on the suite's Redis, database 2, and a client to it. Afterwards exactly the
-    messages of this test's runs (ids start with its prefix) are removed, never the whole
-    queue."""
-    url = urlunsplit(urlsplit(redis_url)._replace(path="/2"))
-    client = redis.Redis.from_url(url)
-    yield url, client
-    for raw in client.lrange(DEFAULT_QUEUE, 0, -1):
-        if str(json.loads(raw)["headers"].get(RUN_ID, "")).startswith(prefix):
-            client.lrem(DEFAULT_QUEUE, 0, raw)
-    client.close()
 
 
 @pytest.fixture
