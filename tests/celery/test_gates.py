@@ -526,7 +526,11 @@ def test_of_two_operators_approving_at_once_exactly_one_succeeds(
         won = [o for o in outcomes if isinstance(o, PipelineRun)]
         lost = [o for o in outcomes if isinstance(o, Exception)]
         assert (len(won), len(lost)) == (1, 1), outcomes
-        assert isinstance(lost[0], InvalidResumeTokenError)
+        # The token was spent: refused as such, or, when the winner's verdict and the steps
+        # after it ended the run first, as a verdict on a finished run (the same family).
+        loser = lost[0]
+        assert isinstance(loser, InvalidTransitionError), outcomes
+        assert isinstance(loser, InvalidResumeTokenError) or loser.status == "completed", loser
         run = h.wait_terminal(run_id)
         assert run.status is PipelineRunStatus.COMPLETED
         approvals = [e for e in events_of(run, "step-gated") if e.verdict == "approved"]
