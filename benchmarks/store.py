@@ -97,7 +97,9 @@ class Config:
     handoff_grants_per_round: int
 
     @classmethod
-    def for_mode(cls, quick: bool) -> Config:
+    def for_mode(cls, quick: bool, *, smoke: bool = False) -> Config:
+        if smoke:  # the test suite's: every operation measured once, on small tenants
+            return cls("smoke", 1, 0.01, 0.02, 200, 2_000, 50, 1, 3, 10)
         if quick:
             return cls("quick", 2, 0.02, 0.04, 1_000, 10_000, 50, 2, 3, 30)
         return cls("full", 5, 0.25, 0.5, 1_000, 100_000, 50, 5, 3, 200)
@@ -447,7 +449,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.store", description=(__doc__ or "").split("\n")[0]
     )
-    parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")
+    parser.add_argument("--quick", action="store_true", help="a short run of about 10 s")
+    parser.add_argument(
+        "--smoke", action="store_true", help="each operation once on small tenants (for tests)"
+    )
     parser.add_argument("--rounds", type=int, help="rounds per measurement (default 5, quick 2)")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON")
     parser.add_argument(
@@ -461,7 +466,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    config = Config.for_mode(args.quick)
+    config = Config.for_mode(args.quick, smoke=args.smoke)
     if args.rounds:
         config = dataclasses.replace(config, rounds=args.rounds)
     started = time.perf_counter()

@@ -1,4 +1,4 @@
-"""The benchmarks' harnesses work: a --quick run against its own server reports everything.
+"""The benchmarks' harnesses work: a short run against its own server reports everything.
 
 Timings are never checked here (the machine is shared and noisy); only that every operation was
 measured and the results file is complete.
@@ -39,7 +39,7 @@ def test_quick_benchmark_reports_every_operation(
     bench = importlib.import_module("benchmarks.store")
     output = tmp_path / "store.json"
 
-    assert bench.main(["--quick", "--output", str(output)]) == 0
+    assert bench.main(["--smoke", "--output", str(output)]) == 0
 
     result = json.loads(output.read_text())
     operations = {row["name"]: row for row in result["operations"]}
