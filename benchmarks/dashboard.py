@@ -27,6 +27,7 @@ from benchmarks.harness import write_results
 from benchmarks.workload import bulk_create, bulk_run_id
 from celery_app.embedded import bind_loopback, serving, url_of
 from mpstate.dashboard import dashboard_app
+from mpstate.plans import Plan, drive
 from mpstate.redis import RedisPipelineStateStore
 from mpstate.testing import RedisServer
 
@@ -39,9 +40,12 @@ class CountingStore(RedisPipelineStateStore):
 
     requests = 0
 
-    def _execute(self, request: Any) -> Any:
+    def _drive(self, plan: Plan[Any]) -> Any:
+        return drive(plan, self._count)
+
+    def _count(self, request: Any) -> Any:
         type(self).requests += 1
-        return super()._execute(request)
+        return self._executor(request)
 
 
 def timed(http: httpx.Client, url: str) -> float:

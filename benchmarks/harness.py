@@ -25,6 +25,7 @@ from redis.connection import BlockingConnectionPool, Connection
 
 __all__ = [
     "BENCH_CLIENT_NAME",
+    "OWN_COMMANDS",
     "HandOff",
     "Segment",
     "ServerCounters",
@@ -38,6 +39,8 @@ __all__ = [
 ]
 
 BENCH_CLIENT_NAME = "mpstate-bench"
+#: ``INFO commandstats`` entries of the benchmarks' own bookkeeping, not the broker's or store's.
+OWN_COMMANDS = ("cmdstat_info", "cmdstat_client", "cmdstat_config")
 
 
 class _RoundTrips:
@@ -96,7 +99,7 @@ class ServerCounters:
         commands = sum(
             int(entry["calls"])
             for name, entry in stats.items()
-            if not name.startswith(("cmdstat_info", "cmdstat_client", "cmdstat_config"))
+            if not name.startswith(OWN_COMMANDS)
         )
         return commands, main_thread_cpu_seconds(self.admin)
 

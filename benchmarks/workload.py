@@ -126,7 +126,7 @@ def _recorded_create(store: RedisPipelineStateStore, document: dict[str, Any]) -
         requests.append(request)
         return answer(request)
 
-    drive(store._plan_create(document, return_existing=False), record)
+    drive(store._backend._plan_create(document, return_existing=False), record)
     return requests
 
 

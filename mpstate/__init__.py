@@ -69,6 +69,7 @@ from mpstate.models import (
     StepStatus,
     SuspendReason,
 )
+from mpstate.options import StoreOptions
 from mpstate.replay import log_state, replay_run
 from mpstate.store import HeldLock, PipelineStateStore
 
@@ -135,6 +136,7 @@ __all__ = [
     "StepState",
     "StepStatus",
     "StepWaiting",
+    "StoreOptions",
     "SuspendReason",
     "UnmatchedCallback",
     "UnmatchedReason",

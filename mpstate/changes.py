@@ -10,7 +10,7 @@ it atomically or refuses it with one of the ``Refusal`` codes below, checked in 
 5. ``INVALID_TRANSITION``  the patch moves ``status`` somewhere the transition table forbids;
 6. ``LOG_ENDED``           the change appends events after the log's terminal event.
 
-The Redis backend checks the same list in Lua (``scripts/commit_run.lua``); the codes and the
+The Redis backend checks the same list in Lua (``scripts/commit_run-3.lua``); the codes and the
 errors they become live here once.
 """
 
@@ -33,7 +33,19 @@ from mpstate.events import TERMINAL_EVENT_KINDS, PipelineEvent
 from mpstate.models import PipelineRun, PipelineRunStatus, statuses_that_may_become
 from mpstate.patches import ValidPatch
 
-__all__ = ["Applied", "CommitResult", "Refusal", "RunChange", "refusal_error"]
+__all__ = ["Applied", "CommitResult", "Refusal", "RunChange", "Written", "refusal_error"]
+
+
+class Written(IntEnum):
+    """What a write script answers when it refused nothing. Values are what the Lua scripts
+    return (their headers name them), as ``Refusal``'s are."""
+
+    #: Left as it was: cancelling a cancelled run.
+    UNCHANGED = 0
+    #: Applied now.
+    APPLIED = 1
+    #: Applied before, by this very operation (a client retry after a lost reply): not again.
+    REPLAYED = 2
 
 
 class Refusal(IntEnum):

@@ -2,9 +2,9 @@
 
 Every public operation validates its input, builds the write and maps refusals to errors here, as
 a generator that yields the I/O it needs; a backend supplies only primitives, themselves plans
-(``_insert``, ``_apply``, ``_load``, ...). The sync stores (``PipelineStateStore``) and the asyncio
-stores (``mpstate.aio``) are shells that drive these plans, so every backend and both shells
-accept, refuse and report exactly the same things.
+(``_insert``, ``_apply``, ``_load``, ...). A backend is a ``StoreCore``; a store pairs one with an
+executor that carries out the requests, sync (``PipelineStateStore``) or asyncio (``mpstate.aio``),
+so every backend and both flavours accept, refuse and report exactly the same things.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import PydanticSerializationError
 
+from mpstate._checks import check_id, check_int, check_positive
 from mpstate.changes import Applied, CommitResult, Refusal, RunChange, refusal_error
-from mpstate.deliveries import UNMATCHED_KEPT, UnmatchedCallback, unmatched_callback
+from mpstate.deliveries import UnmatchedCallback, unmatched_callback
 from mpstate.errors import InvalidInputError, LockTimeoutError, RunNotFoundError
 from mpstate.events import EVENT_TYPES as _EVENT_TYPES
 from mpstate.events import (
@@ -33,9 +34,10 @@ from mpstate.events import (
     RunCreated,
     parse_event,
 )
-from mpstate.fields import MAX_ID_LENGTH, MAX_SAFE_INTEGER, ensure_storable, utc_now
+from mpstate.fields import MAX_SAFE_INTEGER, ensure_storable, utc_now
 from mpstate.filters import RunFilter, build_filter
 from mpstate.models import PipelineRun, PipelineRunStatus
+from mpstate.options import StoreOptions
 from mpstate.patches import validate_patch
 from mpstate.plans import Plan
 
@@ -45,10 +47,6 @@ __all__ = [
     "LockAttempt",
     "LockGrant",
     "StoreCore",
-    "StoreOptions",
-    "check_id",
-    "check_int",
-    "check_positive",
 ]
 
 #: Longest one backend wait of ``follow_events``; the run's existence is checked between waits.
@@ -56,73 +54,6 @@ FOLLOW_WAIT_S = 1.0
 
 #: Most events one commit may append.
 MAX_EVENTS_PER_COMMIT = 100
-
-
-def check_id(value: object, what: str) -> str:
-    """Validate an id argument: a non-empty string of at most ``MAX_ID_LENGTH`` characters."""
-    if not isinstance(value, str) or not value:
-        raise InvalidInputError(f"{what} must be a non-empty string, not {value!r}")
-    if len(value) > MAX_ID_LENGTH:
-        raise InvalidInputError(f"{what} is longer than {MAX_ID_LENGTH} characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InvalidInputError(f"{what} is not valid unicode text") from exc
-    return value
-
-
-def check_int(value: object, what: str, *, minimum: int) -> int:
-    """Validate an integer argument from ``minimum`` to ``MAX_SAFE_INTEGER`` (bools refused)."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int)
-        or not minimum <= value <= MAX_SAFE_INTEGER
-    ):
-        raise InvalidInputError(
-            f"{what} must be an integer from {minimum} to {MAX_SAFE_INTEGER}, not {value!r}"
-        )
-    return value
-
-
-def check_positive(value: object, what: str, *, zero_ok: bool = False) -> float:
-    """Validate a duration or size argument: a finite number above 0 (or 0 with ``zero_ok``)."""
-    least = ">= 0" if zero_ok else "> 0"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidInputError(f"{what} must be a finite number {least}, not {value!r}")
-    lowest_ok = value >= 0 if zero_ok else value > 0
-    if not (lowest_ok and value < math.inf):  # NaN fails both comparisons
-        raise InvalidInputError(f"{what} must be a finite number {least}, not {value!r}")
-    return float(value)
-
-
-@dataclass(frozen=True, slots=True)
-class StoreOptions:
-    """Lifetimes and lock timings shared by every backend (seconds and milliseconds)."""
-
-    run_ttl_seconds: float = 30 * 86400
-    lock_ttl_seconds: float = 60
-    idempotency_ttl_seconds: float = 86400
-    external_job_ttl_seconds: float = 7 * 86400
-    lock_acquire_timeout_ms: int = 5000
-    lock_poll_interval_ms: int = 100
-    #: Unmatched callbacks kept (the newest); ``count_unmatched`` counts every one regardless.
-    unmatched_kept: int = UNMATCHED_KEPT
-
-    def __post_init__(self) -> None:
-        for name in (
-            "run_ttl_seconds",
-            "lock_ttl_seconds",
-            "idempotency_ttl_seconds",
-            "external_job_ttl_seconds",
-        ):
-            check_positive(getattr(self, name), name)
-        check_int(self.lock_acquire_timeout_ms, "lock_acquire_timeout_ms", minimum=0)
-        check_int(self.lock_poll_interval_ms, "lock_poll_interval_ms", minimum=1)
-        check_int(self.unmatched_kept, "unmatched_kept", minimum=1)
-
-    @property
-    def lock_ttl_ms(self) -> int:
-        return max(1, int(self.lock_ttl_seconds * 1000))
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +67,7 @@ class LockAttempt:
 
 @dataclass(frozen=True, slots=True)
 class LockGrant:
-    """A granted lock as the plans see it; each shell wraps it in its own held-lock handle."""
+    """A granted lock as the plans see it; each store wraps it in its own held-lock handle."""
 
     run_id: str
     token: str
@@ -193,7 +124,7 @@ class FollowCursor:
 
 
 class StoreCore(ABC):
-    """Validation, guards and the shape of every operation, shared by every store and shell."""
+    """Validation, guards and the shape of every operation: a backend, driven by a store."""
 
     def __init__(self, options: StoreOptions) -> None:
         self.options = options
@@ -207,11 +138,8 @@ class StoreCore(ABC):
         return self._tenant
 
     def for_tenant(self, tenant_id: str) -> Self:
-        """A view of this store that sees and creates only ``tenant_id``'s runs.
-
-        Another tenant's run is "not found" through the view; creating one is refused. The view
-        shares connections and state with this store.
-        """
+        """A copy of this backend scoped to ``tenant_id``, sharing its state (the stores'
+        ``for_tenant``)."""
         check_id(tenant_id, "tenant_id")
         if self._tenant is not None and self._tenant != tenant_id:
             raise InvalidInputError(
@@ -293,6 +221,15 @@ class StoreCore(ABC):
         if events is None:
             raise RunNotFoundError(run_id)
         return events
+
+    def _plan_last_event(self, run_id: str) -> Plan[PipelineEvent | None]:
+        check_id(run_id, "run_id")
+        if self._tenant is not None:
+            yield from self._plan_require(run_id, False)
+        newest = yield from self._read_last_event(run_id)
+        if newest is None:
+            raise RunNotFoundError(run_id)
+        return newest[-1] if newest else None
 
     def _plan_list_runs(
         self, filter: RunFilter | Mapping[str, Any] | None, fields: Mapping[str, Any]
@@ -543,6 +480,14 @@ class StoreCore(ABC):
         self, run_id: str, since_seq: int, limit: int | None
     ) -> Plan[list[PipelineEvent] | None]:
         """Events after ``since_seq``; None when the run does not exist."""
+
+    def _read_last_event(self, run_id: str) -> Plan[list[PipelineEvent] | None]:
+        """The newest event, in a list (empty for an empty log); None when the run does not exist.
+
+        This default reads the whole log; a backend overrides it with one short read.
+        """
+        events = yield from self._read_events(run_id, 0, None)
+        return None if events is None else events[-1:]
 
     @abstractmethod
     def _wait_for_events(

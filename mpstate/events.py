@@ -61,20 +61,28 @@ class _StepEvent(_Event):
 
 
 class RunCreated(_Event):
+    """A run was created: always its event 1, written by ``create``."""
+
     kind: Literal["run-created"] = "run-created"
     pipeline_def_hash: str
 
 
 class RunStarted(_Event):
+    """The run started (``MpState.start_run``)."""
+
     kind: Literal["run-started"] = "run-started"
 
 
 class StepStarted(_StepEvent):
+    """A step attempt began, before its body runs (``attempt`` 0, then 1 after a retry, ...)."""
+
     kind: Literal["step-started"] = "step-started"
     attempt: int = Field(ge=0)
 
 
 class StepProgress(_StepEvent):
+    """A step in flight reported progress (``self.progress()``, a provider's callback or poll)."""
+
     kind: Literal["step-progress"] = "step-progress"
     pct: float = Field(ge=0, le=100)
     eta_ms: int | None = Field(default=None, ge=0)
@@ -83,18 +91,24 @@ class StepProgress(_StepEvent):
 
 
 class StepCached(_StepEvent):
+    """A step's result came from the cache, or was carried over by a re-run."""
+
     kind: Literal["step-cached"] = "step-cached"
     cache_key: str
     artifact_ids: list[str]
 
 
 class StepCompleted(_StepEvent):
+    """A step finished with its artifacts and cost."""
+
     kind: Literal["step-completed"] = "step-completed"
     artifact_ids: list[str]
     cost_usd: Cost
 
 
 class StepFailed(_StepEvent):
+    """A step attempt failed: ``retryable`` when the step runs again."""
+
     kind: Literal["step-failed"] = "step-failed"
     code: str
     retryable: bool
@@ -135,28 +149,38 @@ class StepWaiting(_StepEvent):
 
 
 class RunSuspended(_Event):
+    """The run waits (for a webhook, its budget or a gate) with a fresh resume token."""
+
     kind: Literal["run-suspended"] = "run-suspended"
     reason: Literal["webhook", "budget", "gate"]
     resume_token: str
 
 
 class RunResumed(_Event):
+    """An answer woke a suspended run, from ``from_step_id``."""
+
     kind: Literal["run-resumed"] = "run-resumed"
     from_step_id: Identifier
 
 
 class RunCompleted(_Event):
+    """Every step is done: a terminal event, always the log's last."""
+
     kind: Literal["run-completed"] = "run-completed"
     total_cost_usd: Cost
 
 
 class RunFailed(_Event):
+    """The run failed for good: a terminal event, always the log's last."""
+
     kind: Literal["run-failed"] = "run-failed"
     code: str
     terminal_reason: str
 
 
 class RunCancelled(_Event):
+    """The run was cancelled (``cancel``): a terminal event, always the log's last."""
+
     kind: Literal["run-cancelled"] = "run-cancelled"
     reason: str
 

@@ -1,8 +1,9 @@
 """The in-memory backend: the contract in one process, for development and tests.
 
 ``MemoryBackend`` holds the primitives (no I/O, so each is an ``immediate`` plan; only the waits
-block, as ``Blocking`` requests); ``InMemoryPipelineStateStore`` is its sync shell and
-``mpstate.aio.AsyncInMemoryPipelineStateStore`` its asyncio shell.
+block, as ``Blocking`` requests); ``MemoryExecutor`` runs those waits in the calling thread.
+``InMemoryPipelineStateStore`` pairs the two; ``mpstate.aio.AsyncInMemoryPipelineStateStore``
+pairs the backend with an asyncio executor.
 
 Thread-safe (one re-entrant lock guards all state, and lock waiters sleep on a condition), returns
 copies so callers never alias stored state, and expires locks and delivery claims with a real
@@ -17,19 +18,20 @@ import time
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any
+from typing import Any, Unpack
 
 from mpstate.changes import Applied, Refusal, RunChange, refusal_error
-from mpstate.core import LockAttempt, StoreCore, StoreOptions
-from mpstate.deliveries import UNMATCHED_KEPT, UnmatchedCallback
+from mpstate.core import LockAttempt, StoreCore
+from mpstate.deliveries import UnmatchedCallback
 from mpstate.events import TERMINAL_EVENT_KINDS, PipelineEvent, RunCreated
 from mpstate.fields import utc_now
 from mpstate.filters import RunFilter
 from mpstate.models import PipelineRun, PipelineRunStatus
+from mpstate.options import StoreOptionFields, StoreOptions
 from mpstate.plans import Blocking, Plan, immediate
 from mpstate.store import PipelineStateStore
 
-__all__ = ["InMemoryPipelineStateStore", "MemoryBackend"]
+__all__ = ["InMemoryPipelineStateStore", "MemoryBackend", "MemoryExecutor"]
 
 #: Operation ids remembered for retried commits (the newest ones).
 _OPERATIONS_KEPT = 10_000
@@ -78,24 +80,10 @@ class _State:
 
 
 class MemoryBackend(StoreCore):
-    """The primitives on process memory, shared by the sync and asyncio shells."""
+    """The primitives on process memory, shared by the sync and asyncio stores."""
 
-    def __init__(
-        self,
-        *,
-        lock_ttl_seconds: float = 60,
-        lock_acquire_timeout_ms: int = 5000,
-        lock_poll_interval_ms: int = 100,
-        unmatched_kept: int = UNMATCHED_KEPT,
-    ) -> None:
-        super().__init__(
-            StoreOptions(
-                lock_ttl_seconds=lock_ttl_seconds,
-                lock_acquire_timeout_ms=lock_acquire_timeout_ms,
-                lock_poll_interval_ms=lock_poll_interval_ms,
-                unmatched_kept=unmatched_kept,
-            )
-        )
+    def __init__(self, options: StoreOptions | None = None) -> None:
+        super().__init__(options or StoreOptions())
         self._state = _State(unmatched=deque(maxlen=self.options.unmatched_kept))
 
     # -- primitives ---------------------------------------------------------------------------
@@ -221,6 +209,14 @@ class MemoryBackend(StoreCore):
         self, run_id: str, since_seq: int, limit: int | None
     ) -> list[PipelineEvent] | None:
         return self._events_after(run_id, since_seq, limit)
+
+    @immediate
+    def _read_last_event(self, run_id: str) -> list[PipelineEvent] | None:
+        with self._state.mutex:
+            stored = self._state.runs.get(run_id)
+            if stored is None:
+                return None
+            return [event.model_copy() for event in stored.events[-1:]]
 
     def _events_after(
         self, run_id: str, since_seq: int, limit: int | None
@@ -365,9 +361,28 @@ class MemoryBackend(StoreCore):
             return True
 
 
-class InMemoryPipelineStateStore(MemoryBackend, PipelineStateStore):
-    """The whole contract in process memory. Not shared between processes."""
+class MemoryExecutor:
+    """Carries out the in-memory plans' only requests, their waits, in the calling thread."""
 
-    def _execute(self, request: Any) -> Any:
+    def __call__(self, request: Any) -> Any:
         assert isinstance(request, Blocking), request
         return request.wait()
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+    def reset_connections(self) -> None:
+        """No connections to forget."""
+
+
+class InMemoryPipelineStateStore(PipelineStateStore):
+    """The whole contract in process memory. Not shared between processes.
+
+    Takes every ``StoreOptions`` field (``options=`` and keyword overrides); the run,
+    idempotency and external job TTLs are not enforced here.
+    """
+
+    def __init__(
+        self, options: StoreOptions | None = None, **overrides: Unpack[StoreOptionFields]
+    ) -> None:
+        super().__init__(MemoryBackend(StoreOptions.merged(options, overrides)), MemoryExecutor())

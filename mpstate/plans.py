@@ -2,10 +2,11 @@
 
 Every store operation is a generator (a ``Plan``) that yields the requests it needs (a Redis
 command or script, or a blocking wait) and receives each reply by ``send``; the value it returns
-is the operation's result. A shell then runs the plan: ``drive`` executes each request
-synchronously, ``drive_async`` awaits it. The sync and asyncio stores are therefore the same
-validation, guards, retries and decoding with a different loop around them (httpx's auth flows
-work the same way).
+is the operation's result. A store then runs the plan: ``drive`` executes each request
+synchronously, ``drive_async`` awaits it, each with an executor (``Executor``,
+``AsyncExecutor``: one backend's I/O, as an httpx transport). The sync and asyncio stores are
+therefore the same validation, guards, retries and decoding with a different loop around them
+(httpx's auth flows work the same way).
 
 An error raised while executing a request is thrown into the plan at the ``yield`` that asked
 for it, so a plan handles I/O errors with plain ``try``/``except``.
@@ -16,9 +17,18 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from functools import wraps
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar
 
-__all__ = ["Blocking", "Pause", "Plan", "drive", "drive_async", "immediate"]
+__all__ = [
+    "AsyncExecutor",
+    "Blocking",
+    "Executor",
+    "Pause",
+    "Plan",
+    "drive",
+    "drive_async",
+    "immediate",
+]
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -31,7 +41,7 @@ Plan = Generator[Any, Any, T]
 class Blocking:
     """A request to call ``wait()``, which blocks the calling thread (an in-process wait).
 
-    The sync shell calls it in place; the asyncio shell runs it in a worker thread so the event
+    The sync executor calls it in place; the asyncio one runs it in a worker thread so the event
     loop is never blocked.
     """
 
@@ -43,6 +53,30 @@ class Pause:
     """A request to wait ``seconds`` before the plan goes on (``time.sleep``/``asyncio.sleep``)."""
 
     seconds: float
+
+
+class Executor(Protocol):
+    """Carries out one request a plan yields and returns the reply: a backend's sync I/O."""
+
+    def __call__(self, request: Any) -> Any: ...
+
+    def close(self) -> None:
+        """Close the connections it holds."""
+
+    def reset_connections(self) -> None:
+        """Forget its connections without closing them (in a forked child)."""
+
+
+class AsyncExecutor(Protocol):
+    """``Executor`` for asyncio: the reply is awaited."""
+
+    def __call__(self, request: Any) -> Awaitable[Any]: ...
+
+    async def aclose(self) -> None:
+        """Close the connections it holds."""
+
+    def reset_connections(self) -> None:
+        """Forget its connections without closing them (in a forked child)."""
 
 
 def immediate(function: Callable[P, T]) -> Callable[P, Plan[T]]:

@@ -1,20 +1,22 @@
 """``PipelineStateStore``: the store contract's synchronous API.
 
-The logic lives once in ``mpstate.core.StoreCore`` as plans; this class is the sync shell that
-drives them (``_execute`` is each backend's sync I/O) and adds what only a thread-based caller
-needs: the lock as a context manager with a renewing thread, and the live event feed as an
-iterator. ``mpstate.aio.AsyncPipelineStateStore`` is the same contract for asyncio.
+A store is composed, as an httpx client is of a transport: a backend (``mpstate.core.StoreCore``,
+whose plans hold the logic), an executor (``mpstate.plans.Executor``, the backend's sync I/O) and
+the backend's ``StoreOptions``. This class drives the backend's plans with the executor and adds
+what only a thread-based caller needs: the lock as a context manager with a renewing thread, and
+the live event feed as an iterator. ``mpstate.aio.AsyncPipelineStateStore`` is the same contract
+for asyncio.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
-from abc import abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from pydantic import BaseModel
 
@@ -24,17 +26,14 @@ from mpstate.core import (
     FollowCursor,
     LockAttempt,
     StoreCore,
-    StoreOptions,
-    check_id,
-    check_int,
-    check_positive,
 )
 from mpstate.deliveries import UnmatchedCallback
 from mpstate.errors import InvalidInputError, LockNotOwnedError
 from mpstate.events import PipelineEvent
 from mpstate.filters import RunFilter
 from mpstate.models import PipelineRun, PipelineRunStatus
-from mpstate.plans import Plan, drive
+from mpstate.options import StoreOptions
+from mpstate.plans import Executor, Plan, drive
 
 __all__ = [
     "MAX_EVENTS_PER_COMMIT",
@@ -42,9 +41,6 @@ __all__ = [
     "LockAttempt",
     "PipelineStateStore",
     "StoreOptions",
-    "check_id",
-    "check_int",
-    "check_positive",
 ]
 
 log = logging.getLogger("mpstate.store")
@@ -60,23 +56,50 @@ class HeldLock:
     token: str
     fence: int
     run: PipelineRun
-    _store: PipelineStateStore = field(repr=False)
+    #: The store's ``(run_id, token, ttl_ms) -> still held``.
+    _extend: Callable[[str, str, int | None], bool] = field(repr=False)
 
     def extend(self, ttl_ms: int | None = None) -> None:
         """Reset the lock's time to live; ``LockNotOwnedError`` if it was lost meanwhile."""
-        if not self._store._drive(self._store._plan_extend(self.run_id, self.token, ttl_ms)):
+        if not self._extend(self.run_id, self.token, ttl_ms):
             raise LockNotOwnedError(self.run_id)
 
 
-class PipelineStateStore(StoreCore):
-    """The store contract. Construct a backend; ``for_tenant`` gives a tenant-scoped view."""
+class PipelineStateStore:
+    """The store contract: a backend's plans carried out by a sync executor.
 
-    @abstractmethod
-    def _execute(self, request: Any) -> Any:
-        """Carry out one request a plan yields (this backend's sync I/O)."""
+    Construct a concrete store (``InMemoryPipelineStateStore``, ``RedisPipelineStateStore``), or
+    this class with a ``StoreCore`` backend and an ``Executor`` of your own; annotate with it.
+    ``for_tenant`` gives a tenant-scoped view.
+    """
 
-    def _drive(self, plan: Plan[T]) -> T:
-        return drive(plan, self._execute)
+    def __init__(self, backend: StoreCore, executor: Executor) -> None:
+        self._backend = backend
+        self._executor = executor
+
+    @property
+    def options(self) -> StoreOptions:
+        """The lifetimes and lock timings this store was built with."""
+        return self._backend.options
+
+    @property
+    def tenant_id(self) -> str | None:
+        """The tenant this store is scoped to (None: the unscoped store)."""
+        return self._backend.tenant_id
+
+    def for_tenant(self, tenant_id: str) -> Self:
+        """A view of this store that sees and creates only ``tenant_id``'s runs.
+
+        Another tenant's run is "not found" through the view; creating one is refused. The view
+        shares connections and state with this store.
+        """
+        view = copy.copy(self)
+        view._backend = self._backend.for_tenant(tenant_id)
+        return view
+
+    def close(self) -> None:
+        """Close the store's connections (a store in memory has none)."""
+        self._executor.close()
 
     def reset_connections(self) -> None:
         """Forget the pooled connections without closing them: call it in a forked child.
@@ -86,6 +109,13 @@ class PipelineStateStore(StoreCore):
         processes' replies, and closing them would close the parent's. The store opens new
         connections on its next request. A store without connections (in memory) has none.
         """
+        self._executor.reset_connections()
+
+    def _drive(self, plan: Plan[T]) -> T:
+        return drive(plan, self._executor)
+
+    def _extend(self, run_id: str, token: str, ttl_ms: int | None) -> bool:
+        return self._drive(self._backend._plan_extend(run_id, token, ttl_ms))
 
     # -- creating ---------------------------------------------------------------------------
 
@@ -96,22 +126,22 @@ class PipelineStateStore(StoreCore):
         (naming the holder) when the run's idempotency key belongs to another live run; both are
         ``RunInProgressError``. Of concurrent creates of one id or one key, exactly one succeeds.
         """
-        stored, _ = self._drive(self._plan_create(run, return_existing=False))
+        stored, _ = self._drive(self._backend._plan_create(run, return_existing=False))
         return stored
 
     def create_or_get(self, run: PipelineRun | Mapping[str, Any]) -> tuple[PipelineRun, bool]:
         """Like ``create``, but return ``(existing run, False)`` instead of raising."""
-        return self._drive(self._plan_create(run, return_existing=True))
+        return self._drive(self._backend._plan_create(run, return_existing=True))
 
     # -- reading ----------------------------------------------------------------------------
 
     def get(self, run_id: str, *, include_events: bool = True) -> PipelineRun | None:
         """The run with its event log (or without, with ``include_events=False``), or None."""
-        return self._drive(self._plan_get(run_id, include_events))
+        return self._drive(self._backend._plan_get(run_id, include_events))
 
     def require(self, run_id: str, *, include_events: bool = True) -> PipelineRun:
         """Like ``get``, but raise ``RunNotFoundError`` instead of returning None."""
-        return self._drive(self._plan_require(run_id, include_events))
+        return self._drive(self._backend._plan_require(run_id, include_events))
 
     def list_events(
         self, run_id: str, since_seq: int = 0, limit: int | None = None
@@ -120,7 +150,16 @@ class PipelineStateStore(StoreCore):
 
         Raises ``RunNotFoundError`` for a missing run.
         """
-        return self._drive(self._plan_list_events(run_id, since_seq, limit))
+        return self._drive(self._backend._plan_list_events(run_id, since_seq, limit))
+
+    def last_event(self, run_id: str) -> PipelineEvent | None:
+        """The run's newest event, read alone (Redis: ``XREVRANGE ... COUNT 1``), however long
+        the log: what a scan for idle runs needs, without reading every run's log.
+
+        A run's log starts with ``run-created``, so None only for a log that is empty. Raises
+        ``RunNotFoundError`` for a missing run (or another tenant's, through a tenant view).
+        """
+        return self._drive(self._backend._plan_last_event(run_id))
 
     def follow_events(
         self, run_id: str, since_seq: int = 0, *, timeout_s: float | None = None
@@ -133,7 +172,7 @@ class PipelineStateStore(StoreCore):
         event, or when ``timeout_s`` passes (a suspended run can wait hours for a webhook).
         Raises ``RunNotFoundError`` for a missing run, also when it expires while followed.
         """
-        cursor = FollowCursor(self, run_id, since_seq, timeout_s)
+        cursor = FollowCursor(self._backend, run_id, since_seq, timeout_s)
         while (plan := cursor.next_plan()) is not None:
             yield from cursor.emit(self._drive(plan))
 
@@ -143,11 +182,11 @@ class PipelineStateStore(StoreCore):
         **fields: Any,
     ) -> list[PipelineRun]:
         """Runs matching the filter, by ``created_at`` then ``run_id``, without their events."""
-        return self._drive(self._plan_list_runs(filter, fields))
+        return self._drive(self._backend._plan_list_runs(filter, fields))
 
     def find_by_external_job_id(self, provider: str, job_id: str) -> PipelineRun | None:
         """The run that recorded this provider job (``external_job_ids`` or the legacy field)."""
-        return self._drive(self._plan_find_job(provider, job_id))
+        return self._drive(self._backend._plan_find_job(provider, job_id))
 
     def find_job_providers(self, job_id: str) -> list[str]:
         """The providers (sorted) under which some run recorded ``job_id``, within the job TTL.
@@ -158,7 +197,7 @@ class PipelineStateStore(StoreCore):
         job), so confirm with ``find_by_external_job_id(provider, job_id)``. A tenant view
         refuses it (``InvalidInputError``): it would reveal other tenants' jobs.
         """
-        return self._drive(self._plan_find_job_providers(job_id))
+        return self._drive(self._backend._plan_find_job_providers(job_id))
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -198,7 +237,7 @@ class PipelineStateStore(StoreCore):
         again; it returns the seqs it got then and the run as it is now.
         """
         return self._drive(
-            self._plan_commit(
+            self._backend._plan_commit(
                 run_id,
                 patch,
                 events,
@@ -214,7 +253,7 @@ class PipelineStateStore(StoreCore):
         Cancelling a cancelled run changes nothing; cancelling a completed or failed run raises
         ``InvalidTransitionError`` and changes nothing.
         """
-        return self._drive(self._plan_cancel(run_id, reason, fence))
+        return self._drive(self._backend._plan_cancel(run_id, reason, fence))
 
     def append_event(
         self,
@@ -227,7 +266,7 @@ class PipelineStateStore(StoreCore):
 
         The event's ``runId`` must be ``run_id``; nothing may follow a terminal event.
         """
-        return self._drive(self._plan_append_event(run_id, event, fence))
+        return self._drive(self._backend._plan_append_event(run_id, event, fence))
 
     # -- webhook deliveries -------------------------------------------------------------------
 
@@ -241,13 +280,13 @@ class PipelineStateStore(StoreCore):
         tenant: a tenant view refuses this (``InvalidInputError``), as the other delivery
         operations.
         """
-        return self._drive(self._plan_claim_delivery(provider, delivery_id, ttl_s))
+        return self._drive(self._backend._plan_claim_delivery(provider, delivery_id, ttl_s))
 
     def release_delivery(self, provider: str, delivery_id: str) -> None:
         """Forget a claimed delivery: the receiver could not handle it (the store or the broker
         was down, it answered 503), so the provider's retry must be handled, not refused as a
         repeat."""
-        self._drive(self._plan_release_delivery(provider, delivery_id))
+        self._drive(self._backend._plan_release_delivery(provider, delivery_id))
 
     def record_unmatched(self, callback: UnmatchedCallback | Mapping[str, Any]) -> None:
         """Keep a callback that can never match a run, for operators, and count it.
@@ -256,13 +295,13 @@ class PipelineStateStore(StoreCore):
         counts by (provider, reason) cover every one recorded. On Redis both live as long as the
         run TTL after the last one recorded.
         """
-        self._drive(self._plan_record_unmatched(callback))
+        self._drive(self._backend._plan_record_unmatched(callback))
 
     def list_unmatched(
         self, *, provider: str | None = None, limit: int = 100
     ) -> list[UnmatchedCallback]:
         """The unmatched callbacks kept (of ``provider`` only, if given), newest first."""
-        return self._drive(self._plan_list_unmatched(provider, limit))
+        return self._drive(self._backend._plan_list_unmatched(provider, limit))
 
     def count_by_status(self, tenant_id: str | None = None) -> dict[PipelineRunStatus, int]:
         """How many runs are in each status (every status present, 0 included), of ``tenant_id``
@@ -272,11 +311,11 @@ class PipelineStateStore(StoreCore):
         a writer died between its two index writes a count can be one off until a listing
         repairs the entry. For dashboards and metrics, not for decisions.
         """
-        return self._drive(self._plan_count_by_status(tenant_id))
+        return self._drive(self._backend._plan_count_by_status(tenant_id))
 
     def count_unmatched(self) -> dict[tuple[str, str], int]:
         """How many unmatched callbacks were recorded, by (provider, reason), for metrics."""
-        return self._drive(self._plan_count_unmatched())
+        return self._drive(self._backend._plan_count_unmatched())
 
     # -- locking ----------------------------------------------------------------------------
 
@@ -302,8 +341,8 @@ class PipelineStateStore(StoreCore):
         before the block ended (it expired and another holder took it), leaving the block raises
         ``LockNotOwnedError`` unless the block itself raised.
         """
-        grant = self._drive(self._plan_acquire(run_id, timeout_ms))
-        held = HeldLock(grant.run_id, grant.token, grant.fence, grant.run, self)
+        grant = self._drive(self._backend._plan_acquire(run_id, timeout_ms))
+        held = HeldLock(grant.run_id, grant.token, grant.fence, grant.run, self._extend)
         renewer = _Renewer(held, self.options.lock_ttl_ms) if auto_renew else None
         body_failed = False
         try:
@@ -314,7 +353,7 @@ class PipelineStateStore(StoreCore):
         finally:
             if renewer is not None:
                 renewer.stop()
-            released = self._drive(self._release_lock(run_id, held.token))
+            released = self._drive(self._backend._release_lock(run_id, held.token))
             if not released and not body_failed:
                 raise LockNotOwnedError(run_id)
             if not released:

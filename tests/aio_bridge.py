@@ -24,6 +24,7 @@ _PASSTHROUGH = (
     "get",
     "require",
     "list_events",
+    "last_event",
     "list_runs",
     "find_by_external_job_id",
     "find_job_providers",

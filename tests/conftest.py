@@ -195,21 +195,10 @@ def make_store(backend: str, request: pytest.FixtureRequest, prefix: str) -> Ite
     fake_server = fakeredis.FakeServer()
 
     def factory(**options: Any) -> PipelineStateStore:
-        if backend in ("memory", "aio-memory"):
-            memory_options = {
-                k: v
-                for k, v in options.items()
-                if k
-                in {
-                    "lock_ttl_seconds",
-                    "lock_acquire_timeout_ms",
-                    "lock_poll_interval_ms",
-                    "unmatched_kept",
-                }
-            }
-            if backend == "memory":
-                return InMemoryPipelineStateStore(**memory_options)
-            return bridged(AsyncInMemoryPipelineStateStore(**memory_options))
+        if backend == "memory":
+            return InMemoryPipelineStateStore(**options)
+        if backend == "aio-memory":
+            return bridged(AsyncInMemoryPipelineStateStore(**options))
         if backend == "fakeredis":
             client: redis.Redis = fakeredis.FakeRedis(server=fake_server)
         elif backend in ("cluster", "aio-cluster"):

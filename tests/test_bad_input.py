@@ -277,6 +277,7 @@ ID_CALLS: dict[str, tuple[Callable[[PipelineStateStore, Any], Any], bool]] = {
     "get": (lambda s, i: s.get(i), False),
     "require": (lambda s, i: s.require(i), False),
     "list_events": (lambda s, i: s.list_events(i), False),
+    "last_event": (lambda s, i: s.last_event(i), False),
     "update": (lambda s, i: s.update(i, {"error": "e"}), False),
     "commit": (lambda s, i: s.commit(i, {"error": "e"}), False),
     "cancel": (lambda s, i: s.cancel(i, "why"), False),
@@ -341,6 +342,7 @@ def test_malformed_ids_are_refused_as_invalid_input_by_every_method_and_change_n
 MISSING_CALLS: dict[str, Callable[[PipelineStateStore, str], Any]] = {
     "require": lambda s, i: s.require(i),
     "list_events": lambda s, i: s.list_events(i),
+    "last_event": lambda s, i: s.last_event(i),
     "update": lambda s, i: s.update(i, {"error": "e"}, expected_version=1),
     "commit": lambda s, i: s.commit(i, events=[{"kind": "run-started", "runId": i}]),
     "cancel": lambda s, i: s.cancel(i, "why"),

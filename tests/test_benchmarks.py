@@ -52,31 +52,39 @@ def test_quick_benchmark_reports_every_operation(
         assert len(operations[name]["rounds"]) == result["config"]["rounds"], name
     assert result["lock_handoff"]["handoffs"] > 0
     assert result["bench_client_connections"] == 1
-    assert {target["operation"] for target in result["targets"]} == {
+    targets = {target["operation"]: target for target in result["targets"]}
+    assert set(targets) == {
         "create",
         "update",
         "append_event",
+        "find_by_external_job_id",
+        "lock",
         "list_runs_page_big",
         "lock_handoff",
     }
+    assert targets["create"]["goal"] == 0.5
+    assert targets["update"]["goal"] == 0.7
+    for name, target in targets.items():
+        assert target["met"] in (True, False), name
+        assert target["verdict"] == ("PASS" if target["met"] else "MISS"), name
     for key in ("redis_version", "python_version", "redis_py_version", "date"):
         assert result["machine"][key], key
     assert "raw EVALSHA" in capsys.readouterr().out
 
 
 @pytest.mark.slow
-def test_quick_celery_hooks_benchmark_reports_both_rates(
+def test_quick_celery_hooks_benchmark_reports_every_kind_and_goal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.syspath_prepend(str(ROOT))
     bench = importlib.import_module("benchmarks.celery_hooks")
     output = tmp_path / "celery_hooks.json"
 
-    assert bench.main(["--quick", "--output", str(output)]) == 0
+    assert bench.main(["--quick", "--rounds", "1", "--chunks", "1", "--output", str(output)]) == 0
 
     result = json.loads(output.read_text())
     rows = {row["name"]: row for row in result["results"]}
-    assert set(rows) == {"bare", "hooks"}
+    assert set(rows) == {"bare", "chain", "hooks"}
     for name, row in rows.items():
         assert row["steps_per_s"] > 0, name
         assert row["end_to_end_steps_per_s"] > 0, name
@@ -84,15 +92,33 @@ def test_quick_celery_hooks_benchmark_reports_both_rates(
         assert row["steps_measured"] > 0, name
     hooks = rows["hooks"]
     assert hooks["ratio_to_bare"] > 0
-    # Every step reads and commits its run at least once: the counters saw the store's calls.
+    assert hooks["ratio_to_chain"] > 0
+    assert hooks["end_to_end_ratio_to_chain"] > 0
+    assert len(hooks["end_to_end_ratio_to_chain_per_round"]) == result["config"]["rounds"]
+    # Every step commits its run at least once: the counters saw the store's calls.
     assert hooks["store_round_trips_per_step_worker"] >= 1
     assert hooks["evalsha_per_step"] >= 1
     assert hooks["store_redis_commands_per_step"] > 0
     assert rows["bare"]["store_round_trips_per_step"] == 0
-    assert [target["operation"] for target in result["targets"]] == ["hooks"]
+    assert rows["chain"]["store_round_trips_per_step"] == 0
+    # A chain's links published by the worker: the broker's commands are counted for them too.
+    assert rows["chain"]["redis_commands_per_step"] > 0
+    targets = {target["operation"]: target for target in result["targets"]}
+    assert list(targets) == [
+        "hooks_to_chain_end_to_end",
+        "store_server_cpu_us_per_step",
+        "store_redis_commands_per_step",
+        "store_round_trips_per_step",
+    ]
+    assert targets["hooks_to_chain_end_to_end"]["value"] == hooks["end_to_end_ratio_to_chain"]
+    assert targets["store_round_trips_per_step"]["met"] is None
+    for name in list(targets)[:3]:
+        assert targets[name]["verdict"] in ("PASS", "MISS"), name
     assert result["breakdown"]["worker_us_per_step"]
     for key in ("redis_version", "python_version", "celery_version", "date"):
         assert result["machine"][key], key
     out = capsys.readouterr().out
     assert "x bare" in out
+    assert "x chain" in out
+    assert "Celery chain of 3 no-op tasks" in out
     assert "PipelineTask no-op step" in out

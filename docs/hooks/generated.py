@@ -8,7 +8,7 @@ and the hook replaces that line with the table:
   purpose from the layout in ``keys.py``'s docstring (which ``tests/redis/test_layout.py`` checks
   against a real server, type included). A method whose key the layout does not describe, or a
   layout line no method builds, fails the build.
-- ``reply-codes``: ``mpstate.changes.Refusal``, the codes the Lua scripts return.
+- ``reply-codes``: ``mpstate.changes.Written`` and ``Refusal``, the codes the Lua scripts return.
 - ``lua-scripts``: each file in ``mpstate/redis/scripts/`` with the first line of its header.
 - ``celery-settings``: every field of ``mpstate.celery.CelerySettings`` (``app.conf.mpstate_*``)
   with its default and its ``#:`` comment.
@@ -27,7 +27,6 @@ import dataclasses
 import inspect
 import re
 from collections.abc import Callable, Iterator
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -161,14 +160,19 @@ def redis_keys() -> Iterator[str]:
 
 
 def reply_codes() -> Iterator[str]:
-    from mpstate.changes import Refusal  # noqa: PLC0415
+    from mpstate.changes import Refusal, Written  # noqa: PLC0415
 
-    comments = _member_comments(Path(inspect.getfile(Refusal)), "Refusal")
-    yield "| code | `Refusal.` | reaches a caller as |"
+    source = Path(inspect.getfile(Refusal))
+    written = _member_comments(source, "Written")
+    refused = _member_comments(source, "Refusal")
+    yield "| code | name | means, or reaches a caller as |"
     yield "|---:|---|---|"
+    for member in Written:
+        means = _cell(written.get(member.name, ""))
+        yield f"| {member.value} | `Written.{member.name}` | {means} |"
     for member in Refusal:
-        reaches = _cell(comments.get(member.name) or _error_of(member))
-        yield f"| {member.value} | `{member.name}` | {reaches} |"
+        reaches = _cell(refused.get(member.name) or _error_of(member))
+        yield f"| {member.value} | `Refusal.{member.name}` | {reaches} |"
 
 
 def _error_of(member: Any) -> str:
@@ -190,16 +194,15 @@ def _error_of(member: Any) -> str:
 
 
 def lua_scripts() -> Iterator[str]:
-    from mpstate.redis.scripts import SCRIPT_NAMES  # noqa: PLC0415
+    from mpstate.redis.scripts import SCRIPT_NAMES, lua_script  # noqa: PLC0415
 
-    folder = files("mpstate.redis") / "scripts"
     yield "| script | what it does (first line of its header) |"
     yield "|---|---|"
     for name in SCRIPT_NAMES:
-        source = (folder / f"{name}.lua").read_text(encoding="utf-8")
-        first = source.splitlines()[0].removeprefix("--[[").strip()
+        script = lua_script(name)
+        first = script.source.splitlines()[0].removeprefix("--[[").strip()
         summary = first.split(":", 1)[1].strip() if first.startswith(f"{name}:") else first
-        yield f"| `{name}.lua` | {_cell(summary)} |"
+        yield f"| `{script.file_name}` | {_cell(summary)} |"
 
 
 # -- configuration --------------------------------------------------------------------------------

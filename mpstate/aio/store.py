@@ -1,20 +1,20 @@
 """``AsyncPipelineStateStore``: the store contract's asyncio API.
 
-The same plans as the sync store (``mpstate.core.StoreCore``), awaited: ``_execute`` is each
-backend's asyncio I/O. What differs is only what asyncio callers need: the lock as an async
-context manager renewed by a task, and the live feed as an async iterator.
+The same backends and plans as the sync store (``mpstate.core.StoreCore``), driven by an asyncio
+executor (``mpstate.plans.AsyncExecutor``). What differs is only what asyncio callers need: the
+lock as an async context manager renewed by a task, and the live feed as an async iterator.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import inspect
 import logging
-from abc import abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from pydantic import BaseModel
 
@@ -25,7 +25,8 @@ from mpstate.errors import InvalidInputError, LockNotOwnedError
 from mpstate.events import PipelineEvent
 from mpstate.filters import RunFilter
 from mpstate.models import PipelineRun, PipelineRunStatus
-from mpstate.plans import Plan, drive_async
+from mpstate.options import StoreOptions
+from mpstate.plans import AsyncExecutor, Plan, drive_async
 
 __all__ = ["AsyncHeldLock", "AsyncPipelineStateStore"]
 
@@ -42,56 +43,87 @@ class AsyncHeldLock:
     token: str
     fence: int
     run: PipelineRun
-    _store: AsyncPipelineStateStore = field(repr=False)
+    #: The store's ``(run_id, token, ttl_ms) -> still held``.
+    _extend: Callable[[str, str, int | None], Awaitable[bool]] = field(repr=False)
 
     async def extend(self, ttl_ms: int | None = None) -> None:
         """Reset the lock's time to live; ``LockNotOwnedError`` if it was lost meanwhile."""
-        plan = self._store._plan_extend(self.run_id, self.token, ttl_ms)
-        if not await self._store._drive(plan):
+        if not await self._extend(self.run_id, self.token, ttl_ms):
             raise LockNotOwnedError(self.run_id)
 
 
-class AsyncPipelineStateStore(StoreCore):
-    """The store contract for asyncio; every method is the sync store's, awaited."""
+class AsyncPipelineStateStore:
+    """The store contract for asyncio; every method is the sync store's, awaited.
 
-    @abstractmethod
-    async def _execute(self, request: Any) -> Any:
-        """Carry out one request a plan yields (this backend's asyncio I/O)."""
+    A backend's plans carried out by an ``AsyncExecutor``; see ``PipelineStateStore``.
+    """
 
-    async def _drive(self, plan: Plan[T]) -> T:
-        return await drive_async(plan, self._execute)
+    def __init__(self, backend: StoreCore, executor: AsyncExecutor) -> None:
+        self._backend = backend
+        self._executor = executor
+
+    @property
+    def options(self) -> StoreOptions:
+        """See ``PipelineStateStore.options``."""
+        return self._backend.options
+
+    @property
+    def tenant_id(self) -> str | None:
+        """See ``PipelineStateStore.tenant_id``."""
+        return self._backend.tenant_id
+
+    def for_tenant(self, tenant_id: str) -> Self:
+        """See ``PipelineStateStore.for_tenant``."""
+        view = copy.copy(self)
+        view._backend = self._backend.for_tenant(tenant_id)
+        return view
+
+    async def aclose(self) -> None:
+        """Close the store's connections (a store in memory has none)."""
+        await self._executor.aclose()
 
     def reset_connections(self) -> None:
         """See ``PipelineStateStore.reset_connections`` (no I/O, so not a coroutine)."""
+        self._executor.reset_connections()
+
+    async def _drive(self, plan: Plan[T]) -> T:
+        return await drive_async(plan, self._executor)
+
+    async def _extend(self, run_id: str, token: str, ttl_ms: int | None) -> bool:
+        return await self._drive(self._backend._plan_extend(run_id, token, ttl_ms))
 
     async def create(self, run: PipelineRun | Mapping[str, Any]) -> PipelineRun:
         """See ``PipelineStateStore.create``."""
-        stored, _ = await self._drive(self._plan_create(run, return_existing=False))
+        stored, _ = await self._drive(self._backend._plan_create(run, return_existing=False))
         return stored
 
     async def create_or_get(self, run: PipelineRun | Mapping[str, Any]) -> tuple[PipelineRun, bool]:
         """See ``PipelineStateStore.create_or_get``."""
-        return await self._drive(self._plan_create(run, return_existing=True))
+        return await self._drive(self._backend._plan_create(run, return_existing=True))
 
     async def get(self, run_id: str, *, include_events: bool = True) -> PipelineRun | None:
         """See ``PipelineStateStore.get``."""
-        return await self._drive(self._plan_get(run_id, include_events))
+        return await self._drive(self._backend._plan_get(run_id, include_events))
 
     async def require(self, run_id: str, *, include_events: bool = True) -> PipelineRun:
         """See ``PipelineStateStore.require``."""
-        return await self._drive(self._plan_require(run_id, include_events))
+        return await self._drive(self._backend._plan_require(run_id, include_events))
 
     async def list_events(
         self, run_id: str, since_seq: int = 0, limit: int | None = None
     ) -> list[PipelineEvent]:
         """See ``PipelineStateStore.list_events``."""
-        return await self._drive(self._plan_list_events(run_id, since_seq, limit))
+        return await self._drive(self._backend._plan_list_events(run_id, since_seq, limit))
+
+    async def last_event(self, run_id: str) -> PipelineEvent | None:
+        """See ``PipelineStateStore.last_event``."""
+        return await self._drive(self._backend._plan_last_event(run_id))
 
     async def follow_events(
         self, run_id: str, since_seq: int = 0, *, timeout_s: float | None = None
     ) -> AsyncIterator[PipelineEvent]:
         """See ``PipelineStateStore.follow_events``; an async iterator."""
-        cursor = FollowCursor(self, run_id, since_seq, timeout_s)
+        cursor = FollowCursor(self._backend, run_id, since_seq, timeout_s)
         while (plan := cursor.next_plan()) is not None:
             for event in cursor.emit(await self._drive(plan)):
                 yield event
@@ -100,15 +132,15 @@ class AsyncPipelineStateStore(StoreCore):
         self, filter: RunFilter | Mapping[str, Any] | None = None, **fields: Any
     ) -> list[PipelineRun]:
         """See ``PipelineStateStore.list_runs``."""
-        return await self._drive(self._plan_list_runs(filter, fields))
+        return await self._drive(self._backend._plan_list_runs(filter, fields))
 
     async def find_by_external_job_id(self, provider: str, job_id: str) -> PipelineRun | None:
         """See ``PipelineStateStore.find_by_external_job_id``."""
-        return await self._drive(self._plan_find_job(provider, job_id))
+        return await self._drive(self._backend._plan_find_job(provider, job_id))
 
     async def find_job_providers(self, job_id: str) -> list[str]:
         """See ``PipelineStateStore.find_job_providers``."""
-        return await self._drive(self._plan_find_job_providers(job_id))
+        return await self._drive(self._backend._plan_find_job_providers(job_id))
 
     async def update(
         self,
@@ -134,7 +166,7 @@ class AsyncPipelineStateStore(StoreCore):
     ) -> CommitResult:
         """See ``PipelineStateStore.commit``."""
         return await self._drive(
-            self._plan_commit(
+            self._backend._plan_commit(
                 run_id,
                 patch,
                 events,
@@ -146,39 +178,39 @@ class AsyncPipelineStateStore(StoreCore):
 
     async def cancel(self, run_id: str, reason: str, *, fence: int | None = None) -> PipelineRun:
         """See ``PipelineStateStore.cancel``."""
-        return await self._drive(self._plan_cancel(run_id, reason, fence))
+        return await self._drive(self._backend._plan_cancel(run_id, reason, fence))
 
     async def append_event(
         self, run_id: str, event: PipelineEvent | Mapping[str, Any], *, fence: int | None = None
     ) -> int:
         """See ``PipelineStateStore.append_event``."""
-        return await self._drive(self._plan_append_event(run_id, event, fence))
+        return await self._drive(self._backend._plan_append_event(run_id, event, fence))
 
     async def claim_delivery(self, provider: str, delivery_id: str, ttl_s: float) -> bool:
         """See ``PipelineStateStore.claim_delivery``."""
-        return await self._drive(self._plan_claim_delivery(provider, delivery_id, ttl_s))
+        return await self._drive(self._backend._plan_claim_delivery(provider, delivery_id, ttl_s))
 
     async def release_delivery(self, provider: str, delivery_id: str) -> None:
         """See ``PipelineStateStore.release_delivery``."""
-        await self._drive(self._plan_release_delivery(provider, delivery_id))
+        await self._drive(self._backend._plan_release_delivery(provider, delivery_id))
 
     async def record_unmatched(self, callback: UnmatchedCallback | Mapping[str, Any]) -> None:
         """See ``PipelineStateStore.record_unmatched``."""
-        await self._drive(self._plan_record_unmatched(callback))
+        await self._drive(self._backend._plan_record_unmatched(callback))
 
     async def list_unmatched(
         self, *, provider: str | None = None, limit: int = 100
     ) -> list[UnmatchedCallback]:
         """See ``PipelineStateStore.list_unmatched``."""
-        return await self._drive(self._plan_list_unmatched(provider, limit))
+        return await self._drive(self._backend._plan_list_unmatched(provider, limit))
 
     async def count_by_status(self, tenant_id: str | None = None) -> dict[PipelineRunStatus, int]:
         """See ``PipelineStateStore.count_by_status``."""
-        return await self._drive(self._plan_count_by_status(tenant_id))
+        return await self._drive(self._backend._plan_count_by_status(tenant_id))
 
     async def count_unmatched(self) -> dict[tuple[str, str], int]:
         """See ``PipelineStateStore.count_unmatched``."""
-        return await self._drive(self._plan_count_unmatched())
+        return await self._drive(self._backend._plan_count_unmatched())
 
     async def with_lock(
         self,
@@ -200,8 +232,8 @@ class AsyncPipelineStateStore(StoreCore):
         self, run_id: str, timeout_ms: int | None = None, *, auto_renew: bool = False
     ) -> AsyncIterator[AsyncHeldLock]:
         """See ``PipelineStateStore.lock``; with ``auto_renew`` a task extends the lock."""
-        grant = await self._drive(self._plan_acquire(run_id, timeout_ms))
-        held = AsyncHeldLock(grant.run_id, grant.token, grant.fence, grant.run, self)
+        grant = await self._drive(self._backend._plan_acquire(run_id, timeout_ms))
+        held = AsyncHeldLock(grant.run_id, grant.token, grant.fence, grant.run, self._extend)
         stop_renewing = asyncio.Event()
         renewer = (
             asyncio.create_task(_renew(held, self.options.lock_ttl_ms, stop_renewing))
@@ -221,7 +253,7 @@ class AsyncPipelineStateStore(StoreCore):
                 stop_renewing.set()
                 renewer.cancel()
                 await asyncio.wait({renewer}, timeout=self.options.lock_ttl_ms / 1000)
-            released = await self._drive(self._release_lock(run_id, held.token))
+            released = await self._drive(self._backend._release_lock(run_id, held.token))
             if not released and not body_failed:
                 raise LockNotOwnedError(run_id)
             if not released:

@@ -40,8 +40,8 @@ from typing import Any
 
 from pydantic import ValidationError as PydanticValidationError
 
+from mpstate._checks import check_id, check_positive
 from mpstate.celery.webhook import PayloadAdapter, ProviderError, WebhookOutcome
-from mpstate.core import check_id, check_positive
 from mpstate.errors import InvalidInputError
 from mpstate.fields import ensure_storable
 

@@ -24,9 +24,10 @@ from typing import Any
 from celery import Celery
 from celery.canvas import Signature
 
+from mpstate._checks import check_id
 from mpstate.budget import MAX_USD, check_budget
 from mpstate.celery.canvas import is_canvas, steps_from_canvas
-from mpstate.celery.identity import ATTEMPT_BASE, StepIdentity, request_meta
+from mpstate.celery.identity import ATTEMPT_BASE, RUN_VERSION, StepIdentity, request_meta
 from mpstate.celery.jobs import POLL_JOB, ExternalJobs, Poller
 from mpstate.celery.lifecycle import StepLifecycle
 from mpstate.celery.reconciler import Reconciler, ReconcileReport
@@ -46,7 +47,7 @@ from mpstate.fields import utc_now
 from mpstate.graph import active_steps
 from mpstate.models import FailurePolicy, PipelineRun, StepState
 from mpstate.rerun import carried_steps, rerun_id
-from mpstate.store import PipelineStateStore, check_id
+from mpstate.store import PipelineStateStore
 from mpstate.tracing import new_run_context, publishing
 
 __all__ = ["MpState", "revoke_running_steps"]
@@ -495,7 +496,12 @@ class MpState:
         if getattr(task, "mpstate_step_task", False):
             kwargs.update(identity.kwargs())
         with publishing(run) as trace_headers:
-            headers = {**trace_headers, **identity.headers(), ATTEMPT_BASE: step.attempts}
+            headers = {
+                **trace_headers,
+                **identity.headers(),
+                ATTEMPT_BASE: step.attempts,
+                RUN_VERSION: run.version,
+            }
             self.app.send_task(
                 step.operation,
                 kwargs=kwargs,

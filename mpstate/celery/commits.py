@@ -40,9 +40,9 @@ from tenacity import (
     wait_random,
 )
 
+from mpstate._checks import check_positive
 from mpstate.celery.transitions import Transition
 from mpstate.changes import CommitResult
-from mpstate.core import check_positive
 from mpstate.errors import RunNotFoundError, StateStoreUnavailableError, VersionConflictError
 from mpstate.models import PipelineRun
 from mpstate.store import PipelineStateStore

@@ -19,7 +19,16 @@ from typing import Any
 
 from mpstate.events import EventMeta
 
-__all__ = ["ROLE", "RUN_ID", "STEP_ID", "StepIdentity", "identity_of", "request_meta"]
+__all__ = [
+    "ROLE",
+    "RUN_ID",
+    "RUN_VERSION",
+    "STEP_ID",
+    "StepIdentity",
+    "identity_of",
+    "published_version",
+    "request_meta",
+]
 
 RUN_ID = "mpstate_run_id"
 STEP_ID = "mpstate_step_id"
@@ -27,6 +36,9 @@ ROLE = "mpstate_role"
 #: Attempts the step made before this message was enqueued (a step enqueued again after a
 #: provider's retryable failure); Celery's retry count restarts at 0 for a new message.
 ATTEMPT_BASE = "mpstate_attempt_base"
+#: The run's version as the commit that published a step's message wrote it: lets the process
+#: that published it start the step on the run it remembers (``mpstate.celery.published``).
+RUN_VERSION = "mpstate_run_version"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +85,13 @@ def attempt_of(request: Any) -> int:
     headers = _headers_of(request)
     base = headers.get(ATTEMPT_BASE) or getattr(request, ATTEMPT_BASE, None) or 0
     return int(base) + int(getattr(request, "retries", 0) or 0)
+
+
+def published_version(request: Any) -> int | None:
+    """The run version a step's message was published at, or None (an older publisher)."""
+    headers = _headers_of(request)
+    version = headers.get(RUN_VERSION) or getattr(request, RUN_VERSION, None)
+    return version if isinstance(version, int) and not isinstance(version, bool) else None
 
 
 def without_identity_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:

@@ -31,12 +31,12 @@ from typing import Any, Protocol
 
 from celery import Celery
 
+from mpstate._checks import check_id
 from mpstate.celery.adapters import ADAPTERS
 from mpstate.celery.lifecycle import StepLifecycle
 from mpstate.celery.settings import CelerySettings
 from mpstate.celery.transitions import EXTERNAL_TIMEOUT, awaits_job
 from mpstate.celery.webhook import PayloadAdapter, ProviderError, WebhookOutcome, default_adapter
-from mpstate.core import check_id
 from mpstate.errors import InvalidInputError
 from mpstate.events import EventMeta, StepProgress
 from mpstate.fields import utc_now

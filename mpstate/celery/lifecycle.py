@@ -18,6 +18,7 @@ from typing import Any
 
 from mpstate.celery.commits import Committed, Committer, Decide
 from mpstate.celery.identity import StepIdentity
+from mpstate.celery.published import PublishedRuns
 from mpstate.celery.results import StepResult
 from mpstate.celery.transitions import (
     Transition,
@@ -79,6 +80,8 @@ class StepLifecycle:
         self.committer = Committer(store, outage_window_s=outage_window_s)
         #: Called with every committed transition (``Observer``), in order of registration.
         self.observers: list[Observer] = []
+        #: The runs this process published steps from, to start them without a read.
+        self.published = PublishedRuns()
 
     @property
     def outage_window_s(self) -> float:
@@ -92,6 +95,8 @@ class StepLifecycle:
         transition = committed.transition
         if transition is not None:
             self.notify(committed.run, transition)
+            if transition.enqueue:
+                self.published.remember(committed.run)
             for step in transition.enqueue:
                 self.enqueue(committed.run, step, step.task_id)
             if transition.revoke and self.revoke is not None:
@@ -136,18 +141,27 @@ class StepLifecycle:
     # -- a step's task ----------------------------------------------------------------------
 
     def start_step(
-        self, identity: StepIdentity, *, attempt: int, meta: EventMeta
+        self,
+        identity: StepIdentity,
+        *,
+        attempt: int,
+        meta: EventMeta,
+        published_version: int | None = None,
     ) -> PipelineRun | None:
-        """Log step-started; the run to execute against, or None when the body must not run."""
+        """Log step-started; the run to execute against, or None when the body must not run.
+
+        ``published_version``: the run version in the step's message; when this process
+        published it from that very version, the start is decided without reading the run."""
+        task_id = str(meta.get("taskId") or "")
+        known = self.published.take(
+            identity.run_id, identity.step_id, version=published_version, task_id=task_id
+        )
         committed = self.apply(
             identity.run_id,
             lambda run: start_step(
-                run,
-                identity.step_id,
-                attempt=attempt,
-                task_id=str(meta.get("taskId") or ""),
-                meta=meta,
+                run, identity.step_id, attempt=attempt, task_id=task_id, meta=meta
             ),
+            known=known,
         )
         if not committed.changed:
             return None

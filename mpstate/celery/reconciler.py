@@ -48,6 +48,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Protocol
 
+from mpstate._checks import check_positive
 from mpstate.celery.jobs import ExternalJobs, WaitingStep, overdue, waiting_steps
 from mpstate.celery.lifecycle import StepLifecycle
 from mpstate.celery.settings import CelerySettings
@@ -56,7 +57,7 @@ from mpstate.events import PipelineEvent
 from mpstate.fields import utc_now
 from mpstate.graph import active_steps
 from mpstate.models import GateTimeout, PipelineRun, PipelineRunStatus, StepState, StepStatus
-from mpstate.store import PipelineStateStore, check_positive
+from mpstate.store import PipelineStateStore
 
 
 class ReconcilerHost(Protocol):
@@ -181,15 +182,17 @@ class Reconciler:
         active = active_steps(run.steps)
         if not active or (len(active) == 1 and run.updated_at > cutoff):
             return []
+        single = len(active) == 1
+        updated_ms = run.updated_at.timestamp() * 1000
         try:
-            events = self.mp.store.list_events(run.run_id, since_seq=0)
+            # One short read per run: its newest event, not its whole log.
+            newest = self.mp.store.last_event(run.run_id)
+            own_ms = self._running_last_ms(run.run_id, active, newest, updated_ms, single=single)
         except RunNotFoundError:
             return []  # expired or deleted since the page was read
-        last_ms = _last_event_ms(run, events)
-        updated_ms = run.updated_at.timestamp() * 1000
         # The run as a whole: its last write or event. A queued step cannot be told from a lost
         # publish by the store; while anything in its run moves, it is taken as queued.
-        run_ms = max([updated_ms, *(event.at for event in events[-1:])])
+        run_ms = updated_ms if newest is None else max(updated_ms, newest.at)
         cutoff_ms = cutoff.timestamp() * 1000
         stalled = []
         for step in active:
@@ -198,8 +201,8 @@ class Reconciler:
             else:
                 # A running step is idle since its own last event (progress counts); with one
                 # step in flight every write to the run is about it too, with several not.
-                own = last_ms.get(step.step_id, updated_ms)
-                idle_since = max(own, updated_ms) if len(active) == 1 else own
+                own = own_ms[step.step_id]
+                idle_since = max(own, updated_ms) if single else own
             if idle_since > cutoff_ms:
                 continue
             stalled.append(
@@ -213,6 +216,30 @@ class Reconciler:
                 )
             )
         return stalled
+
+    def _running_last_ms(
+        self,
+        run_id: str,
+        active: list[StepState],
+        newest: PipelineEvent | None,
+        updated_ms: float,
+        *,
+        single: bool,
+    ) -> dict[str, float]:
+        """Each running step's last event time (epoch ms; the run's last write if it has none).
+
+        Told by the run's newest event when it can (``_told_by_newest``); else, when another
+        step logged since, read from the whole log.
+        """
+        running = [step.step_id for step in active if step.status is not StepStatus.PENDING]
+        told: dict[str, float] = {}
+        for step_id in running:
+            own = _told_by_newest(step_id, newest, updated_ms, single=single)
+            if own is None:
+                logged = _last_event_ms(self.mp.store.list_events(run_id))
+                return {each: logged.get(each, updated_ms) for each in running}
+            told[step_id] = own
+        return told
 
     def _live_runs(self) -> Iterator[PipelineRun]:
         offset = 0
@@ -279,19 +306,31 @@ class Reconciler:
                 report.expired.append(wait)
                 if not dry_run:
                     self.mp.jobs.expire(wait)
-            elif self.mp.jobs.has_poller(wait.job.provider) and wait.job.since < now - quiet:
-                events = self.mp.store.list_events(wait.run.run_id, since_seq=0)
-                last = _last_event_ms(wait.run, events).get(wait.step.step_id, 0)
-                if last < (now - quiet).timestamp() * 1000:
-                    report.repolled.append(wait)
-                    if not dry_run:
-                        self.mp.jobs.schedule_poll(
-                            wait.run.run_id,
-                            wait.step.step_id,
-                            wait.job.provider,
-                            wait.job.job_id,
-                            polls=0,
-                        )
+            elif (
+                self.mp.jobs.has_poller(wait.job.provider)
+                and wait.job.since < now - quiet
+                and self._quiet_since(wait.run.run_id, wait.step.step_id, now - quiet)
+            ):
+                report.repolled.append(wait)
+                if not dry_run:
+                    self.mp.jobs.schedule_poll(
+                        wait.run.run_id,
+                        wait.step.step_id,
+                        wait.job.provider,
+                        wait.job.job_id,
+                        polls=0,
+                    )
+
+    def _quiet_since(self, run_id: str, step_id: str, since: datetime) -> bool:
+        """Whether the step logged nothing since ``since``: told by the run's newest event
+        alone, unless that is another step's and newer (then by the step's own, from the log)."""
+        since_ms = since.timestamp() * 1000
+        newest = self.mp.store.last_event(run_id)
+        if newest is None or newest.at < since_ms:
+            return True
+        if getattr(newest, "step_id", None) == step_id:
+            return False
+        return _last_event_ms(self.mp.store.list_events(run_id)).get(step_id, 0) < since_ms
 
     def run_once(self, *, dry_run: bool = False) -> ReconcileReport:
         """Scan once and repair what is stalled, expire waits past their deadline and revive
@@ -352,7 +391,24 @@ class Reconciler:
                 )
 
 
-def _last_event_ms(run: PipelineRun, events: list[PipelineEvent]) -> dict[str, int]:
+def _told_by_newest(
+    step_id: str, newest: PipelineEvent | None, updated_ms: float, *, single: bool
+) -> float | None:
+    """A running step's last event time as far as the run's newest event tells it (epoch ms),
+    or None when it cannot: then the step's own is read from the log.
+
+    Exact when the newest event is the step's own. Otherwise the step's own is no later than it:
+    with the step alone in flight, only ``max(own, updated_ms)`` matters, which is ``updated_ms``
+    when nothing was logged after the run's last write.
+    """
+    if newest is not None and getattr(newest, "step_id", None) == step_id:
+        return newest.at
+    if single and (newest is None or newest.at <= updated_ms):
+        return updated_ms
+    return None
+
+
+def _last_event_ms(events: list[PipelineEvent]) -> dict[str, int]:
     """Each step's last event time (epoch ms), from the log."""
     last: dict[str, int] = {}
     for event in events:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Self
 
-from mpstate.core import check_id, check_positive
+from mpstate._checks import check_id, check_positive
 from mpstate.errors import InvalidInputError
 
 __all__ = ["PREFIX", "CelerySettings"]

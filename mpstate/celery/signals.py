@@ -22,6 +22,7 @@ from mpstate.celery.identity import (
     StepIdentity,
     attempt_of,
     identity_of,
+    published_version,
     request_meta,
 )
 from mpstate.celery.lifecycle import StepLifecycle
@@ -140,7 +141,10 @@ class SignalReceivers:
         self._guarded(
             "step-started for a plain task",
             lambda: self.lifecycle.start_step(
-                identity, attempt=attempt_of(task.request), meta=request_meta(task.request)
+                identity,
+                attempt=attempt_of(task.request),
+                meta=request_meta(task.request),
+                published_version=published_version(task.request),
             ),
         )
 

@@ -27,17 +27,18 @@ from celery.backends.base import DisabledBackend
 from celery.exceptions import Ignore
 from kombu.exceptions import OperationalError
 
+from mpstate._checks import check_id, check_positive
 from mpstate.celery.binding import MpState
 from mpstate.celery.identity import (
     StepIdentity,
     attempt_of,
     identity_of,
+    published_version,
     request_meta,
     without_identity_kwargs,
 )
 from mpstate.celery.results import StepResult, as_step_result
 from mpstate.celery.transitions import may_retry
-from mpstate.core import check_id, check_positive
 from mpstate.errors import InvalidInputError, NotInRunError, StateStoreUnavailableError
 from mpstate.events import EventMeta, StepProgress
 from mpstate.graph import upstream
@@ -367,7 +368,12 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type hints
     def _run_step(self, identity: StepIdentity, *args: Any, **kwargs: Any) -> Any:
         """One attempt: step-started, the body, then step-completed (or the body's own end)."""
         lifecycle = self.mpstate.lifecycle
-        run = lifecycle.start_step(identity, attempt=self.attempt, meta=self.event_meta())
+        run = lifecycle.start_step(
+            identity,
+            attempt=self.attempt,
+            meta=self.event_meta(),
+            published_version=published_version(self.request),
+        )
         if run is None:
             raise Ignore()
         # A holder, not the run: the body's request context is a copy of this one, and what the

@@ -9,9 +9,9 @@ store indexes runs by time, not by id, so the search is bounded: an older run ne
 from __future__ import annotations
 
 from mpstate import PipelineRun, PipelineStateStore, RunNotFoundError
+from mpstate._checks import check_id
 from mpstate.cli.exit_codes import EXIT_USAGE, CliError
 from mpstate.lookup import PREFIX_SCAN, runs_named
-from mpstate.store import check_id
 
 __all__ = ["PREFIX_SCAN", "RUN_HELP", "find_run"]
 

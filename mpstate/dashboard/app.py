@@ -33,6 +33,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
+from mpstate._checks import check_id
 from mpstate.aio.store import AsyncPipelineStateStore
 from mpstate.dashboard.auth import DashboardAuth, LoginAuth
 from mpstate.dashboard.csrf import csrf_token, remember_csrf
@@ -45,7 +46,7 @@ from mpstate.errors import (
     RunNotFoundError,
     StateStoreUnavailableError,
 )
-from mpstate.store import PipelineStateStore, check_id
+from mpstate.store import PipelineStateStore
 
 if TYPE_CHECKING:
     from mpstate.celery.binding import MpState

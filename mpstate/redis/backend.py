@@ -9,7 +9,8 @@ The backend composes three parts, each in its own module, and keeps the small pr
 - here: reads of one run and its events, external job pointers, webhook deliveries, unmatched
   callbacks, counts by status and the run lock.
 
-The sync and asyncio shells drive these plans; none of this code does I/O itself.
+None of this code does I/O itself: a store pairs the backend with an executor that does,
+``execution.RedisExecutor`` (sync) or ``mpstate.aio.redis_execution.AsyncRedisExecutor``.
 """
 
 from __future__ import annotations
@@ -18,16 +19,12 @@ import logging
 import os
 
 from mpstate.changes import Applied, Refusal, RunChange, refusal_error
-from mpstate.core import LockAttempt, StoreCore, StoreOptions
-from mpstate.deliveries import (
-    UNMATCHED_KEPT,
-    UnmatchedCallback,
-    counts_field,
-    parse_counts_field,
-)
+from mpstate.core import LockAttempt, StoreCore
+from mpstate.deliveries import UnmatchedCallback, counts_field, parse_counts_field
 from mpstate.events import PipelineEvent, RunCreated
 from mpstate.filters import RunFilter
 from mpstate.models import PipelineRun, PipelineRunStatus
+from mpstate.options import StoreOptions
 from mpstate.plans import Plan
 from mpstate.redis.claims import IdempotencyClaims
 from mpstate.redis.codec import decode_events, decode_run, decode_unmatched, json_value, text
@@ -46,34 +43,20 @@ _UNMATCHED_PAGE = 500
 
 
 class RedisBackend(StoreCore):
-    """The primitives on Redis >= 6.2, single node or cluster. Keys: ``mpstate.redis.keys``."""
+    """The primitives on Redis >= 6.2, single node or cluster. Keys: ``mpstate.redis.keys``.
 
-    #: The client's socket timeout in seconds (None: unknown); bounds blocking reads.
-    _socket_timeout: float | None = None
+    ``socket_timeout`` is the client's (in seconds; None: unknown): it bounds blocking reads.
+    """
 
     def __init__(
         self,
         prefix: str = "mp",
+        options: StoreOptions | None = None,
         *,
-        run_ttl_seconds: float = 30 * 86400,
-        lock_ttl_seconds: float = 60,
-        idempotency_ttl_seconds: float = 86400,
-        external_job_ttl_seconds: float = 7 * 86400,
-        lock_acquire_timeout_ms: int = 5000,
-        lock_poll_interval_ms: int = 100,
-        unmatched_kept: int = UNMATCHED_KEPT,
+        socket_timeout: float | None = None,
     ) -> None:
-        super().__init__(
-            StoreOptions(
-                run_ttl_seconds=run_ttl_seconds,
-                lock_ttl_seconds=lock_ttl_seconds,
-                idempotency_ttl_seconds=idempotency_ttl_seconds,
-                external_job_ttl_seconds=external_job_ttl_seconds,
-                lock_acquire_timeout_ms=lock_acquire_timeout_ms,
-                lock_poll_interval_ms=lock_poll_interval_ms,
-                unmatched_kept=unmatched_kept,
-            )
-        )
+        super().__init__(options or StoreOptions())
+        self._socket_timeout = socket_timeout
         self.keys = RedisKeys(prefix)
         opts = self.options
         self._run_ttl_ms = int(opts.run_ttl_seconds * 1000)
@@ -110,6 +93,12 @@ class RedisBackend(StoreCore):
     ) -> Plan[list[PipelineEvent] | None]:
         keys = [self.keys.run(run_id), self.keys.events(run_id)]
         reply = yield Script("read_events", keys, [since_seq, "" if limit is None else limit])
+        return decode_events(reply[1]) if int(reply[0]) else None
+
+    def _read_last_event(self, run_id: str) -> Plan[list[PipelineEvent] | None]:
+        # XREVRANGE + - COUNT 1: one entry read, however long the log.
+        keys = [self.keys.run(run_id), self.keys.events(run_id)]
+        reply = yield Script("read_last_event", keys, [])
         return decode_events(reply[1]) if int(reply[0]) else None
 
     def _wait_for_events(

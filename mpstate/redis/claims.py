@@ -1,10 +1,10 @@
 """Idempotency-key claims on Redis: a create takes its run's key before it creates the run.
 
-The key lives in its own slot, so the claim is one script there (``claim_idempotency_key.lua``)
+The key lives in its own slot, so the claim is one script there (``claim_idempotency_key-1.lua``)
 and the create another in the run's slot. A claim whose run never appears (its creator died, or
-is slow) is voided in that run's slot before it is taken over (``void_claim.lua``); the create
+is slow) is voided in that run's slot before it is taken over (``void_claim-2.lua``); the create
 refuses a voided token, so of concurrent creates with one key exactly one run is ever created.
-Plans only: the sync and asyncio shells carry out their requests.
+Plans only: the sync and asyncio executors carry out their requests.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 On Redis Cluster an index lives in another slot than the run, so one script cannot write both.
 The store keeps every index correct with two idempotent follow-up writes per index group around
-the per-run script (``add_index_entries.lua`` before, ``settle_index_entries.lua`` after):
+the per-run script (``add_index_entries-2-3.lua`` before, ``settle_index_entries-2-8.lua`` after):
 
 * an index never misses a run whose write was acknowledged: the entry is added (with a pending
   mark) before the write, so a writer that dies in between leaves at most an extra entry;
@@ -38,6 +38,11 @@ PENDING_MARK_MS = 60_000
 _STATUS_JSON = tuple(json_value(status.value) for status in PipelineRunStatus)
 
 
+def status_position(status: PipelineRunStatus) -> str:
+    """Where a status's zset is among a group's status zsets (1-based), as the scripts name it."""
+    return str(list(PipelineRunStatus).index(status) + 1)
+
+
 class Indexer:
     """Builds the follow-up writes for one store's keys and index TTL."""
 
@@ -59,9 +64,13 @@ class Indexer:
         entries: Iterable[tuple[IndexGroup, list[str]]],
         nonce: str,
         now_ms: int,
+        *,
+        status: PipelineRunStatus | None,
     ) -> Batch:
-        """Add the run to the given zsets of each group, marking it pending in each group."""
-        mark = f"{now_ms + PENDING_MARK_MS}:{nonce}"
+        """Add the run to the given zsets of each group, marking it pending in each group (the
+        mark names the status zset added to, so a settle knows where the run may be)."""
+        added = "" if status is None else status_position(status)
+        mark = f"{now_ms + PENDING_MARK_MS}:{nonce}:{added}"
         return Batch(
             tuple(
                 Script(
@@ -81,7 +90,7 @@ class Indexer:
             if group.tracks_status:
                 zsets.append(group.status(PipelineRunStatus.PENDING))
             entries.append((group, zsets))
-        return self.add(run.run_id, score, entries, nonce, now_ms)
+        return self.add(run.run_id, score, entries, nonce, now_ms, status=PipelineRunStatus.PENDING)
 
     def add_status(
         self,
@@ -95,7 +104,8 @@ class Indexer:
     ) -> Batch:
         """Before a status change: the new status's zset of the global and tenant groups."""
         groups = self.keys.groups_of(tenant_id)
-        return self.add(run_id, score, ((g, [g.status(status)]) for g in groups), nonce, now_ms)
+        entries = ((g, [g.status(status)]) for g in groups)
+        return self.add(run_id, score, entries, nonce, now_ms, status=status)
 
     def settle(
         self,
@@ -108,12 +118,15 @@ class Indexer:
         nonce: str,
         now_ms: int,
         created: bool = False,
+        sweep: bool = False,
     ) -> Batch:
-        """Settle a run's ``version`` and ``status`` into each group (settle_index_entries.lua).
+        """Settle a run's ``version`` and ``status`` into each group (settle_index_entries-2-8.lua).
 
         ``version`` None only clears this writer's marks (its write was refused); ``status``
         None says the run is gone; ``created`` says this writer has just created the run (a new
-        incarnation of its id replaces an older one's entries whatever their order).
+        incarnation of its id replaces an older one's entries whatever their order); ``sweep``
+        takes the run out of every other status zset (a reader repairing what contradicted it),
+        where a writer's settle only removes it from those it may be in.
         """
         status_arg = "gone" if status is None else json_value(status.value)
         return Batch(
@@ -130,7 +143,7 @@ class Indexer:
                         now_ms,
                         nonce,
                         "1" if created else "0",
-                        *(_STATUS_JSON if group.tracks_status else ()),
+                        *((*_STATUS_JSON, "1" if sweep else "0") if group.tracks_status else ()),
                     ],
                 )
                 for group in groups
@@ -152,7 +165,9 @@ class Indexer:
             now_ms=now_ms,
         )
 
-    def settle_created(self, run: PipelineRun, score: int, nonce: str, now_ms: int) -> Batch:
+    def settle_created(
+        self, run: PipelineRun, score: int, nonce: str, now_ms: int, *, sweep: bool = False
+    ) -> Batch:
         """Settle a run this writer has just created into every group it belongs to."""
         return self.settle(
             self.keys.groups_of(run.tenant_id, run.idempotency_key),
@@ -163,4 +178,5 @@ class Indexer:
             nonce=nonce,
             now_ms=now_ms,
             created=True,
+            sweep=sweep,
         )

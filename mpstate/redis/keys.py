@@ -153,7 +153,7 @@ class RedisKeys:
 @dataclass(frozen=True, slots=True)
 class IndexGroup:
     """One slot's indexes: every run of the group, the group's runs by status, and the entries
-    hash that orders follow-up writes (``mpstate/redis/scripts/settle_index_entries.lua``)."""
+    hash that orders follow-up writes (``mpstate/redis/scripts/settle_index_entries-2-8.lua``)."""
 
     everything: str
     #: The tenant whose runs these are (None: not a tenant's group).

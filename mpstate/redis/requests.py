@@ -1,4 +1,5 @@
-"""The requests a Redis plan yields, and what the sync and asyncio shells share to carry them out.
+"""The requests a Redis plan yields, and what the sync and asyncio executors share to carry them
+out (``execution.py``, ``mpstate/aio/redis_execution.py``).
 
 A plan asks for one ``Command``, one ``Script`` or a ``Batch`` of them (pipelined: one round trip
 per node; on Redis Cluster the items may live in any slots, and their order across slots is not
@@ -14,7 +15,7 @@ from typing import Any
 
 import redis
 
-from mpstate.errors import StateStoreUnavailableError
+from mpstate.errors import MpStateError, StateStoreUnavailableError
 from mpstate.redis.scripts import lua_script
 
 __all__ = [
@@ -99,8 +100,16 @@ class Ordered:
 def eval_args(script: Script, *, by_sha: bool) -> tuple[Any, ...]:
     """``EVALSHA``/``EVAL`` arguments for a script request."""
     lua = lua_script(script.name)
+    if len(script.keys) not in lua.key_counts:
+        raise MpStateError(
+            f"{lua.file_name} takes {_counts(lua.key_counts)} keys, not {len(script.keys)}"
+        )
     head = ("EVALSHA", lua.sha) if by_sha else ("EVAL", lua.source)
     return (*head, len(script.keys), *script.keys, *script.args)
+
+
+def _counts(counts: range) -> str:
+    return str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
 
 
 def batch_args(item: Command | Script) -> tuple[Any, ...]:

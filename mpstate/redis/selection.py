@@ -3,7 +3,7 @@
 ``load_run`` reads one run (and its events, if asked) in its slot. ``RunSelector`` pages the most
 selective index of a ``RunFilter`` and loads only the runs on that page; an entry whose run is
 gone or contradicts it is repaired in its index on the way (the rules live in ``indexing.py``).
-Plans only: the sync and asyncio shells carry out their requests.
+Plans only: the sync and asyncio executors carry out their requests.
 """
 
 from __future__ import annotations
@@ -95,7 +95,9 @@ class RunSelector:
                 return matched
 
     def _rescore(self, run: PipelineRun) -> list[Script]:
-        settle = self.indexer.settle_created(run, epoch_ms(run.created_at), "", now_ms())
+        settle = self.indexer.settle_created(
+            run, epoch_ms(run.created_at), "", now_ms(), sweep=True
+        )
         return [item for item in settle.items if isinstance(item, Script)]
 
     def _repairs(
@@ -116,6 +118,7 @@ class RunSelector:
                 status=PipelineRunStatus(run.status) if run is not None and belongs else None,
                 nonce="",
                 now_ms=now,
+                sweep=True,
             )
             repairs += [item for item in settle.items if isinstance(item, Script)]
         return repairs

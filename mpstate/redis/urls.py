@@ -8,9 +8,10 @@ from typing import Any
 from redis.backoff import ExponentialBackoff
 
 from mpstate.errors import InvalidInputError
+from mpstate.options import StoreOptionFields, StoreOptions
 from mpstate.redis.requests import UNAVAILABLE
 
-__all__ = ["CLUSTER_SCHEMES", "ClientSettings", "client_settings", "cluster_url"]
+__all__ = ["CLUSTER_SCHEMES", "ClientSettings", "StoreArguments", "client_settings", "cluster_url"]
 
 #: URL schemes that name a Redis Cluster (any of its nodes), mapped to redis-py's schemes.
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
@@ -21,6 +22,15 @@ def cluster_url(url: str) -> str | None:
     scheme, separator, rest = url.partition("://")
     plain = CLUSTER_SCHEMES.get(scheme.lower()) if separator else None
     return f"{plain}://{rest}" if plain else None
+
+
+class StoreArguments(StoreOptionFields, total=False):
+    """What ``from_url`` passes on to the store's constructor (all but the client and retry)."""
+
+    prefix: str
+    options: StoreOptions | None
+    replica_acks: int
+    replica_ack_timeout_ms: int
 
 
 @dataclass(frozen=True, slots=True)

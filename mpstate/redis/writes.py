@@ -17,7 +17,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from mpstate.changes import Applied, Refusal, RunChange, refusal_error
+from mpstate.changes import Applied, Refusal, RunChange, Written, refusal_error
 from mpstate.errors import MpStateError
 from mpstate.events import RunCreated, event_document
 from mpstate.fields import epoch_ms, iso_z, now_ms, utc_now
@@ -34,6 +34,9 @@ __all__ = ["OPERATION_TTL_MS", "RunWriter", "operation_id"]
 
 #: How long a write's outcome is kept for retries of the same operation.
 OPERATION_TTL_MS = 10 * 60 * 1000
+#: A run's TTL is renewed by a write when a tenth of it has passed since it was last renewed
+#: (commit_run-3.lua), not by every write: its keys live between 0.9 and 1 run TTL after the last.
+RENEWALS_PER_TTL = 10
 #: Run id -> (tenant, score) entries kept so a status change needs no read first.
 _RUN_CACHE_SIZE = 10_000
 
@@ -47,6 +50,18 @@ def _as_set(statuses: frozenset[PipelineRunStatus] | None) -> str:
     if not statuses:
         return ""
     return "|" + "|".join(json_value(s.value) for s in sorted(statuses)) + "|"
+
+
+def _text(value: int | None) -> str:
+    return "" if value is None else str(value)
+
+
+def _written_fields(change: RunChange) -> list[str | bytes]:
+    """The patch as field, JSON value pairs, with updatedAt when the version goes up."""
+    fields = encode_fields(change.document)
+    if change.bump_version:
+        fields += ["updatedAt", json_value(iso_z(utc_now()))]
+    return fields
 
 
 def _json_str(document: bytes | str) -> str:
@@ -104,7 +119,7 @@ class RunWriter:
             )  # fmt: skip
             reply = (yield Ordered((*ahead, create)))[-1]
             code = int(reply[0])
-            if code in (1, 2):  # 2: this very create, retried after a lost reply
+            if code in (Written.APPLIED, Written.REPLAYED):  # replayed: this very create
                 yield self.indexer.settle_created(run, score, nonce, now_ms())
                 self._remember(run.run_id, run.tenant_id, score)
                 return run, True
@@ -156,30 +171,12 @@ class RunWriter:
             if placement is not None:
                 nonce = self.indexer.nonce()
                 ahead.append(self._status_entries(run_id, placement, new_status, nonce))
-        fields = encode_fields(change.document)
-        if change.bump_version:
-            fields += ["updatedAt", json_value(iso_z(utc_now()))]
-        args: list[Any] = [
-            json_value(change.tenant) if change.tenant else "",
-            "" if change.fence is None else change.fence,
-            _as_set(change.unchanged_if),
-            "" if change.expected_version is None else change.expected_version,
-            _as_set(change.allowed_from),
-            "1" if change.bump_version else "0",
-            self._run_ttl_ms,
-            OPERATION_TTL_MS,
-            len(change.events),
-            "1" if change.ends_log else "0",
-            json_value(new_status.value) if new_status is not None else "",
-            self._placement_hint(placement),
-            now_ms(),
-            self._run_ttl_ms // 2,
-            "1" if change.returns_run else "0",
-            *(event_document(event) for event in change.events),
-            *fields,
-        ]
+        options = self._commit_options(change, placement)
+        rest = [*(event_document(event) for event in change.events), *_written_fields(change)]
         while True:
-            reply = (yield Ordered((*ahead, Script("commit_run", keys, args))))[-1]
+            packed = json.dumps(options, ensure_ascii=False, separators=(",", ":"))
+            commit = Script("commit_run", keys, [packed, *rest])
+            reply = (yield Ordered((*ahead, commit)))[-1]
             code = int(reply[0])
             if code == Refusal.WRONG_TENANT_KEYS:
                 # The entries were added for another placement (the run was re-created): redo.
@@ -190,10 +187,10 @@ class RunWriter:
                 assert new_status is not None
                 nonce = self.indexer.nonce()
                 ahead = [self._status_entries(run_id, placement, new_status, nonce)]
-                args[11] = self._placement_hint(placement)
+                options["placement"] = self._placement_hint(placement)
                 continue
             break
-        if code == 1:
+        if code == Written.APPLIED:
             seqs = tuple(int(seq) for seq in reply[1])
             run = decode_run(reply[2]) if change.returns_run else None
             if nonce or int(reply[3]):
@@ -205,14 +202,38 @@ class RunWriter:
                 if not change.returns_run:
                     run = None
             return Applied(run, seqs)
-        if code == 2:
+        if code == Written.REPLAYED:
             return (yield from self._replayed(run_id, text(reply[1]), nonce))
-        unchanged = decode_run(reply[2]) if code == 0 else None
+        unchanged = decode_run(reply[2]) if code == Written.UNCHANGED else None
         if nonce and placement is not None:
             yield from self._withdraw(run_id, placement, nonce, unchanged)
         if unchanged is not None:
             return Applied(unchanged, (), changed=False)
         raise self._refusal(change, code, reply)
+
+    def _commit_options(
+        self, change: RunChange, placement: tuple[str | None, int] | None
+    ) -> dict[str, str]:
+        """commit_run-3.lua's options (its header names them), every one a string."""
+        new_status = change.new_status
+        return {
+            "tenant": json_value(change.tenant) if change.tenant else "",
+            "fence": _text(change.fence),
+            "unchanged": _as_set(change.unchanged_if),
+            "expected": _text(change.expected_version),
+            "allowed": _as_set(change.allowed_from),
+            "bump": "1" if change.bump_version else "0",
+            "events": str(len(change.events)),
+            "ends": "1" if change.ends_log else "0",
+            "status": json_value(new_status.value) if new_status is not None else "",
+            "placement": self._placement_hint(placement),
+            "now": str(now_ms()),
+            "run_ttl": str(self._run_ttl_ms),
+            "op_ttl": str(OPERATION_TTL_MS),
+            "renew_after": str(self._run_ttl_ms // RENEWALS_PER_TTL),
+            "reindex_after": str(self._run_ttl_ms // 2),
+            "document": "1" if change.returns_run else "0",
+        }
 
     def _withdraw(
         self,

@@ -7,7 +7,7 @@
     class TestMyStore(StoreContract):
         @pytest.fixture
         def contract_store(self):
-            store = MyPipelineStateStore(...)   # a PipelineStateStore subclass
+            store = PipelineStateStore(MyBackend(), MyExecutor())  # or a store of your own
             yield store
             store.close()
 
@@ -28,8 +28,9 @@ What it covers (one test each unless said), the representative subset of mpstate
   ``InvalidTransitionError``; of 6 threads committing at one version exactly one wins;
 - cancel: status cancelled with run-cancelled logged; again: no change; a finished run: refused;
 - events: ``append_event`` seqs are consecutive and leave the version alone; ``list_events``
-  ``since_seq`` is exclusive and ``limit`` caps the page; nothing is appended after a terminal
-  event;
+  ``since_seq`` is exclusive and ``limit`` caps the page; ``last_event`` is run-created until
+  something is appended, then the newest event, and raises ``RunNotFoundError`` for a missing
+  run; nothing is appended after a terminal event;
 - list_runs: by ``created_at`` then ``run_id``; ``newest_first`` reverses it; ``limit`` and
   ``offset`` page through every run once; ``status`` follows a status change;
 - idempotency keys: a held key raises ``IdempotencyKeyInUseError`` naming the holder;
@@ -280,6 +281,28 @@ class StoreContract:
         assert [e.seq for e in contract_store.list_events(run_id, since_seq=2, limit=2)] == [3, 4]
         assert contract_store.list_events(run_id, since_seq=6) == []
 
+    def test_last_event_is_run_created_until_an_append_then_the_newest_event(
+        self, contract_store: PipelineStateStore, new: _Names
+    ) -> None:
+        run_id = new("r")
+        self._run(contract_store, run_id)
+        created = contract_store.last_event(run_id)
+        assert isinstance(created, RunCreated)
+        assert created.seq == 1
+        for n in range(3):
+            contract_store.append_event(run_id, StepStarted(run_id=run_id, step_id="s", attempt=n))
+        contract_store.commit(run_id, {"status": "running"}, [RunStarted(run_id=run_id)])
+        newest = contract_store.last_event(run_id)
+        assert isinstance(newest, RunStarted)
+        assert newest.seq == 5
+        assert newest == contract_store.list_events(run_id)[-1]
+
+    def test_last_event_of_a_missing_run_raises_run_not_found(
+        self, contract_store: PipelineStateStore, new: _Names
+    ) -> None:
+        with pytest.raises(RunNotFoundError):
+            contract_store.last_event(new("missing"))
+
     def test_nothing_is_appended_after_a_terminal_event(
         self, contract_store: PipelineStateStore, new: _Names
     ) -> None:
@@ -395,6 +418,7 @@ class StoreContract:
         attempts: list[Callable[[], object]] = [
             lambda: view.require(new("theirs")),
             lambda: view.list_events(new("theirs")),
+            lambda: view.last_event(new("theirs")),
             lambda: view.update(new("theirs"), {"costUsd": 9.0}),
             lambda: view.cancel(new("theirs"), "not yours"),
             lambda: view.with_lock(new("theirs"), lambda run: None),
@@ -412,6 +436,7 @@ class StoreContract:
         self._run(contract_store, new("theirs"), tenantId=new("b"))
         assert mine.tenant_id == new("a")
         assert [r.run_id for r in view.list_runs()] == [new("mine")]
+        assert isinstance(view.last_event(new("mine")), RunCreated)
 
     # -- external jobs ----------------------------------------------------------------------
 

@@ -21,8 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from mpstate._checks import check_id
 from mpstate.errors import InvalidInputError
-from mpstate.store import check_id
 from mpstate.webhooks.providers import CAPABILITY, PRESET_SCHEMES
 from mpstate.webhooks.schemes import HexHmacScheme, StandardWebhooksScheme, scheme_for
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mpstate.core import check_id, check_positive
+from mpstate._checks import check_id, check_positive
 from mpstate.errors import InvalidInputError
 from mpstate.webhooks.schemes import SCHEME_NAMES, SignatureScheme, scheme_for
 

@@ -48,6 +48,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from mpstate._checks import check_id, check_positive
 from mpstate.aio.store import AsyncPipelineStateStore
 from mpstate.celery.adapters import ADAPTERS
 from mpstate.celery.binding import RESOLVE_WEBHOOK, MpState
@@ -62,7 +63,6 @@ from mpstate.errors import (
 from mpstate.events import EventMeta
 from mpstate.fields import ensure_storable
 from mpstate.metrics.asgi import MetricsApp
-from mpstate.store import check_id, check_positive
 from mpstate.webhooks.metrics import ReceiverMetrics
 from mpstate.webhooks.providers import ProviderConfig, Secrets, provider_configs
 from mpstate.webhooks.schemes import SignatureScheme, Verified, check_callback_token

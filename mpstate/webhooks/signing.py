@@ -18,8 +18,8 @@ import hmac
 import time
 from collections.abc import Mapping, Sequence
 
+from mpstate._checks import check_id
 from mpstate.errors import InvalidInputError, WebhookSignatureError
-from mpstate.store import check_id
 
 __all__ = [
     "DEFAULT_TOLERANCE_S",

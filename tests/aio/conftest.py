@@ -29,9 +29,6 @@ from mpstate.aio import (
 #: Longest a store's ``aclose`` may take in a teardown, in seconds.
 ACLOSE_TIMEOUT_S = 30.0
 
-#: Options the in-memory store takes (it has no TTLs but the lock's).
-_MEMORY_OPTIONS = {"lock_ttl_seconds", "lock_acquire_timeout_ms", "lock_poll_interval_ms"}
-
 
 @pytest.fixture
 def anyio_backend() -> str:
@@ -63,8 +60,7 @@ async def make_async_store(
     def factory(**options: Any) -> AsyncPipelineStateStore:
         store: AsyncPipelineStateStore
         if aio_backend == "aio-memory":
-            kept = {k: v for k, v in options.items() if k in _MEMORY_OPTIONS}
-            store = AsyncInMemoryPipelineStateStore(**kept)
+            store = AsyncInMemoryPipelineStateStore(**options)
         elif aio_backend == "aio-redis":
             assert server_url is not None
             store = AsyncRedisPipelineStateStore(AsyncRedis.from_url(server_url), prefix, **options)

@@ -46,7 +46,7 @@ async def _first_event(store: AsyncPipelineStateStore, *args: Any, **kwargs: Any
 
 async def _extend(store: AsyncPipelineStateStore, ttl_ms: Any) -> None:
     run = PipelineRun.model_validate({"runId": "r1", "pipelineId": "p"})
-    await AsyncHeldLock("r1", "token", 1, run, store).extend(ttl_ms)
+    await AsyncHeldLock("r1", "token", 1, run, store._extend).extend(ttl_ms)
 
 
 async def _for_tenant(store: AsyncPipelineStateStore) -> object:

@@ -40,7 +40,7 @@ from mpstate.celery import MpState
 from mpstate.celery.identity import identity_of
 from mpstate.events import PipelineEvent
 from mpstate.models import PipelineRun
-from mpstate.redis.store import cluster_url
+from mpstate.redis.urls import cluster_url
 
 T = TypeVar("T")
 

@@ -428,6 +428,66 @@ def test_a_run_touched_within_the_stale_limit_is_not_stalled(h: Harness, how: st
     wait_until_stalled(h, run.run_id)  # and by the clock, once quiet for long enough
 
 
+# -- what a scan reads ---------------------------------------------------------------------------
+
+
+def count_reads(h: Harness, monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """Count the store's log reads from here on (``last_event`` and ``list_events`` calls)."""
+    reads: Counter[str] = Counter()
+    for name in ("last_event", "list_events"):
+        original = getattr(h.store, name)
+
+        def counted(*args: Any, name: str = name, original: Any = original, **kwargs: Any) -> Any:
+            reads[name] += 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(h.store, name, counted)
+    return reads
+
+
+def test_a_scan_reads_a_candidate_runs_newest_event_and_not_its_log(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = lost_attempt(h)
+    for pct in range(20):  # a longer log costs the scan nothing more
+        h.store.append_event(run.run_id, StepProgress(run_id=run.run_id, step_id="one", pct=pct))
+    wait_until_stalled(h, run.run_id)
+    reads = count_reads(h, monkeypatch)
+
+    stalled = list(Reconciler(h.mp, stale_after_s=STALE_S).find_stalled())
+
+    assert ids(stalled) == [(run.run_id, "one", "running")]
+    assert reads == Counter({"last_event": 1})
+
+
+def test_of_two_steps_in_flight_the_quiet_one_is_stalled_while_the_other_reports_progress(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    steps = [
+        {"stepId": "a", "operation": "rc.one", "dependsOn": []},
+        {"stepId": "b", "operation": "rc.two", "dependsOn": []},
+    ]
+    run = new_run(h, steps)
+    meta = {"taskId": LOST_TASK, "worker": "dead@host"}
+    run = commit(h, run, start_step(run, "a", attempt=0, task_id=LOST_TASK, meta=meta))
+    meta = {"taskId": "t-b", "worker": "alive@host"}
+    run = commit(h, run, start_step(run, "b", attempt=0, task_id="t-b", meta=meta))
+    a_started = h.store.list_events(run.run_id)[-2]
+    assert (a_started.kind, getattr(a_started, "step_id", None)) == ("step-started", "a")
+    # b's progress is the run's newest event, well after a's start: a's own last event is older.
+    progress = StepProgress(run_id=run.run_id, step_id="b", pct=50, at=a_started.at + 2000)
+    h.store.append_event(run.run_id, progress)
+    reads = count_reads(h, monkeypatch)
+    now = datetime.fromtimestamp((a_started.at + 1500) / 1000, UTC)
+
+    stalled = list(Reconciler(h.mp, stale_after_s=STALE_S).find_stalled(now=now))
+
+    assert ids(stalled) == [(run.run_id, "a", "running")]
+    assert stalled[0].idle_s == pytest.approx(1.5, abs=0.01)
+    # The newest event, b's, cannot tell when a last moved: the log can, read once.
+    assert reads == Counter({"last_event": 1, "list_events": 1})
+
+
 def test_a_dry_run_lists_the_stalled_steps_and_writes_and_enqueues_nothing(h: Harness) -> None:
     attempt = lost_attempt(h)
     advancement = lost_advancement(h)

@@ -12,6 +12,7 @@ from typing import Any
 
 from mpstate import PipelineStateStore, RedisPipelineStateStore
 from mpstate.models import PipelineRun
+from mpstate.plans import Plan, drive
 
 Serve = Callable[[Any], str]
 
@@ -26,9 +27,12 @@ class CountingStore(RedisPipelineStateStore):
         super().__init__(*args, **kwargs)
         self.calls: list[str] = []
 
-    def _execute(self, request: Any) -> Any:
+    def _drive(self, plan: Plan[Any]) -> Any:
+        return drive(plan, self._count)
+
+    def _count(self, request: Any) -> Any:
         self.calls.append(type(request).__name__)
-        return super()._execute(request)
+        return self._executor(request)
 
     def for_tenant(self, tenant_id: str) -> CountingStore:
         view = super().for_tenant(tenant_id)

@@ -70,15 +70,15 @@ def test_the_source_package_lists_its_data_files_and_no_bytecode() -> None:
 
 
 def test_a_wheel_with_another_top_level_package_or_missing_data_is_refused() -> None:
-    expected = {"mpstate/__init__.py", "mpstate/redis/scripts/load_run.lua"}
+    expected = {"mpstate/__init__.py", "mpstate/redis/scripts/load_run-2.lua"}
     dist_info = f"mpstate-{VERSION}.dist-info"
     good = {*expected, f"{dist_info}/METADATA", f"{dist_info}/RECORD"}
     assert wheel_problems(good, VERSION, expected) == []
     assert wheel_problems(good | {"celery_app/__init__.py"}, VERSION, expected) == [
         "not part of mpstate: celery_app/__init__.py"
     ]
-    assert wheel_problems(good - {"mpstate/redis/scripts/load_run.lua"}, VERSION, expected) == [
-        "missing from the wheel: mpstate/redis/scripts/load_run.lua"
+    assert wheel_problems(good - {"mpstate/redis/scripts/load_run-2.lua"}, VERSION, expected) == [
+        "missing from the wheel: mpstate/redis/scripts/load_run-2.lua"
     ]
     assert wheel_problems(good, "9.9.9", expected)[-1].startswith("no mpstate-9.9.9.dist-info/")
 

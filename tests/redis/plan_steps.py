@@ -1,7 +1,7 @@
 """Driving a Redis store's plan by hand, one request at a time, to stop a writer mid-way.
 
 A store operation is a plan (``mpstate.plans``): a generator that yields Redis requests and is
-sent their replies. ``PlanSteps`` carries the requests out with the store's own ``_execute``, as
+sent their replies. ``PlanSteps`` carries the requests out with the store's own executor, as
 the sync shell does (a ``Pause`` sleeps), but lets a test stop after any of them (a writer that
 dies there, or stalls while others run), or just before one (``run_until``), and resume later.
 An ``Ordered`` request (requests that must take effect in order, e.g. index entries added before
@@ -100,7 +100,7 @@ class PlanSteps:
 
     def _carry_out(self, request: Any) -> Any:
         try:
-            self._reply, self._error = self.store._execute(request), None
+            self._reply, self._error = self.store._executor(request), None
         except Exception as exc:  # thrown into the plan at its next step
             self._reply, self._error = None, exc
         self.executed.append(request)

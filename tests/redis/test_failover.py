@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
+from replica_links import cut_replication
 
 from mpstate import (
     RedisPipelineStateStore,
@@ -30,7 +30,6 @@ from mpstate import (
     WriteNotReplicatedError,
     audit_run,
 )
-from mpstate.testing import RedisServer
 from mpstate.testing._cluster import LocalRedisCluster
 
 pytestmark = [pytest.mark.timeout(120)]
@@ -58,22 +57,6 @@ def run_ids_on(cluster: LocalRedisCluster, store: RedisPipelineStateStore, count
             found.append(run_id)
         n += 1
     return found
-
-
-def cut_replication(primary: RedisServer, replica: RedisServer) -> None:
-    """Stop the replica from receiving anything more from its primary, for good.
-
-    A wrong ``masterauth`` makes every resync attempt fail, and killing the replica's link on the
-    primary ends the current one: writes from now on exist only on the primary.
-    """
-    with redis.Redis(port=replica.port) as admin:
-        admin.config_set("masterauth", "not-the-password")
-    with redis.Redis(port=primary.port) as admin:
-        admin.client_kill_filter(_type="replica")
-        deadline = time.monotonic() + 10
-        while int(admin.info("replication")["connected_slaves"]) != 0:
-            assert time.monotonic() < deadline, "the replica kept its link"
-            time.sleep(0.02)
 
 
 def start(store: RedisPipelineStateStore, run_id: str) -> int:

@@ -80,13 +80,14 @@ def members(client: Any, key: str) -> dict[str, float]:
 
 def entry(client: Any, group: IndexGroup, run_id: str) -> tuple[str, str, tuple[str, ...]] | None:
     """The group's entries-hash field for the run: (score, version, the nonces of its pending
-    marks). The field is "<score>:<version>" then ";<expiry>:<nonce>" per live mark."""
+    marks). The field is "<score>:<version>:<status>" then ";<expiry>:<nonce>:<added>" per live
+    mark."""
     found = client.hget(group.entries, run_id)
     if found is None:
         return None
     settled, *marks = text(found).split(";")
-    score, version = settled.split(":")
-    return score, version, tuple(mark.partition(":")[2] for mark in marks)
+    score, version, _status = settled.split(":")
+    return score, version, tuple(mark.split(":")[1] for mark in marks)
 
 
 def mark_nonces(steps: PlanSteps) -> set[str]:
@@ -95,7 +96,7 @@ def mark_nonces(steps: PlanSteps) -> set[str]:
     for request in steps.executed:
         for item in request.items if isinstance(request, Batch) else (request,):
             if isinstance(item, Script) and item.name == "add_index_entries":
-                nonces.add(str(item.args[3]).partition(":")[2])
+                nonces.add(str(item.args[3]).split(":")[1])
     return nonces
 
 
@@ -107,7 +108,7 @@ def commit_plan(
     store: RedisPipelineStateStore, run_id: str, patch: dict[str, Any], **options: Any
 ) -> PlanSteps:
     """An ``update(run_id, patch)`` to be driven by hand."""
-    plan = store._plan_commit(
+    plan = store._backend._plan_commit(
         run_id,
         patch,
         [],
@@ -122,7 +123,7 @@ def create_plan(
     store: RedisPipelineStateStore, document: dict[str, Any], *, or_get: bool
 ) -> PlanSteps:
     """A ``create`` (or ``create_or_get``) to be driven by hand."""
-    return PlanSteps(store, store._plan_create(document, return_existing=or_get))
+    return PlanSteps(store, store._backend._plan_create(document, return_existing=or_get))
 
 
 def new_run(store: RedisPipelineStateStore, run_id: str = "r1", **fields: Any) -> str:
@@ -143,10 +144,10 @@ def settle(
     nonce: str = "",
 ) -> list[int]:
     """One settle_index_entries per group, as a writer's follow-up sends it; the replies."""
-    batch = store.indexer.settle(
+    batch = store._backend.indexer.settle(
         groups, run_id, score, version=version, status=status, nonce=nonce, now_ms=now_ms()
     )
-    return [int(reply) for reply in store._execute(batch)]
+    return [int(reply) for reply in store._executor(batch)]
 
 
 # -- added before: a writer that dies after its run's script leaves the run listed ---------------
@@ -456,6 +457,69 @@ def test_a_pending_mark_stops_protecting_an_entry_once_it_expired(
         assert entry(client, group, "r1") == (str(epoch_ms(T0)), "2", ())
 
 
+# -- removing only where the run may be ------------------------------------------------------------
+
+
+def test_a_writers_settle_takes_the_run_out_of_the_status_it_left_not_out_of_every_other(
+    store: RedisPipelineStateStore, client: Any
+) -> None:
+    k = store.keys
+    new_run(store)
+    store.update("r1", {"status": "running"})
+    # A decoy no write put there: a settle that swept all five other statuses would remove it.
+    client.zadd(k.by_status(PipelineRunStatus.FAILED), {"r1": epoch_ms(T0)})
+    store.update("r1", {"status": "completed"})
+
+    for group in [k.global_group(), k.tenant_group("t")]:
+        assert "r1" not in members(client, group.status(RUNNING))  # the status it left
+        assert "r1" not in members(client, group.status(PENDING))
+        assert "r1" in members(client, group.status(COMPLETED))
+    assert "r1" in members(client, k.by_status(PipelineRunStatus.FAILED))
+    # A reader that meets the decoy repairs it: a repair sweeps every other status.
+    assert store.list_runs(status="failed") == []
+    assert "r1" not in members(client, k.by_status(PipelineRunStatus.FAILED))
+    assert "r1" in members(client, k.by_status(COMPLETED))
+
+
+def test_an_entry_written_before_entries_named_their_status_is_swept_by_the_next_settle(
+    store: RedisPipelineStateStore, client: Any
+) -> None:
+    k = store.keys
+    new_run(store)
+    store.update("r1", {"status": "running"})
+    # As an older mpstate left it: "score:version", and a stray entry under failed.
+    client.hset(k.global_group().entries, "r1", f"{epoch_ms(T0)}:2")
+    client.zadd(k.by_status(PipelineRunStatus.FAILED), {"r1": epoch_ms(T0)})
+    store.update("r1", {"status": "completed"})
+
+    assert "r1" not in members(client, k.by_status(PipelineRunStatus.FAILED))
+    assert "r1" not in members(client, k.by_status(RUNNING))
+    assert entry(client, k.global_group(), "r1") == (str(epoch_ms(T0)), "3", ())
+
+
+def test_a_removal_a_live_mark_held_back_is_made_by_the_next_settle_after_the_mark_expired(
+    store: RedisPipelineStateStore, client: Any, short_marks: float
+) -> None:
+    k = store.keys
+    new_run(store)
+    stalled = commit_plan(another(store), "r1", {"status": "suspended"}, expected_version=1)
+    stalled.run_through("add_index_entries")  # its mark is live; it dies before committing
+    store.update("r1", {"status": "running"})  # settled while the mark is live: pending stays
+
+    everywhere = [k.global_group(), k.tenant_group("t")]
+    for group in everywhere:
+        assert "r1" in members(client, group.status(PENDING))
+    time.sleep(short_marks)
+    store.update("r1", {"status": "completed"})  # the history is unknown here: it sweeps
+
+    for group in everywhere:
+        assert "r1" not in members(client, group.status(PENDING))
+        assert "r1" not in members(client, group.status(RUNNING))
+        assert "r1" not in members(client, group.status(SUSPENDED))  # the dead writer's add
+        assert "r1" in members(client, group.status(COMPLETED))
+        assert entry(client, group, "r1") == (str(epoch_ms(T0)), "3", ())
+
+
 # -- a run id created again after its run expired ------------------------------------------------
 
 
@@ -500,7 +564,7 @@ def test_a_readers_late_repair_of_an_expired_incarnation_leaves_the_re_created_r
     new_run(store)
     for key in [k.run("r1"), k.events("r1")]:
         client.delete(key)  # the run expired; its index entries (score T0) are still there
-    reader = PlanSteps(store, store._plan_list_runs(None, {}))
+    reader = PlanSteps(store, store._backend._plan_list_runs(None, {}))
     reader.run_through("HGETALL")  # it read r1@T0 and found no run: it will settle r1 as gone
     created_at = T0 + timedelta(hours=1)
     another(store).create(

@@ -88,8 +88,9 @@ def test_a_new_run_writes_the_documented_keys(redis_client: redis.Redis, prefix:
     assert [entry_id for entry_id, _ in entries] == [b"0-1"]
     assert redis_client.zscore(k.global_group().everything, "r1") == epoch_ms(T0)
     assert redis_client.zscore(k.by_status(PipelineRunStatus.PENDING), "r1") == epoch_ms(T0)
-    # Settled: "score:version" and no pending mark (";expiry:nonce") left behind.
-    assert redis_client.hgetall(k.global_group().entries) == {b"r1": f"{epoch_ms(T0)}:1".encode()}
+    # Settled: "score:version:status" (pending is the first status zset) and no pending mark
+    # (";expiry:nonce:added") left behind.
+    assert redis_client.hgetall(k.global_group().entries) == {b"r1": f"{epoch_ms(T0)}:1:1".encode()}
 
 
 def test_tenant_key_and_job_keys_are_written_where_documented(
@@ -137,9 +138,15 @@ def test_tenant_key_and_job_keys_are_written_where_documented(
     assert k.job_providers("j1") == f"{prefix}:jobproviders:{{j1}}"
     assert redis_client.smembers(k.job_providers("j1")) == {b"fal"}
     assert redis_client.smembers(k.job_providers("j2")) == {b"replicate"}
-    settled = f"{epoch_ms(T0)}:1".encode()  # "score:version", no pending mark left
-    for group in [k.global_group(), k.tenant_group("t"), k.idempotency_group("key")]:
-        assert redis_client.hgetall(group.entries) == {b"r1": settled}, group
+    # "score:version:status", no pending mark left; the idempotency key's group has no status
+    # zsets, so no status position.
+    settled = {
+        k.global_group(): f"{epoch_ms(T0)}:1:1".encode(),
+        k.tenant_group("t"): f"{epoch_ms(T0)}:1:1".encode(),
+        k.idempotency_group("key"): f"{epoch_ms(T0)}:1:".encode(),
+    }
+    for group, field in settled.items():
+        assert redis_client.hgetall(group.entries) == {b"r1": field}, group
         assert redis_client.zscore(group.everything, "r1") == epoch_ms(T0)
 
 
@@ -194,7 +201,7 @@ def write_everything(store: RedisPipelineStateStore) -> None:
     store.with_lock("r1", lambda run: run)
     stalled = PlanSteps(
         store,
-        store._plan_create(
+        store._backend._plan_create(
             {"runId": "stalled", "pipelineId": "p", "tenantId": "t1", "idempotencyKey": "kv"},
             return_existing=True,
         ),
@@ -373,7 +380,7 @@ def test_keys_expire_after_their_configured_lifetimes(
     )
     stalled = PlanSteps(
         store,
-        store._plan_create(
+        store._backend._plan_create(
             {"runId": "stalled", "pipelineId": "p", "idempotencyKey": "k2"}, return_existing=True
         ),
     )
@@ -445,6 +452,28 @@ def test_a_run_kept_alive_by_writes_stays_listed(redis_client: redis.Redis, pref
     assert ids(store.list_runs(idempotency_key="kkept")) == ["kept"]
     for key in [k.global_group().everything, k.global_group().entries, k.tenant_group("t").entries]:
         assert redis_client.pttl(key) > 600, key
+
+
+def test_a_write_renews_its_runs_ttl_only_when_a_tenth_of_it_has_passed(
+    redis_client: redis.Redis, prefix: str
+) -> None:
+    store = new_store(redis_client, prefix, run_ttl_seconds=100)
+    k = store.keys
+    store.create({"runId": "r1", "pipelineId": "p"})
+    run_keys = [k.run("r1"), k.events("r1")]
+    for key in run_keys:
+        redis_client.pexpire(key, 95_000)  # as if created 5 s ago
+    store.update("r1", {"error": "a write 5 s after the last renewal"})
+    store.append_event("r1", RunStarted(run_id="r1"))
+    for key in run_keys:
+        assert 90_000 < redis_client.pttl(key) <= 95_000, key  # not renewed: not due yet
+
+    renewed_at = int(redis_client.hget(k.run("r1"), "_renewed") or 0)
+    redis_client.hset(k.run("r1"), "_renewed", renewed_at - 10_001)  # as if renewed 10 s ago
+    store.update("r1", {"error": "a write a tenth of the TTL after the last renewal"})
+    for key in run_keys:
+        assert 99_000 < redis_client.pttl(key) <= 100_000, key
+    assert int(redis_client.hget(k.run("r1"), "_renewed") or 0) > renewed_at
 
 
 def test_idempotency_keys_and_job_ids_expire_after_their_own_ttls(
@@ -709,13 +738,13 @@ def one_node_cluster() -> Iterator[redis.Redis]:
 
 
 class RequestLog:
-    """Wraps a store's ``_once`` to record every script and command it sends."""
+    """Wraps a store's executor's ``_once`` to record every script and command it sends."""
 
     def __init__(self, store: RedisPipelineStateStore) -> None:
-        self.original = store._once
+        self.original = store._executor._once
         self.scripts: list[Script] = []
         self.names: set[str] = set()
-        store._once = self  # type: ignore[method-assign]
+        store._executor._once = self  # type: ignore[method-assign]
 
     def __call__(self, request: Any) -> Any:
         items = (
@@ -739,6 +768,7 @@ def test_every_write_script_touches_one_cluster_slot(one_node_cluster: redis.Red
     expire(one_node_cluster, store, "r1")
     store.list_runs(status="running", tenant_id="t1")  # a repair on read: settles r1 as gone
     assert [event.seq for event in store.list_events("r0")][:1] == [1]
+    assert isinstance(store.last_event("r0"), RunStarted)
     assert ids(store.list_runs(status="cancelled")) == ["r2"]
 
     # Every script ran, so the server checked every one ...
@@ -770,5 +800,5 @@ def test_a_lock_waiter_asked_to_wait_one_millisecond_is_not_blocked_forever(
     store.create({"runId": "r1", "pipelineId": "p"})
     with store.lock("r1"):
         started = time.monotonic()
-        store._wait_for_release("r1", 1.0)
+        store._drive(store._backend._wait_for_release("r1", 1.0))
         assert time.monotonic() - started < 1.0

@@ -16,7 +16,7 @@ from mpstate.redis.requests import Ordered
 
 def answering(store: RedisPipelineStateStore, script: str, code: int) -> list[int]:
     """Make ``script``'s reply ``{code}`` (the script still runs); returns the calls seen."""
-    original = store._execute
+    original = store._executor
     calls: list[int] = []
 
     def execute(request: Any) -> Any:
@@ -28,7 +28,7 @@ def answering(store: RedisPipelineStateStore, script: str, code: int) -> list[in
             return [*reply[:-1], [code]]
         return [code]
 
-    store._execute = execute  # type: ignore[method-assign]
+    store._executor = execute  # type: ignore[assignment]
     return calls
 
 

@@ -218,6 +218,14 @@ def test_no_request_to_any_providers_route_makes_the_receiver_answer_500(
         luma="minted",
         segments=["a", "b", "0", "t"],
     )
+    @example(  # a provider nobody configured: 404, whatever the draw
+        provider="nobody",
+        body=b"{}",
+        signing="valid",
+        junk={},
+        luma="live",
+        segments=["a", "b", "0", "t"],
+    )
     def check(
         provider: str,
         body: bytes,

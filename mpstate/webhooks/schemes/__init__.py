@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
-from mpstate.core import check_positive
+from mpstate._checks import check_positive
 from mpstate.errors import InvalidInputError
 from mpstate.webhooks.schemes._base import SignatureScheme, Verified
 from mpstate.webhooks.schemes.hexhmac import (

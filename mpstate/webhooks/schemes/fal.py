@@ -36,7 +36,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from mpstate.core import check_int, check_positive
+from mpstate._checks import check_int, check_positive
 from mpstate.errors import InvalidInputError, WebhookSignatureError
 from mpstate.webhooks.schemes._base import (
     Verified,

@@ -32,7 +32,7 @@ import hmac
 import time
 from collections.abc import Mapping, Sequence
 
-from mpstate.core import check_int, check_positive
+from mpstate._checks import check_int, check_positive
 from mpstate.errors import InvalidInputError, WebhookSignatureError
 from mpstate.webhooks.schemes._base import (
     Verified,

@@ -29,7 +29,7 @@ import hmac
 from collections.abc import Sequence
 from urllib.parse import quote
 
-from mpstate.core import check_id, check_int
+from mpstate._checks import check_id, check_int
 from mpstate.errors import InvalidInputError
 from mpstate.fields import MAX_SAFE_INTEGER
 from mpstate.webhooks.schemes._base import check_secrets

@@ -2,7 +2,8 @@
 
 KEYS[1] the group's entries hash    KEYS[2..] index zsets of the group to add the run to
 ARGV[1] run id    ARGV[2] score (created_at, epoch ms)    ARGV[3] index TTL ms
-ARGV[4] this writer's pending mark "<expiry epoch ms>:<nonce>"    ARGV[5] now, epoch ms
+ARGV[4] this writer's pending mark "<expiry epoch ms>:<nonce>:<added>" (added: the position of
+        the status zset it adds the run to, "" for none)    ARGV[5] now, epoch ms
 
 Adding first means an index never misses a run whose write was acknowledged, even when the
 writer dies before its follow-up (settle_index_entries): at worst an index holds an extra entry,
@@ -10,8 +11,8 @@ which readers check against the run and repair. ZADD NX keeps an existing entry'
 pending mark stops other writers and readers from removing these entries until this writer has
 settled them or the mark expires; every writer's mark is kept (expired ones are dropped), so a
 second writer cannot lift the first one's.
-The entries hash holds, per run, "<score>:<version>" settled so far, then ";<expiry>:<nonce>"
-for each live mark.
+The entries hash holds, per run, "<score>:<version>:<status>" settled so far, then
+";<expiry>:<nonce>:<added>" for each live mark (settle_index_entries reads both).
 Returns 1.
 ]]
 local run_id, ttl, now = ARGV[1], ARGV[3], tonumber(ARGV[5])
@@ -22,9 +23,9 @@ end
 local entry = redis.call('HGET', KEYS[1], run_id) or ':'
 local settled, marks = string.match(entry, '^([^;]*)(.*)$')
 local kept = {settled}
-for expiry, nonce in string.gmatch(marks, ';(%d+):([^;]*)') do
+for expiry, rest in string.gmatch(marks, ';(%d+):([^;]*)') do  -- rest: "<nonce>:<added>"
   if tonumber(expiry) > now then
-    kept[#kept + 1] = ';' .. expiry .. ':' .. nonce
+    kept[#kept + 1] = ';' .. expiry .. ':' .. rest
   end
 end
 kept[#kept + 1] = ';' .. ARGV[4]

@@ -12,45 +12,58 @@ ARGV[4] the run's status JSON, or gone (unquoted) when the run no longer exists
 ARGV[7] the caller's pending-mark nonce, "" for none
 ARGV[8] "1" when this settles the create of the run id (a new incarnation)
 ARGV[9..14] the statuses as JSON
+ARGV[15] "1" to take the run out of every other status zset (a reader's repair: it met an entry
+         the run contradicts), not only out of those it may be in
 
-The entries hash keeps, per run, "<score>:<version>" last settled (score tells incarnations of a
-re-created run id apart) and ";<expiry>:<nonce>" for each writer's live pending mark
-(add_index_entries). A state older than the one settled changes nothing; a create's settle with
-another score replaces an earlier incarnation's. While another writer's mark is live, entries
-are added but never removed. A gone run's entries are removed only while their score is the one
-the reader saw.
+The entries hash keeps, per run, "<score>:<version>:<status>" last settled (score tells
+incarnations of a re-created run id apart; status is the position of the status zset the run was
+settled into, "" when unknown) and ";<expiry>:<nonce>:<added>" for each writer's live pending
+mark (add_index_entries; added: the position of the status zset that writer added the run to).
+A state older than the one settled changes nothing; a create's settle with another score
+replaces an earlier incarnation's. While another writer's mark is live, entries are added but
+never removed (the status is then recorded as unknown). Removing is targeted: a settle takes the
+run out of the status it was settled into and of the statuses of the marks it clears, not out of
+all five others; it sweeps them all only when that history is unknown (no entry, an unknown
+status, a mark from before marks named their status) or when asked (ARGV[15]). A gone run's
+entries are removed only while their score is the one the reader saw.
 Returns 1 settled | 0 nothing to settle (older state, only a mark cleared, or a pending mark).
 ]]
 local run_id, score, version, status = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local ttl, now, mine = ARGV[5], tonumber(ARGV[6]), ARGV[7]
 local entries = KEYS[1]
 local entry = redis.call('HGET', entries, run_id)
-local e_score, e_version, marks = '', '', ''
+local e_score, e_version, e_status, marks = '', '', '', ''
 if entry then
   local settled
   settled, marks = string.match(entry, '^([^;]*)(.*)$')
-  e_score, e_version = string.match(settled, '^([^:]*):(.*)$')
+  e_score, e_version, e_status = string.match(settled, '^([^:]*):([^:]*):?(.*)$')
 end
 local live = {}
-for expiry, nonce in string.gmatch(marks, ';(%d+):([^;]*)') do
+-- Statuses the run may be in because of marks cleared here ("?": a mark that did not say).
+local cleared = {}
+local any_cleared = false
+for expiry, nonce, added in string.gmatch(marks, ';(%d+):([^;:]*):?([^;]*)') do
   if nonce ~= mine and tonumber(expiry) > now then
-    live[#live + 1] = ';' .. expiry .. ':' .. nonce
+    live[#live + 1] = ';' .. expiry .. ':' .. nonce .. ':' .. added
+  else
+    cleared[added ~= '' and added or '?'] = true
+    any_cleared = true
   end
 end
 local pending = #live > 0
 
-local function save(s, v)
+local function save(s, v, st)
   if s == '' and not pending then
     redis.call('HDEL', entries, run_id)
     return
   end
-  redis.call('HSET', entries, run_id, s .. ':' .. v .. table.concat(live))
+  redis.call('HSET', entries, run_id, s .. ':' .. v .. ':' .. st .. table.concat(live))
   redis.call('PEXPIRE', entries, ttl)
 end
 
 if status == 'gone' then
   if pending then
-    save(e_score, e_version)
+    save(e_score, e_version, '')
     return 0
   end
   for i = 2, #KEYS do
@@ -77,20 +90,30 @@ if not older and e_score ~= '' and e_version ~= '' then
 end
 if older then
   if entry then
-    save(e_score, e_version)
+    -- Cleared marks may have left entries this settle does not remove: the next one sweeps.
+    save(e_score, e_version, any_cleared and '' or e_status)
   end
   return 0
 end
 
+local sweep = ARGV[15] == '1' or cleared['?']
+  or (entry == nil and ARGV[8] ~= '1')
+  or (e_score ~= '' and (e_status == '' or (ARGV[8] == '1' and tonumber(e_score) ~= tonumber(score))))
 redis.call('ZADD', KEYS[2], score, run_id)
 redis.call('PEXPIRE', KEYS[2], ttl)
+local settled_status = ''
 for i = 3, #KEYS do
+  local position = tostring(i - 2)
   if ARGV[i + 6] == status then
     redis.call('ZADD', KEYS[i], score, run_id)
     redis.call('PEXPIRE', KEYS[i], ttl)
-  elseif not pending then
+    settled_status = position
+  elseif not pending and (sweep or position == e_status or cleared[position]) then
     redis.call('ZREM', KEYS[i], run_id)
   end
 end
-save(score, version)
+if pending then
+  settled_status = ''
+end
+save(score, version, settled_status)
 return 1

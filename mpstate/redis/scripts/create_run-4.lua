@@ -30,7 +30,7 @@ end
 
 local ttl = ARGV[3]
 redis.call('HSET', KEYS[1], '_seq', 1, '_fence', 0, '_score', ARGV[2], '_indexed', ARGV[7],
-  unpack(ARGV, 8))
+  '_renewed', ARGV[7], unpack(ARGV, 8))
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('DEL', KEYS[2])
 redis.call('XADD', KEYS[2], '0-1', 'e', ARGV[4])
