@@ -10,13 +10,12 @@ for asyncio.
 
 from __future__ import annotations
 
-import copy
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -25,7 +24,6 @@ from mpstate.core import (
     MAX_EVENTS_PER_COMMIT,
     FollowCursor,
     LockAttempt,
-    StoreCore,
 )
 from mpstate.deliveries import UnmatchedCallback
 from mpstate.errors import InvalidInputError, LockNotOwnedError
@@ -34,6 +32,7 @@ from mpstate.filters import RunFilter
 from mpstate.models import PipelineRun, PipelineRunStatus
 from mpstate.options import StoreOptions
 from mpstate.plans import Executor, Plan, drive
+from mpstate.shell import StoreShell
 
 __all__ = [
     "MAX_EVENTS_PER_COMMIT",
@@ -65,37 +64,13 @@ class HeldLock:
             raise LockNotOwnedError(self.run_id)
 
 
-class PipelineStateStore:
+class PipelineStateStore(StoreShell[Executor]):
     """The store contract: a backend's plans carried out by a sync executor.
 
     Construct a concrete store (``InMemoryPipelineStateStore``, ``RedisPipelineStateStore``), or
     this class with a ``StoreCore`` backend and an ``Executor`` of your own; annotate with it.
     ``for_tenant`` gives a tenant-scoped view.
     """
-
-    def __init__(self, backend: StoreCore, executor: Executor) -> None:
-        self._backend = backend
-        self._executor = executor
-
-    @property
-    def options(self) -> StoreOptions:
-        """The lifetimes and lock timings this store was built with."""
-        return self._backend.options
-
-    @property
-    def tenant_id(self) -> str | None:
-        """The tenant this store is scoped to (None: the unscoped store)."""
-        return self._backend.tenant_id
-
-    def for_tenant(self, tenant_id: str) -> Self:
-        """A view of this store that sees and creates only ``tenant_id``'s runs.
-
-        Another tenant's run is "not found" through the view; creating one is refused. The view
-        shares connections and state with this store.
-        """
-        view = copy.copy(self)
-        view._backend = self._backend.for_tenant(tenant_id)
-        return view
 
     def close(self) -> None:
         """Close the store's connections (a store in memory has none)."""

@@ -8,25 +8,24 @@ lock as an async context manager renewed by a task, and the live feed as an asyn
 from __future__ import annotations
 
 import asyncio
-import copy
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
 from mpstate.changes import CommitResult
-from mpstate.core import FollowCursor, StoreCore
+from mpstate.core import FollowCursor
 from mpstate.deliveries import UnmatchedCallback
 from mpstate.errors import InvalidInputError, LockNotOwnedError
 from mpstate.events import PipelineEvent
 from mpstate.filters import RunFilter
 from mpstate.models import PipelineRun, PipelineRunStatus
-from mpstate.options import StoreOptions
 from mpstate.plans import AsyncExecutor, Plan, drive_async
+from mpstate.shell import StoreShell
 
 __all__ = ["AsyncHeldLock", "AsyncPipelineStateStore"]
 
@@ -52,31 +51,11 @@ class AsyncHeldLock:
             raise LockNotOwnedError(self.run_id)
 
 
-class AsyncPipelineStateStore:
+class AsyncPipelineStateStore(StoreShell[AsyncExecutor]):
     """The store contract for asyncio; every method is the sync store's, awaited.
 
     A backend's plans carried out by an ``AsyncExecutor``; see ``PipelineStateStore``.
     """
-
-    def __init__(self, backend: StoreCore, executor: AsyncExecutor) -> None:
-        self._backend = backend
-        self._executor = executor
-
-    @property
-    def options(self) -> StoreOptions:
-        """See ``PipelineStateStore.options``."""
-        return self._backend.options
-
-    @property
-    def tenant_id(self) -> str | None:
-        """See ``PipelineStateStore.tenant_id``."""
-        return self._backend.tenant_id
-
-    def for_tenant(self, tenant_id: str) -> Self:
-        """See ``PipelineStateStore.for_tenant``."""
-        view = copy.copy(self)
-        view._backend = self._backend.for_tenant(tenant_id)
-        return view
 
     async def aclose(self) -> None:
         """Close the store's connections (a store in memory has none)."""
