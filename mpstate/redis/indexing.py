@@ -119,6 +119,7 @@ class Indexer:
         now_ms: int,
         created: bool = False,
         sweep: bool = False,
+        renew: bool = False,
     ) -> Batch:
         """Settle a run's ``version`` and ``status`` into each group (settle_index_entries-2-8.lua).
 
@@ -126,8 +127,11 @@ class Indexer:
         None says the run is gone; ``created`` says this writer has just created the run (a new
         incarnation of its id replaces an older one's entries whatever their order); ``sweep``
         takes the run out of every other status zset (a reader repairing what contradicted it),
-        where a writer's settle only removes it from those it may be in.
+        where a writer's settle only removes it from those it may be in; ``renew`` renews the
+        TTLs of the keys it touches (a run re-asserting its entries), which otherwise only a
+        key gaining a member gets.
         """
+        flags = "".join(flag for flag, on in (("c", created), ("s", sweep), ("r", renew)) if on)
         status_arg = "gone" if status is None else json_value(status.value)
         return Batch(
             tuple(
@@ -142,8 +146,8 @@ class Indexer:
                         self.index_ttl_ms,
                         now_ms,
                         nonce,
-                        "1" if created else "0",
-                        *((*_STATUS_JSON, "1" if sweep else "0") if group.tracks_status else ()),
+                        flags,
+                        *(_STATUS_JSON if group.tracks_status else ()),
                     ],
                 )
                 for group in groups

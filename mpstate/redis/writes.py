@@ -281,13 +281,13 @@ class RunWriter:
         return f"{json_value(placement[0])}|{placement[1]}"
 
     def _settle(self, run: PipelineRun, nonce: str, *, everything: bool) -> Batch:
-        """Settle ``run`` into its status groups (every group, re-asserting TTLs, if asked)."""
+        """Settle ``run`` into its status groups (every group, renewing their TTLs, if asked)."""
         score = epoch_ms(run.created_at)
         groups = self.keys.groups_of(run.tenant_id, run.idempotency_key if everything else None)
         status = PipelineRunStatus(run.status)
         return self.indexer.settle(
             groups, run.run_id, score, version=run.version, status=status, nonce=nonce,
-            now_ms=now_ms(),
+            now_ms=now_ms(), renew=everything,
         )  # fmt: skip
 
     def _release_marks(

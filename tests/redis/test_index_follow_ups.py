@@ -602,7 +602,7 @@ def test_a_run_id_created_again_after_its_run_expired_is_indexed_under_its_new_c
     created_at = T0 + delta
 
     # The creator settles the create as a new incarnation: the old score is replaced even when
-    # the new one is smaller (created-earlier fails without settle_index_entries' ARGV[8]).
+    # the new one is smaller (created-earlier fails without settle_index_entries' "c" flag).
     store.create(
         {
             "runId": "r1",

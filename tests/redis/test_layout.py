@@ -476,6 +476,29 @@ def test_a_write_renews_its_runs_ttl_only_when_a_tenth_of_it_has_passed(
     assert int(redis_client.hget(k.run("r1"), "_renewed") or 0) > renewed_at
 
 
+def test_an_index_key_gets_its_ttl_when_it_gains_a_member_not_on_every_write(
+    redis_client: redis.Redis, prefix: str
+) -> None:
+    store = new_store(redis_client, prefix, run_ttl_seconds=100)  # indexes live 200 s
+    k = store.keys
+    store.create({"runId": "r1", "pipelineId": "p", "tenantId": "t"})
+    kept = [k.global_group().everything, k.global_group().entries, k.tenant_group("t").entries]
+    for key in kept:
+        redis_client.pexpire(key, 150_000)  # as if their TTL was last set 50 s ago
+    store.update("r1", {"status": "running"})
+
+    for key in kept:  # r1 was in them already: not renewed by its status change
+        assert 140_000 < redis_client.pttl(key) <= 150_000, key
+    for key in [
+        k.by_status(PipelineRunStatus.RUNNING),
+        k.tenant_group("t").status(PipelineRunStatus.RUNNING),
+    ]:
+        assert 199_000 < redis_client.pttl(key) <= 200_000, key  # a new key: it gets the TTL
+    store.create({"runId": "r2", "pipelineId": "p", "tenantId": "t"})
+    for key in kept:  # r2 joined them: renewed
+        assert 199_000 < redis_client.pttl(key) <= 200_000, key
+
+
 def test_idempotency_keys_and_job_ids_expire_after_their_own_ttls(
     redis_client: redis.Redis, prefix: str
 ) -> None:

@@ -13,12 +13,16 @@ settled them or the mark expires; every writer's mark is kept (expired ones are 
 second writer cannot lift the first one's.
 The entries hash holds, per run, "<score>:<version>:<status>" settled so far, then
 ";<expiry>:<nonce>:<added>" for each live mark (settle_index_entries reads both).
+A key gets the index TTL when this adds a member to it (which is how every index key is
+created), not on every call: a key with members already has one, renewed when runs join it and
+by each run's periodic re-assertion (settle_index_entries' "r" flag).
 Returns 1.
 ]]
 local run_id, ttl, now = ARGV[1], ARGV[3], tonumber(ARGV[5])
 for i = 2, #KEYS do
-  redis.call('ZADD', KEYS[i], 'NX', ARGV[2], run_id)
-  redis.call('PEXPIRE', KEYS[i], ttl)
+  if redis.call('ZADD', KEYS[i], 'NX', ARGV[2], run_id) == 1 then
+    redis.call('PEXPIRE', KEYS[i], ttl)  -- a new member, perhaps a new key: it gets the TTL
+  end
 end
 local entry = redis.call('HGET', KEYS[1], run_id) or ':'
 local settled, marks = string.match(entry, '^([^;]*)(.*)$')
@@ -29,6 +33,7 @@ for expiry, rest in string.gmatch(marks, ';(%d+):([^;]*)') do  -- rest: "<nonce>
   end
 end
 kept[#kept + 1] = ';' .. ARGV[4]
-redis.call('HSET', KEYS[1], run_id, table.concat(kept))
-redis.call('PEXPIRE', KEYS[1], ttl)
+if redis.call('HSET', KEYS[1], run_id, table.concat(kept)) == 1 then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+end
 return 1

@@ -10,10 +10,11 @@ ARGV[2] score (created_at ms)   ARGV[6] now, epoch ms
 ARGV[3] the run's version, "" to only clear the caller's pending mark (its write was refused)
 ARGV[4] the run's status JSON, or gone (unquoted) when the run no longer exists
 ARGV[7] the caller's pending-mark nonce, "" for none
-ARGV[8] "1" when this settles the create of the run id (a new incarnation)
+ARGV[8] flags, each a letter: "c" this settles the create of the run id (a new incarnation);
+        "s" take the run out of every other status zset (a reader's repair: it met an entry the
+        run contradicts), not only out of those it may be in; "r" renew the TTLs of the keys it
+        touches (a run's periodic re-assertion of its entries)
 ARGV[9..14] the statuses as JSON
-ARGV[15] "1" to take the run out of every other status zset (a reader's repair: it met an entry
-         the run contradicts), not only out of those it may be in
 
 The entries hash keeps, per run, "<score>:<version>:<status>" last settled (score tells
 incarnations of a re-created run id apart; status is the position of the status zset the run was
@@ -24,12 +25,17 @@ replaces an earlier incarnation's. While another writer's mark is live, entries 
 never removed (the status is then recorded as unknown). Removing is targeted: a settle takes the
 run out of the status it was settled into and of the statuses of the marks it clears, not out of
 all five others; it sweeps them all only when that history is unknown (no entry, an unknown
-status, a mark from before marks named their status) or when asked (ARGV[15]). A gone run's
+status, a mark from before marks named their status) or when asked ("s"). A gone run's
 entries are removed only while their score is the one the reader saw.
+A key gets the index TTL when this adds a member or a field to it, or when asked ("r"); a key
+with members already has one (every index key is created by adding a member, here or in
+add_index_entries).
 Returns 1 settled | 0 nothing to settle (older state, only a mark cleared, or a pending mark).
 ]]
 local run_id, score, version, status = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local ttl, now, mine = ARGV[5], tonumber(ARGV[6]), ARGV[7]
+local created = string.find(ARGV[8], 'c', 1, true) ~= nil
+local renew = string.find(ARGV[8], 'r', 1, true) ~= nil
 local entries = KEYS[1]
 local entry = redis.call('HGET', entries, run_id)
 local e_score, e_version, e_status, marks = '', '', '', ''
@@ -57,8 +63,17 @@ local function save(s, v, st)
     redis.call('HDEL', entries, run_id)
     return
   end
-  redis.call('HSET', entries, run_id, s .. ':' .. v .. ':' .. st .. table.concat(live))
-  redis.call('PEXPIRE', entries, ttl)
+  local added = redis.call('HSET', entries, run_id, s .. ':' .. v .. ':' .. st .. table.concat(live))
+  if added == 1 or renew then
+    redis.call('PEXPIRE', entries, ttl)
+  end
+end
+
+-- Add run_id to a zset, giving the key the TTL when it gains a member (or when asked).
+local function index(key)
+  if redis.call('ZADD', key, score, run_id) == 1 or renew then
+    redis.call('PEXPIRE', key, ttl)
+  end
 end
 
 if status == 'gone' then
@@ -81,7 +96,7 @@ end
 local older = version == ''
 if not older and e_score ~= '' and e_version ~= '' then
   local settled_score, new_score = tonumber(e_score), tonumber(score)
-  if ARGV[8] == '1' and new_score ~= settled_score then
+  if created and new_score ~= settled_score then
     older = false
   else
     older = new_score < settled_score
@@ -96,17 +111,15 @@ if older then
   return 0
 end
 
-local sweep = ARGV[15] == '1' or cleared['?']
-  or (entry == nil and ARGV[8] ~= '1')
-  or (e_score ~= '' and (e_status == '' or (ARGV[8] == '1' and tonumber(e_score) ~= tonumber(score))))
-redis.call('ZADD', KEYS[2], score, run_id)
-redis.call('PEXPIRE', KEYS[2], ttl)
+local sweep = string.find(ARGV[8], 's', 1, true) ~= nil or cleared['?']
+  or (entry == nil and not created)
+  or (e_score ~= '' and (e_status == '' or (created and tonumber(e_score) ~= tonumber(score))))
+index(KEYS[2])
 local settled_status = ''
 for i = 3, #KEYS do
   local position = tostring(i - 2)
   if ARGV[i + 6] == status then
-    redis.call('ZADD', KEYS[i], score, run_id)
-    redis.call('PEXPIRE', KEYS[i], ttl)
+    index(KEYS[i])
     settled_status = position
   elseif not pending and (sweep or position == e_status or cleared[position]) then
     redis.call('ZREM', KEYS[i], run_id)
