@@ -81,7 +81,7 @@ import mpstate.redis.backend as redis_backend_module
 import mpstate.redis.claims as redis_claims_module
 import mpstate.redis.selection as redis_selection_module
 import mpstate.redis.writes as redis_writes_module
-from benchmarks.harness import OWN_COMMANDS, main_thread_cpu_seconds, write_results
+from benchmarks.harness import ServerSnapshot, count_round_trips, write_results
 from benchmarks.store import machine_info
 from benchmarks.tables import Goal, number, render, render_goals
 from mpstate.celery import MpState, PipelineTask
@@ -133,65 +133,6 @@ class Config:
 
 
 # -- counting and timing ------------------------------------------------------------------------
-
-
-class RoundTrips:
-    """Requests written by the store client's connections (one per round trip)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-
-def count_round_trips(client: redis.Redis) -> RoundTrips:
-    """Make every connection ``client`` opens from now on count the requests it writes.
-
-    The store keeps its own client configuration (``from_url``); only the pool's connection class
-    is swapped for a counting subclass, before the first connection is made.
-    """
-    counter = RoundTrips()
-    pool = client.connection_pool
-    base = pool.connection_class
-
-    def send_packed_command(self: Any, command: Any, check_health: bool = True) -> None:
-        counter.count += 1
-        base.send_packed_command(self, command, check_health)
-
-    pool.connection_class = type(
-        f"Counting{base.__name__}", (base,), {"send_packed_command": send_packed_command}
-    )
-    pool.disconnect()
-    return counter
-
-
-@dataclass(frozen=True, slots=True)
-class ServerSnapshot:
-    """Calls and microseconds per command (commands run inside scripts included, our own INFO
-    left out) and the server's main-thread CPU seconds."""
-
-    calls: Counter[str]
-    usec: Counter[str]
-    cpu_seconds: float
-
-    @classmethod
-    def take(cls, admin: redis.Redis) -> ServerSnapshot:
-        stats = admin.info("commandstats")
-        mine = {
-            name.removeprefix("cmdstat_"): entry
-            for name, entry in stats.items()
-            if not name.startswith(OWN_COMMANDS)
-        }
-        return cls(
-            Counter({name: int(entry["calls"]) for name, entry in mine.items()}),
-            Counter({name: int(entry["usec"]) for name, entry in mine.items()}),
-            main_thread_cpu_seconds(admin),
-        )
-
-    def __sub__(self, before: ServerSnapshot) -> ServerSnapshot:
-        return ServerSnapshot(
-            self.calls - before.calls,
-            self.usec - before.usec,
-            self.cpu_seconds - before.cpu_seconds,
-        )
 
 
 class Spans:

@@ -15,20 +15,25 @@ import json
 import statistics
 import threading
 import time
+import weakref
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import redis
-from redis.connection import BlockingConnectionPool, Connection
+from redis.connection import BlockingConnectionPool
 
 __all__ = [
     "BENCH_CLIENT_NAME",
     "OWN_COMMANDS",
     "HandOff",
+    "RoundTrips",
     "Segment",
     "ServerCounters",
+    "ServerSnapshot",
+    "count_round_trips",
     "interleaved_segments",
     "main_thread_cpu_seconds",
     "measure_lock_handoff",
@@ -43,65 +48,111 @@ BENCH_CLIENT_NAME = "mpstate-bench"
 OWN_COMMANDS = ("cmdstat_info", "cmdstat_client", "cmdstat_config")
 
 
-class _RoundTrips:
+class RoundTrips:
+    """Requests written by a client's connections (one per round trip)."""
+
     __slots__ = ("count",)
 
     def __init__(self) -> None:
         self.count = 0
 
 
-class _CountingConnection(Connection):
-    """A connection that counts the requests it writes (one per round trip)."""
+#: The counter of each client ``count_round_trips`` has instrumented.
+_COUNTERS: weakref.WeakKeyDictionary[redis.Redis, RoundTrips] = weakref.WeakKeyDictionary()
 
-    trips: _RoundTrips = _RoundTrips()
 
-    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        type(self).trips.count += 1
-        super().send_packed_command(command, check_health)
+def count_round_trips(client: redis.Redis) -> RoundTrips:
+    """Make every connection ``client`` opens from now on count the requests it writes.
+
+    The client keeps its own configuration; only its pool's connection class is swapped for a
+    counting subclass (and the pool's connections dropped, so none is made without it).
+    """
+    counter = RoundTrips()
+    pool = client.connection_pool
+    base = pool.connection_class
+
+    def send_packed_command(self: Any, command: Any, check_health: bool = True) -> None:
+        counter.count += 1
+        base.send_packed_command(self, command, check_health)
+
+    pool.connection_class = type(
+        f"Counting{base.__name__}", (base,), {"send_packed_command": send_packed_command}
+    )
+    pool.disconnect()
+    _COUNTERS[client] = counter
+    return counter
 
 
 def one_connection_client(port: int, name: str = BENCH_CLIENT_NAME) -> redis.Redis:
-    """A client whose commands and pipelines all share exactly one connection.
+    """A client whose commands and pipelines all share exactly one connection, counting its
+    round trips (``round_trips``).
 
     ``single_connection_client=True`` is not enough: redis-py pipelines still take a second
     connection from the pool. A blocking pool of size one is.
     """
-    connection_class = type("BenchConnection", (_CountingConnection,), {"trips": _RoundTrips()})
     pool = BlockingConnectionPool(
-        host="127.0.0.1",
-        port=port,
-        max_connections=1,
-        timeout=30,
-        connection_class=connection_class,
-        client_name=name,
+        host="127.0.0.1", port=port, max_connections=1, timeout=30, client_name=name
     )
-    return redis.Redis(connection_pool=pool)
+    client = redis.Redis(connection_pool=pool)
+    count_round_trips(client)
+    return client
 
 
 def round_trips(client: redis.Redis) -> int:
-    """Requests written so far by a client from ``one_connection_client``."""
-    connection_class = client.connection_pool.connection_class
-    return int(connection_class.trips.count)
+    """Requests written so far by a client instrumented by ``count_round_trips``."""
+    return _COUNTERS[client].count
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSnapshot:
+    """Calls and microseconds per command (commands run inside scripts included, the
+    benchmarks' own INFO and CLIENT calls left out) and the server's main-thread CPU seconds.
+
+    Taken on a separate admin connection between timed segments, never inside one; the
+    difference of two (``after - before``) is what ran in between.
+    """
+
+    calls: Counter[str]
+    usec: Counter[str]
+    cpu_seconds: float
+
+    @classmethod
+    def take(cls, admin: redis.Redis) -> ServerSnapshot:
+        stats = admin.info("commandstats")
+        mine = {
+            name.removeprefix("cmdstat_"): entry
+            for name, entry in stats.items()
+            if not name.startswith(OWN_COMMANDS)
+        }
+        return cls(
+            Counter({name: int(entry["calls"]) for name, entry in mine.items()}),
+            Counter({name: int(entry["usec"]) for name, entry in mine.items()}),
+            main_thread_cpu_seconds(admin),
+        )
+
+    @property
+    def commands(self) -> int:
+        """Commands executed, of every kind."""
+        return sum(self.calls.values())
+
+    def __sub__(self, before: ServerSnapshot) -> ServerSnapshot:
+        return ServerSnapshot(
+            self.calls - before.calls,
+            self.usec - before.usec,
+            self.cpu_seconds - before.cpu_seconds,
+        )
 
 
 class ServerCounters:
-    """Commands executed (including those run inside scripts) and main-thread CPU of a server.
-
-    Read on a separate admin connection between timed segments, never inside one; its own
-    INFO calls are left out of the command count.
-    """
+    """The server a benchmark measures, read through its admin connection."""
 
     def __init__(self, admin: redis.Redis) -> None:
         self.admin = admin
 
     def snapshot(self) -> tuple[int, float]:
-        stats = self.admin.info("commandstats")
-        commands = sum(
-            int(entry["calls"])
-            for name, entry in stats.items()
-            if not name.startswith(OWN_COMMANDS)
-        )
-        return commands, main_thread_cpu_seconds(self.admin)
+        """(commands executed so far, main-thread CPU seconds so far)."""
+        taken = ServerSnapshot.take(self.admin)
+        return taken.commands, taken.cpu_seconds
 
 
 def main_thread_cpu_seconds(admin: redis.Redis) -> float:
