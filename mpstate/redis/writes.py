@@ -56,6 +56,12 @@ def _text(value: int | None) -> str:
     return "" if value is None else str(value)
 
 
+def _packed(options: dict[str, str]) -> str:
+    """A script's options as its ``ARGV[1]``: one JSON object of strings (the scripts decode it
+    with ``cjson``; strings, so no number goes through a Lua float)."""
+    return json.dumps(options, ensure_ascii=False, separators=(",", ":"))
+
+
 def _written_fields(change: RunChange) -> list[str | bytes]:
     """The patch as field, JSON value pairs, with updatedAt when the version goes up."""
     fields = encode_fields(change.document)
@@ -110,12 +116,19 @@ class RunWriter:
             nonce, now = self.indexer.nonce(), now_ms()
             ahead = [self.indexer.add_new_run(run, score, nonce, now)]
             ahead += self.job_pointers(run.run_id, run.external_jobs())
+            options = {
+                "existing": "1" if return_existing else "0",
+                "score": str(score),
+                "token": token,
+                "now": str(now),
+                "run_ttl": str(self._run_ttl_ms),
+                "op_ttl": str(OPERATION_TTL_MS),
+            }
             create = Script(
                 "create_run",
                 [k.run(run.run_id), k.events(run.run_id), k.operation(run.run_id, operation_id()),
                  k.void(run.run_id)],
-                ["1" if return_existing else "0", score, self._run_ttl_ms,
-                 event_document(created_event), OPERATION_TTL_MS, token, now, *fields],
+                [_packed(options), event_document(created_event), *fields],
             )  # fmt: skip
             reply = (yield Ordered((*ahead, create)))[-1]
             code = int(reply[0])
@@ -174,8 +187,7 @@ class RunWriter:
         options = self._commit_options(change, placement)
         rest = [*(event_document(event) for event in change.events), *_written_fields(change)]
         while True:
-            packed = json.dumps(options, ensure_ascii=False, separators=(",", ":"))
-            commit = Script("commit_run", keys, [packed, *rest])
+            commit = Script("commit_run", keys, [_packed(options), *rest])
             reply = (yield Ordered((*ahead, commit)))[-1]
             code = int(reply[0])
             if code == Refusal.WRONG_TENANT_KEYS:
