@@ -19,18 +19,9 @@ from redis.asyncio.retry import Retry
 
 from mpstate.errors import InvalidInputError
 from mpstate.plans import Pause, drive_async
-from mpstate.redis.replication import OnNode, RefreshSlots, ReplicaAcks, replicated
-from mpstate.redis.requests import (
-    UNAVAILABLE,
-    Batch,
-    Command,
-    Ordered,
-    Script,
-    batch_args,
-    eval_args,
-    reachable,
-    scripts_to_reload,
-)
+from mpstate.redis.dispatch import Call, Pipeline, carry_out
+from mpstate.redis.replication import OnNode, RefreshSlots, ReplicaAcks
+from mpstate.redis.requests import UNAVAILABLE, Batch, Command, Ordered, Script, reachable
 
 __all__ = ["AsyncClient", "AsyncRedisExecutor"]
 
@@ -110,33 +101,18 @@ class AsyncRedisExecutor:
                 self._initialized = True
 
     async def _once(self, request: Command | Script | Batch | Ordered | Pause) -> Any:
-        if isinstance(request, Pause):
-            return await asyncio.sleep(request.seconds)
-        if isinstance(request, Command):
-            return await self.client.execute_command(*request.args)
-        if isinstance(request, Script):
-            if self._acks.wanted_for(request):
-                return await drive_async(replicated(request, self._acks), self._on_node)
-            return await self._eval(request)
-        if isinstance(request, Ordered):
-            return await self._in_order(request)
-        if not request.items:
-            return []
-        replies = await self._pipeline(self.client, [batch_args(item) for item in request.items])
-        for position in scripts_to_reload(request, replies):
-            script = request.items[position]
-            assert isinstance(script, Script)
-            replies[position] = await self.client.execute_command(*eval_args(script, by_sha=False))
-        return replies
+        cluster = isinstance(self.client, redis.asyncio.cluster.RedisCluster)
+        return await drive_async(carry_out(request, cluster=cluster, acks=self._acks), self._call)
 
-    async def _in_order(self, ordered: Ordered) -> list[Any]:
-        client = self.client
-        if isinstance(client, redis.asyncio.cluster.RedisCluster) or self._acks.count:
-            return [await self._once(request) for request in ordered.requests]
-        flat = await self._pipeline(client, [batch_args(item) for item in ordered.commands()])
-        if scripts_to_reload(ordered, flat):  # the server lost its scripts: again, one by one
-            return [await self._once(request) for request in ordered.requests]
-        return ordered.regroup(flat)
+    async def _call(self, call: Call | Pipeline | Pause | OnNode | RefreshSlots) -> Any:
+        """One client call ``carry_out`` asks for."""
+        if isinstance(call, Call):
+            return await self.client.execute_command(*call.args)
+        if isinstance(call, Pipeline):
+            return await self._pipeline(self.client, call.commands)
+        if isinstance(call, Pause):
+            return await asyncio.sleep(call.seconds)
+        return await self._on_node(call)
 
     async def _on_node(self, request: OnNode | RefreshSlots) -> Any:
         """Carry out a request of ``replicated``: a pipeline on one connection to the node
@@ -146,7 +122,7 @@ class AsyncRedisExecutor:
             await self._refresh_slots()
             return None
         if not isinstance(client, redis.asyncio.cluster.RedisCluster):
-            return await self._pipeline(client, list(request.commands))
+            return await self._pipeline(client, request.commands)
         try:
             node = client.get_node_from_key(request.key)
         except redis.exceptions.RedisClusterException:
@@ -164,14 +140,8 @@ class AsyncRedisExecutor:
             except (*UNAVAILABLE, redis.exceptions.RedisClusterException):
                 log.info("could not refresh the cluster's slot map yet", exc_info=True)
 
-    async def _eval(self, script: Script) -> Any:
-        try:
-            return await self.client.execute_command(*eval_args(script, by_sha=True))
-        except redis.exceptions.NoScriptError:
-            return await self.client.execute_command(*eval_args(script, by_sha=False))
-
     @staticmethod
-    async def _pipeline(client: AsyncClient, commands: list[tuple[Any, ...]]) -> list[Any]:
+    async def _pipeline(client: AsyncClient, commands: tuple[tuple[Any, ...], ...]) -> list[Any]:
         """The replies of ``commands`` sent in one pipeline (errors as values)."""
         pipe = client.pipeline(transaction=False)
         try:

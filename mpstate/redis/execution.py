@@ -19,18 +19,9 @@ from redis.retry import Retry
 
 from mpstate.errors import InvalidInputError
 from mpstate.plans import Pause, drive
-from mpstate.redis.replication import OnNode, RefreshSlots, ReplicaAcks, replicated
-from mpstate.redis.requests import (
-    UNAVAILABLE,
-    Batch,
-    Command,
-    Ordered,
-    Script,
-    batch_args,
-    eval_args,
-    reachable,
-    scripts_to_reload,
-)
+from mpstate.redis.dispatch import Call, Pipeline, carry_out
+from mpstate.redis.replication import OnNode, RefreshSlots, ReplicaAcks
+from mpstate.redis.requests import UNAVAILABLE, Batch, Command, Ordered, Script, reachable
 
 __all__ = ["RedisExecutor", "SyncClient"]
 
@@ -75,39 +66,18 @@ class RedisExecutor:
             pool.reset()
 
     def _once(self, request: Command | Script | Batch | Ordered | Pause) -> Any:
-        if isinstance(request, Pause):
-            return time.sleep(request.seconds)
-        if isinstance(request, Command):
-            return self._command(*request.args)
-        if isinstance(request, Script):
-            if self._acks.wanted_for(request):
-                return drive(replicated(request, self._acks), self._on_node)
-            return self._eval(request)
-        if isinstance(request, Ordered):
-            return self._in_order(request)
-        if not request.items:
-            return []
-        with self.client.pipeline(transaction=False) as pipe:
-            for item in request.items:
-                pipe.execute_command(*batch_args(item))
-            replies = pipe.execute(raise_on_error=False)
-        for position in scripts_to_reload(request, replies):
-            script = request.items[position]
-            assert isinstance(script, Script)
-            replies[position] = self._command(*eval_args(script, by_sha=False))
-        return replies
+        cluster = isinstance(self.client, RedisCluster)
+        return drive(carry_out(request, cluster=cluster, acks=self._acks), self._call)
 
-    def _in_order(self, ordered: Ordered) -> list[Any]:
-        if isinstance(self.client, RedisCluster) or self._acks.count:
-            return [self._once(request) for request in ordered.requests]
-        pipe: Any
-        with self.client.pipeline(transaction=False) as pipe:
-            for item in ordered.commands():
-                pipe.execute_command(*batch_args(item))
-            flat = pipe.execute(raise_on_error=False)
-        if scripts_to_reload(ordered, flat):  # the server lost its scripts: again, one by one
-            return [self._once(request) for request in ordered.requests]
-        return ordered.regroup(flat)
+    def _call(self, call: Call | Pipeline | Pause | OnNode | RefreshSlots) -> Any:
+        """One client call ``carry_out`` asks for."""
+        if isinstance(call, Call):
+            return self.client.execute_command(*call.args)  # type: ignore[no-untyped-call]
+        if isinstance(call, Pipeline):
+            return _pipeline(self.client, call.commands)
+        if isinstance(call, Pause):
+            return time.sleep(call.seconds)
+        return self._on_node(call)
 
     def _on_node(self, request: OnNode | RefreshSlots) -> Any:
         """Carry out a request of ``replicated``: a pipeline on the node serving a key (on a
@@ -116,13 +86,7 @@ class RedisExecutor:
             self._refresh_slots()
             return None
         node = self._node_client(request.key)
-        if node is None:
-            return None
-        pipe: Any
-        with node.pipeline(transaction=False) as pipe:
-            for args in request.commands:
-                pipe.execute_command(*args)
-            return pipe.execute(raise_on_error=False)
+        return None if node is None else _pipeline(node, request.commands)
 
     def _node_client(self, key: str) -> redis.Redis | None:
         if not isinstance(self.client, RedisCluster):
@@ -143,14 +107,15 @@ class RedisExecutor:
             except (*UNAVAILABLE, redis.exceptions.RedisClusterException):
                 log.info("could not refresh the cluster's slot map yet", exc_info=True)
 
-    def _command(self, *args: Any) -> Any:
-        return self.client.execute_command(*args)  # type: ignore[no-untyped-call]
 
-    def _eval(self, script: Script) -> Any:
-        try:
-            return self._command(*eval_args(script, by_sha=True))
-        except redis.exceptions.NoScriptError:
-            return self._command(*eval_args(script, by_sha=False))
+def _pipeline(client: SyncClient, commands: tuple[tuple[Any, ...], ...]) -> list[Any]:
+    """The replies of ``commands`` sent in one pipeline (errors as values)."""
+    pipe: Any
+    with client.pipeline(transaction=False) as pipe:
+        for args in commands:
+            pipe.execute_command(*args)
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+    return replies
 
 
 def _pools(client: SyncClient) -> list[redis.ConnectionPool]:
