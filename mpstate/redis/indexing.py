@@ -85,7 +85,7 @@ class Indexer:
     def add_new_run(self, run: PipelineRun, score: int, nonce: str, now_ms: int) -> Batch:
         """Before a create: every group's all-runs zset and, where tracked, its pending zset."""
         entries = []
-        for group in self.keys.groups_of(run.tenant_id, run.idempotency_key):
+        for group in self.keys.groups_of(run.run_id, run.tenant_id, run.idempotency_key):
             zsets = [group.everything]
             if group.tracks_status:
                 zsets.append(group.status(PipelineRunStatus.PENDING))
@@ -103,7 +103,7 @@ class Indexer:
         now_ms: int,
     ) -> Batch:
         """Before a status change: the new status's zset of the global and tenant groups."""
-        groups = self.keys.groups_of(tenant_id)
+        groups = self.keys.groups_of(run_id, tenant_id)
         entries = ((g, [g.status(status)]) for g in groups)
         return self.add(run_id, score, entries, nonce, now_ms, status=status)
 
@@ -174,7 +174,7 @@ class Indexer:
     ) -> Batch:
         """Settle a run this writer has just created into every group it belongs to."""
         return self.settle(
-            self.keys.groups_of(run.tenant_id, run.idempotency_key),
+            self.keys.groups_of(run.run_id, run.tenant_id, run.idempotency_key),
             run.run_id,
             score,
             version=run.version,

@@ -134,9 +134,9 @@ class RedisKeys:
         return IndexGroup(self.by_idempotency_key(key), None, tracks_status=False)
 
     def groups_of(
-        self, tenant_id: str | None, idempotency_key: str | None = None
+        self, run_id: str, tenant_id: str | None, idempotency_key: str | None = None
     ) -> list[IndexGroup]:
-        """Every index group a run of this tenant and idempotency key belongs to."""
+        """Every index group run ``run_id`` of this tenant and idempotency key belongs to."""
         groups = [self.global_group()]
         if tenant_id:
             groups.append(self.tenant_group(tenant_id))

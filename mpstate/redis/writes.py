@@ -295,7 +295,9 @@ class RunWriter:
     def _settle(self, run: PipelineRun, nonce: str, *, everything: bool) -> Batch:
         """Settle ``run`` into its status groups (every group, renewing their TTLs, if asked)."""
         score = epoch_ms(run.created_at)
-        groups = self.keys.groups_of(run.tenant_id, run.idempotency_key if everything else None)
+        groups = self.keys.groups_of(
+            run.run_id, run.tenant_id, run.idempotency_key if everything else None
+        )
         status = PipelineRunStatus(run.status)
         return self.indexer.settle(
             groups, run.run_id, score, version=run.version, status=status, nonce=nonce,
@@ -311,7 +313,7 @@ class RunWriter:
         nonce: str,
     ) -> Batch:
         """Clear this writer's pending marks after a refused write (its entries stay for now)."""
-        groups = self.keys.groups_of(tenant_id, idempotency_key)
+        groups = self.keys.groups_of(run_id, tenant_id, idempotency_key)
         return self.indexer.release(groups, run_id, score, nonce, now_ms())
 
     def _refusal(self, change: RunChange, code: int, reply: Sequence[Any]) -> Exception:
