@@ -10,7 +10,7 @@ it atomically or refuses it with one of the ``Refusal`` codes below, checked in 
 5. ``INVALID_TRANSITION``  the patch moves ``status`` somewhere the transition table forbids;
 6. ``LOG_ENDED``           the change appends events after the log's terminal event.
 
-The Redis backend checks the same list in Lua (``scripts/commit_run-3.lua``); the codes and the
+The Redis backend checks the same list in Lua (``scripts/commit_run-3-19.lua``); the codes and the
 errors they become live here once.
 """
 

@@ -43,12 +43,19 @@ class AsyncRedisPipelineStateStore(AsyncPipelineStateStore):
         retry: Retry | None = None,
         replica_acks: int = 0,
         replica_ack_timeout_ms: int = 1000,
+        indexes_in_script: bool | None = None,
         **overrides: Unpack[StoreOptionFields],
     ) -> None:
         acks = ReplicaAcks(replica_acks, replica_ack_timeout_ms)
         executor = AsyncRedisExecutor(client, retry=retry, acks=acks)
         merged = StoreOptions.merged(options, overrides)
-        backend = RedisBackend(prefix, merged, socket_timeout=executor.socket_timeout)
+        backend = RedisBackend(
+            prefix,
+            merged,
+            socket_timeout=executor.socket_timeout,
+            cluster=executor.cluster,
+            indexes_in_script=indexes_in_script,
+        )
         super().__init__(backend, executor)
 
     @classmethod

@@ -46,13 +46,15 @@ class AsyncRedisExecutor:
         self.client = client
         self._retry = retry
         self._acks = acks or ReplicaAcks()
+        #: Whether the client is a Redis Cluster's (index groups then live on other nodes).
+        self.cluster = isinstance(client, redis.asyncio.cluster.RedisCluster)
         if isinstance(client, redis.asyncio.cluster.RedisCluster):
             kwargs: dict[str, Any] = client.connection_kwargs
         else:
             kwargs = client.connection_pool.connection_kwargs
         #: The client's socket timeout in seconds (None: unknown); bounds blocking reads.
         self.socket_timeout: float | None = kwargs.get("socket_timeout")
-        self._initialized = not isinstance(client, redis.asyncio.cluster.RedisCluster)
+        self._initialized = not self.cluster
         self._initializing: asyncio.Lock | None = None
 
     async def __call__(self, request: Any) -> Any:
@@ -69,7 +71,7 @@ class AsyncRedisExecutor:
     async def aclose(self) -> None:
         """Close the client's connections (a cluster client reads its slot map again on reuse)."""
         await self.client.aclose()
-        self._initialized = not isinstance(self.client, redis.asyncio.cluster.RedisCluster)
+        self._initialized = not self.cluster
 
     def reset_connections(self) -> None:
         """See ``PipelineStateStore.reset_connections``: a cluster client's every node's
@@ -101,7 +103,7 @@ class AsyncRedisExecutor:
                 self._initialized = True
 
     async def _once(self, request: Command | Script | Batch | Ordered | Pause) -> Any:
-        cluster = isinstance(self.client, redis.asyncio.cluster.RedisCluster)
+        cluster = self.cluster
         return await drive_async(carry_out(request, cluster=cluster, acks=self._acks), self._call)
 
     async def _call(self, call: Call | Pipeline | Pause | OnNode | RefreshSlots) -> Any:

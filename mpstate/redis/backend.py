@@ -21,6 +21,7 @@ import os
 from mpstate.changes import Applied, Refusal, RunChange, refusal_error
 from mpstate.core import LockAttempt, StoreCore
 from mpstate.deliveries import UnmatchedCallback, counts_field, parse_counts_field
+from mpstate.errors import InvalidInputError
 from mpstate.events import PipelineEvent, RunCreated
 from mpstate.filters import RunFilter
 from mpstate.models import PipelineRun, PipelineRunStatus
@@ -46,6 +47,10 @@ class RedisBackend(StoreCore):
     """The primitives on Redis >= 6.2, single node or cluster. Keys: ``mpstate.redis.keys``.
 
     ``socket_timeout`` is the client's (in seconds; None: unknown): it bounds blocking reads.
+    ``cluster`` says the client is a Redis Cluster's. ``indexes_in_script``: a run's script
+    settles its index groups itself, rather than follow-up writes around it
+    (``mpstate.redis.indexing``); None (the default) does so on a single Redis, and a cluster
+    cannot (its groups live in other slots than the run).
     """
 
     def __init__(
@@ -54,8 +59,21 @@ class RedisBackend(StoreCore):
         options: StoreOptions | None = None,
         *,
         socket_timeout: float | None = None,
+        cluster: bool = False,
+        indexes_in_script: bool | None = None,
     ) -> None:
         super().__init__(options or StoreOptions())
+        if indexes_in_script is None:
+            indexes_in_script = not cluster
+        elif not isinstance(indexes_in_script, bool):
+            raise InvalidInputError(
+                f"indexes_in_script must be True, False or None, not {indexes_in_script!r}"
+            )
+        elif indexes_in_script and cluster:
+            raise InvalidInputError(
+                "indexes_in_script=True needs a single Redis: on a cluster a run's index groups "
+                "live in other slots than the run"
+            )
         self._socket_timeout = socket_timeout
         self.keys = RedisKeys(prefix)
         opts = self.options
@@ -70,6 +88,7 @@ class RedisBackend(StoreCore):
             IdempotencyClaims(self.keys, self._idem_ttl_ms),
             run_ttl_ms=self._run_ttl_ms,
             job_ttl_ms=self._job_ttl_ms,
+            indexes_in_script=indexes_in_script,
         )
         self.selector = RunSelector(self.keys, self.indexer)
 

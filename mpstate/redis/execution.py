@@ -47,6 +47,8 @@ class RedisExecutor:
         self._acks = acks or ReplicaAcks()
         #: The client's socket timeout in seconds (None: unknown); bounds blocking reads.
         self.socket_timeout = _socket_timeout(client)
+        #: Whether the client is a Redis Cluster's (index groups then live on other nodes).
+        self.cluster = isinstance(client, RedisCluster)
 
     def __call__(self, request: Any) -> Any:
         """One request, retried per ``retry`` on connection errors, which are then reported as
@@ -66,8 +68,7 @@ class RedisExecutor:
             pool.reset()
 
     def _once(self, request: Command | Script | Batch | Ordered | Pause) -> Any:
-        cluster = isinstance(self.client, RedisCluster)
-        return drive(carry_out(request, cluster=cluster, acks=self._acks), self._call)
+        return drive(carry_out(request, cluster=self.cluster, acks=self._acks), self._call)
 
     def _call(self, call: Call | Pipeline | Pause | OnNode | RefreshSlots) -> Any:
         """One client call ``carry_out`` asks for."""

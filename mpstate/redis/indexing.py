@@ -12,7 +12,11 @@ the per-run script (``add_index_entries-2-3.lua`` before, ``settle_index_entries
 * nobody removes an entry a writer is about to make true: pending marks block removals until
   settled or expired (``PENDING_MARK_MS``, far above any write's round trip).
 
-The same calls run on a single Redis, so one protocol is tested everywhere.
+On a single Redis every key is reachable from one script, so there the run's own script settles
+its groups itself, after its write, with the same function (``includes/settle_group.lua``, which
+``settle_index_entries`` runs too): a create or a status change is then one script, and no writer
+can die between its write and its settle. The entries hashes and the rules are the same, so the
+two ways of writing interoperate on the same keys (``in_script``).
 
 Limit: a run id created again after its run expired, by a creator that dies between its create
 and its settle, keeps the old incarnation's score in the indexes until a read whose window covers
@@ -36,6 +40,8 @@ __all__ = ["PENDING_MARK_MS", "Indexer"]
 PENDING_MARK_MS = 60_000
 
 _STATUS_JSON = tuple(json_value(status.value) for status in PipelineRunStatus)
+#: The statuses in the order of a group's status zsets, as settle_group.lua's ``o.statuses``.
+_STATUS_LIST = "|" + "|".join(_STATUS_JSON) + "|"
 
 
 def status_position(status: PipelineRunStatus) -> str:
@@ -106,6 +112,25 @@ class Indexer:
         groups = self.keys.groups_of(run_id, tenant_id)
         entries = ((g, [g.status(status)]) for g in groups)
         return self.add(run_id, score, entries, nonce, now_ms, status=status)
+
+    def in_script(
+        self, run_id: str, groups: Iterable[IndexGroup]
+    ) -> tuple[list[str], dict[str, str]]:
+        """The keys and options with which a run's own script (``create_run``, ``commit_run``)
+        settles ``groups`` itself, after its write (a single Redis only: the keys span slots)."""
+        keys: list[str] = []
+        sizes: list[str] = []
+        for group in groups:
+            group_keys = [group.entries, group.everything, *group.statuses()]
+            keys += group_keys
+            sizes.append(str(len(group_keys)))
+        options = {
+            "groups": ",".join(sizes),
+            "statuses": _STATUS_LIST,
+            "run": run_id,
+            "index_ttl": str(self.index_ttl_ms),
+        }
+        return keys, options
 
     def settle(
         self,

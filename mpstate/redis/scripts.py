@@ -6,7 +6,7 @@ their SHA1 and fall back to EVAL when a server does not know them yet (after a r
 failover or on a new cluster node); the sync and asyncio shells share these sources.
 
 A file is named after its operation and the number of KEYS it takes, as BullMQ names its
-scripts: ``commit_run-3.lua`` takes 3 keys, ``settle_index_entries-2-8.lua`` from 2 to 8. A
+scripts: ``read_events-2.lua`` takes 2 keys, ``settle_index_entries-2-8.lua`` from 2 to 8. A
 request with another number of keys is a bug, refused before it reaches Redis.
 """
 

@@ -31,7 +31,9 @@ class RedisPipelineStateStore(PipelineStateStore):
 
     ``options`` and the keyword overrides are ``StoreOptions``; ``retry``, ``replica_acks`` and
     ``replica_ack_timeout_ms`` are the executor's (``AsyncRedisPipelineStateStore`` takes the
-    same arguments).
+    same arguments). ``indexes_in_script`` (default: on a single Redis, yes) has a run's own
+    script settle its index entries, so a create or a status change is one script; False keeps
+    the cluster's follow-up writes (``mpstate.redis.indexing``) on a single Redis too.
     """
 
     _backend: RedisBackend
@@ -46,12 +48,19 @@ class RedisPipelineStateStore(PipelineStateStore):
         retry: Retry | None = None,
         replica_acks: int = 0,
         replica_ack_timeout_ms: int = 1000,
+        indexes_in_script: bool | None = None,
         **overrides: Unpack[StoreOptionFields],
     ) -> None:
         acks = ReplicaAcks(replica_acks, replica_ack_timeout_ms)
         executor = RedisExecutor(client, retry=retry, acks=acks)
         merged = StoreOptions.merged(options, overrides)
-        backend = RedisBackend(prefix, merged, socket_timeout=executor.socket_timeout)
+        backend = RedisBackend(
+            prefix,
+            merged,
+            socket_timeout=executor.socket_timeout,
+            cluster=executor.cluster,
+            indexes_in_script=indexes_in_script,
+        )
         super().__init__(backend, executor)
 
     @classmethod

@@ -31,6 +31,7 @@ class StoreArguments(StoreOptionFields, total=False):
     options: StoreOptions | None
     replica_acks: int
     replica_ack_timeout_ms: int
+    indexes_in_script: bool | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,7 @@ __all__ = ["OPERATION_TTL_MS", "RunWriter", "operation_id"]
 #: How long a write's outcome is kept for retries of the same operation.
 OPERATION_TTL_MS = 10 * 60 * 1000
 #: A run's TTL is renewed by a write when a tenth of it has passed since it was last renewed
-#: (commit_run-3.lua), not by every write: its keys live between 0.9 and 1 run TTL after the last.
+#: (commit_run-3-19.lua), not by every write: its keys live between 0.9 and 1 run TTL after the last.
 RENEWALS_PER_TTL = 10
 #: Run id -> (tenant, score) entries kept so a status change needs no read first.
 _RUN_CACHE_SIZE = 10_000
@@ -78,7 +78,11 @@ def _json_str(document: bytes | str) -> str:
 
 class RunWriter:
     """``create`` and ``commit`` on Redis, with a cache of each run's tenant and index score
-    (both immutable) that spares a status change a read first."""
+    (both immutable) that spares a status change a read first.
+
+    ``indexes_in_script``: the run's script settles its index groups itself (a single Redis),
+    instead of follow-up writes around it (a cluster; ``indexing.py``).
+    """
 
     def __init__(
         self,
@@ -88,8 +92,10 @@ class RunWriter:
         *,
         run_ttl_ms: int,
         job_ttl_ms: int,
+        indexes_in_script: bool,
     ) -> None:
         self.keys = keys
+        self.indexes_in_script = indexes_in_script
         self.indexer = indexer
         self.claims = claims
         self._run_ttl_ms = run_ttl_ms
@@ -114,9 +120,11 @@ class RunWriter:
                     return claimed, False
                 token = claimed
             nonce, now = self.indexer.nonce(), now_ms()
-            ahead = [self.indexer.add_new_run(run, score, nonce, now)]
-            ahead += self.job_pointers(run.run_id, run.external_jobs())
-            options = {
+            ahead = self.job_pointers(run.run_id, run.external_jobs())
+            index_keys, index_options = self._created_indexes(run)
+            if not self.indexes_in_script:
+                ahead.insert(0, self.indexer.add_new_run(run, score, nonce, now))
+            options = index_options | {
                 "existing": "1" if return_existing else "0",
                 "score": str(score),
                 "token": token,
@@ -127,16 +135,19 @@ class RunWriter:
             create = Script(
                 "create_run",
                 [k.run(run.run_id), k.events(run.run_id), k.operation(run.run_id, operation_id()),
-                 k.void(run.run_id)],
+                 k.void(run.run_id), *index_keys],
                 [_packed(options), event_document(created_event), *fields],
             )  # fmt: skip
             reply = (yield Ordered((*ahead, create)))[-1]
             code = int(reply[0])
             if code in (Written.APPLIED, Written.REPLAYED):  # replayed: this very create
-                yield self.indexer.settle_created(run, score, nonce, now_ms())
+                if not self.indexes_in_script:
+                    yield self.indexer.settle_created(run, score, nonce, now_ms())
                 self._remember(run.run_id, run.tenant_id, score)
                 return run, True
-            yield self._release_marks(run.run_id, run.tenant_id, run.idempotency_key, score, nonce)
+            if not self.indexes_in_script:
+                tenant, key = run.tenant_id, run.idempotency_key
+                yield self._release_marks(run.run_id, tenant, key, score, nonce)
             if code == Refusal.ALREADY_EXISTS:
                 if return_existing:
                     return decode_run(reply[1]), False
@@ -145,6 +156,16 @@ class RunWriter:
                 raise MpStateError(f"create_run answered an unknown code {code}")
             # The claim was voided by a caller that found this run missing: claim again.
             voided.add(token)
+
+    def _created_indexes(self, run: PipelineRun) -> tuple[list[str], dict[str, str]]:
+        """The index keys and options with which ``create_run`` settles a new run's groups
+        itself, or none when they are written around it."""
+        if not self.indexes_in_script:
+            return [], {"groups": ""}
+        groups = self.keys.groups_of(run.run_id, run.tenant_id, run.idempotency_key)
+        keys, options = self.indexer.in_script(run.run_id, groups)
+        status = json_value(PipelineRunStatus(run.status).value)
+        return keys, options | {"version": str(run.version), "status": status}
 
     def job_pointers(self, run_id: str, jobs: Iterable[tuple[str, str]]) -> list[Batch]:
         """Point each external job at the run, before the write that records it on the run, and
@@ -177,29 +198,34 @@ class RunWriter:
         operation = escape_id(change.operation_id) if change.operation_id else operation_id()
         keys = [k.run(run_id), k.events(run_id), k.operation(run_id, operation)]
         ahead = self.job_pointers(run_id, change.external_jobs())
-        nonce = ""
         placement: tuple[str | None, int] | None = None
+        nonce, index_options = "", {"groups": ""}
+        index_keys: list[str] = []
         if new_status is not None:
             placement = yield from self._placement(run_id)
             if placement is not None:
-                nonce = self.indexer.nonce()
-                ahead.append(self._status_entries(run_id, placement, new_status, nonce))
-        options = self._commit_options(change, placement)
+                nonce, index_keys, index_options, entries = self._status_indexes(
+                    run_id, placement, new_status
+                )
+                ahead += entries
+        options = self._commit_options(change, placement) | index_options
         rest = [*(event_document(event) for event in change.events), *_written_fields(change)]
         while True:
-            commit = Script("commit_run", keys, [_packed(options), *rest])
+            commit = Script("commit_run", [*keys, *index_keys], [_packed(options), *rest])
             reply = (yield Ordered((*ahead, commit)))[-1]
             code = int(reply[0])
             if code == Refusal.WRONG_TENANT_KEYS:
-                # The entries were added for another placement (the run was re-created): redo.
+                # The indexes named were another placement's (the run was re-created): clear
+                # the marks left there, and redo with the run's.
+                if nonce and placement is not None:
+                    yield self._release_marks(run_id, placement[0], None, placement[1], nonce)
                 placement = (_json_str(reply[1]) or None, int(text(reply[2])))
                 self._remember(run_id, *placement)
-                if nonce:
-                    yield self._release_marks(run_id, placement[0], None, placement[1], nonce)
                 assert new_status is not None
-                nonce = self.indexer.nonce()
-                ahead = [self._status_entries(run_id, placement, new_status, nonce)]
-                options["placement"] = self._placement_hint(placement)
+                nonce, index_keys, index_options, ahead = self._status_indexes(
+                    run_id, placement, new_status
+                )
+                options |= index_options | {"placement": self._placement_hint(placement)}
                 continue
             break
         if code == Written.APPLIED:
@@ -226,7 +252,7 @@ class RunWriter:
     def _commit_options(
         self, change: RunChange, placement: tuple[str | None, int] | None
     ) -> dict[str, str]:
-        """commit_run-3.lua's options (its header names them), every one a string."""
+        """commit_run-3-19.lua's options (its header names them), every one a string."""
         new_status = change.new_status
         return {
             "tenant": json_value(change.tenant) if change.tenant else "",
@@ -285,6 +311,19 @@ class RunWriter:
         return self.indexer.add_status(
             run_id, tenant_id=tenant, score=score, status=status, nonce=nonce, now_ms=now_ms()
         )
+
+    def _status_indexes(
+        self, run_id: str, placement: tuple[str | None, int], status: PipelineRunStatus
+    ) -> tuple[str, list[str], dict[str, str], list[Batch]]:
+        """How a status change reaches the run's index groups: the pending marks' nonce, the
+        keys and options with which ``commit_run`` settles them itself (a single Redis), and
+        the entries to add ahead of it (a cluster: follow-ups, settled after)."""
+        if self.indexes_in_script:
+            groups = self.keys.groups_of(run_id, placement[0])
+            keys, options = self.indexer.in_script(run_id, groups)
+            return "", keys, options, []
+        nonce = self.indexer.nonce()
+        return nonce, [], {"groups": ""}, [self._status_entries(run_id, placement, status, nonce)]
 
     @staticmethod
     def _placement_hint(placement: tuple[str | None, int] | None) -> str:

@@ -4,7 +4,8 @@ Cluster (the cluster cases need ``MPSTATE_TEST_CLUSTER``).
 On a cluster an index lives in another slot than its run, so each write is the run's own script
 plus follow-up writes in the index slots: entries are added (with a pending mark) before the
 script and settled after it, in (created_at score, version) order, and a reader repairs an entry
-its run contradicts. Writers are driven here request by request (``plan_steps.PlanSteps``) so a
+its run contradicts. The single-Redis stores here write that way too (``indexes_in_script=False``;
+by default a single Redis settles the indexes in the run's own script: test_indexes_in_script.py). Writers are driven here request by request (``plan_steps.PlanSteps``) so a
 test can stop one between two requests (it died there, or it is slow while others run) and
 inspect the index zsets and entries hashes directly. Every test fails if the mechanism it is
 about is taken away; the comment at each key assertion says which.
@@ -54,7 +55,7 @@ def client(request: pytest.FixtureRequest) -> Any:
 
 @pytest.fixture
 def store(client: Any, prefix: str) -> RedisPipelineStateStore:
-    return RedisPipelineStateStore(client, prefix=prefix)
+    return RedisPipelineStateStore(client, prefix=prefix, indexes_in_script=False)
 
 
 @pytest.fixture
@@ -66,7 +67,7 @@ def short_marks(monkeypatch: pytest.MonkeyPatch) -> float:
 
 def another(store: RedisPipelineStateStore) -> RedisPipelineStateStore:
     """A second store on the same keys (another process: it shares no cache with ``store``)."""
-    return RedisPipelineStateStore(store.client, prefix=store.keys.prefix)
+    return RedisPipelineStateStore(store.client, prefix=store.keys.prefix, indexes_in_script=False)
 
 
 def text(value: Any) -> str:

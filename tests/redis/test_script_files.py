@@ -1,5 +1,5 @@
 """Each Lua script's file names how many KEYS it takes, and a request with another count is
-refused before it reaches Redis (BullMQ's naming: ``commit_run-3.lua``)."""
+refused before it reaches Redis (BullMQ's naming: ``read_events-2.lua``)."""
 
 from __future__ import annotations
 
@@ -38,10 +38,12 @@ def test_the_highest_key_a_script_names_agrees_with_its_file_name(name: str) -> 
 
 
 def test_a_request_with_another_number_of_keys_is_refused_before_it_is_sent() -> None:
-    with pytest.raises(MpStateError, match=r"commit_run-3\.lua takes 3 keys, not 2"):
-        eval_args(Script("commit_run", ["a", "b"], []), by_sha=True)
+    with pytest.raises(MpStateError, match=r"read_events-2\.lua takes 2 keys, not 3"):
+        eval_args(Script("read_events", ["a", "b", "c"], []), by_sha=True)
     with pytest.raises(MpStateError, match=r"settle_index_entries-2-8\.lua takes 2 to 8 keys"):
         eval_args(Script("settle_index_entries", ["a"], []), by_sha=True)
+    with pytest.raises(MpStateError, match=r"commit_run-3-19\.lua takes 3 to 19 keys"):
+        eval_args(Script("commit_run", ["a", "b"], []), by_sha=True)
     assert eval_args(Script("commit_run", ["a", "b", "c"], ["x"]), by_sha=True)[2:] == (
         3,
         "a",

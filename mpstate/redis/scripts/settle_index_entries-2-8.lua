@@ -32,101 +32,12 @@ with members already has one (every index key is created by adding a member, her
 add_index_entries).
 Returns 1 settled | 0 nothing to settle (older state, only a mark cleared, or a pending mark).
 ]]
-local run_id, score, version, status = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local ttl, now, mine = ARGV[5], tonumber(ARGV[6]), ARGV[7]
-local created = string.find(ARGV[8], 'c', 1, true) ~= nil
-local renew = string.find(ARGV[8], 'r', 1, true) ~= nil
-local entries = KEYS[1]
-local entry = redis.call('HGET', entries, run_id)
-local e_score, e_version, e_status, marks = '', '', '', ''
-if entry then
-  local settled
-  settled, marks = string.match(entry, '^([^;]*)(.*)$')
-  e_score, e_version, e_status = string.match(settled, '^([^:]*):([^:]*):?(.*)$')
-end
-local live = {}
--- Statuses the run may be in because of marks cleared here ("?": a mark that did not say).
-local cleared = {}
-local any_cleared = false
-for expiry, nonce, added in string.gmatch(marks, ';(%d+):([^;:]*):?([^;]*)') do
-  if nonce ~= mine and tonumber(expiry) > now then
-    live[#live + 1] = ';' .. expiry .. ':' .. nonce .. ':' .. added
-  else
-    cleared[added ~= '' and added or '?'] = true
-    any_cleared = true
-  end
-end
-local pending = #live > 0
+--- @include "settle_group"
 
-local function save(s, v, st)
-  if s == '' and not pending then
-    redis.call('HDEL', entries, run_id)
-    return
-  end
-  local added = redis.call('HSET', entries, run_id, s .. ':' .. v .. ':' .. st .. table.concat(live))
-  if added == 1 or renew then
-    redis.call('PEXPIRE', entries, ttl)
-  end
-end
-
--- Add run_id to a zset, giving the key the TTL when it gains a member (or when asked).
-local function index(key)
-  if redis.call('ZADD', key, score, run_id) == 1 or renew then
-    redis.call('PEXPIRE', key, ttl)
-  end
-end
-
-if status == 'gone' then
-  if pending then
-    save(e_score, e_version, '')
-    return 0
-  end
-  for i = 2, #KEYS do
-    local found = redis.call('ZSCORE', KEYS[i], run_id)
-    if found and tonumber(found) == tonumber(score) then
-      redis.call('ZREM', KEYS[i], run_id)
-    end
-  end
-  if e_score == '' or tonumber(e_score) <= tonumber(score) then
-    redis.call('HDEL', entries, run_id)
-  end
-  return 1
-end
-
-local older = version == ''
-if not older and e_score ~= '' and e_version ~= '' then
-  local settled_score, new_score = tonumber(e_score), tonumber(score)
-  if created and new_score ~= settled_score then
-    older = false
-  else
-    older = new_score < settled_score
-      or (new_score == settled_score and tonumber(version) < tonumber(e_version))
-  end
-end
-if older then
-  if entry then
-    -- Cleared marks may have left entries this settle does not remove: the next one sweeps.
-    save(e_score, e_version, any_cleared and '' or e_status)
-  end
-  return 0
-end
-
-local sweep = string.find(ARGV[8], 's', 1, true) ~= nil or cleared['?']
-  or (entry == nil and not created)
-  or (e_score ~= '' and (e_status == '' or (created and tonumber(e_score) ~= tonumber(score))))
-index(KEYS[2])
-local settled_status = ''
+local status_keys, status_names = {}, {}
 for i = 3, #KEYS do
-  local position = tostring(i - 2)
-  if ARGV[i + 6] == status then
-    index(KEYS[i])
-    settled_status = position
-  elseif not pending and (sweep or position == e_status or cleared[position]) then
-    redis.call('ZREM', KEYS[i], run_id)
-  end
+  status_keys[#status_keys + 1] = KEYS[i]
+  status_names[#status_names + 1] = ARGV[i + 6]
 end
-if pending then
-  settled_status = ''
-end
-save(score, version, settled_status)
-return 1
+return settle_group(KEYS[1], KEYS[2], status_keys, status_names, ARGV[1], ARGV[2], ARGV[3],
+  ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7], ARGV[8])

@@ -1,6 +1,8 @@
 --[[ create_run: store a new run and its run-created event, atomically, in the run's slot.
 
 KEYS[1] run hash    KEYS[2] events stream    KEYS[3] op key (retry dedupe)    KEYS[4] void set
+KEYS[5..] on a single Redis only, the run's index groups this script settles itself (o.groups;
+          absent on a cluster, where they are written around it)
 
 ARGV[1] the options, one JSON object of strings (writes.py, RunWriter.insert; "" = none):
   existing  "1" to return an existing run instead of refusing
@@ -8,15 +10,20 @@ ARGV[1] the options, one JSON object of strings (writes.py, RunWriter.insert; ""
   token     the claim token of the run's idempotency key
   now       epoch ms
   run_ttl   run TTL ms                op_ttl    op key TTL ms
+  groups, statuses, run, index_ttl   the index groups in KEYS[5..] (settle_group.lua), or ""
+  version, status   the new run's version and status JSON, settled into those groups
 ARGV[2] the run-created event JSON
 ARGV[3..] field, JSON value, field, JSON value ... (the run document)
 
 Returns {1} created | {2} this op already created the run (retry) |
         {-2, run JSON} run id exists (the JSON only with "existing") |
         {-9} the claim on the idempotency key was voided (void_claim): claim again.
-Events written: run-created as 0-1. The index entries are follow-up writes (indexing.py).
+Events written: run-created as 0-1. On a cluster the index entries are written around this
+script (indexing.py); on a single Redis it settles them itself, after the write, as a new
+incarnation of the run id ("c"), with the same rules (settle_group.lua).
 ]]
 --- @include "run_document"
+--- @include "settle_group"
 
 if redis.call('EXISTS', KEYS[3]) == 1 then
   return {2}
@@ -39,4 +46,7 @@ redis.call('DEL', KEYS[2])
 redis.call('XADD', KEYS[2], '0-1', 'e', ARGV[2])
 redis.call('PEXPIRE', KEYS[2], o.run_ttl)
 redis.call('SET', KEYS[3], '1', 'PX', o.op_ttl)
+if o.groups ~= '' then
+  settle_groups(5, o, o.score, o.version, o.status, tonumber(o.now), 'c')
+end
 return {1}

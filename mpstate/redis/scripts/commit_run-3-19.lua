@@ -1,6 +1,8 @@
 --[[ commit_run: apply a patch and/or append events to one run, after checking its guards.
 
 KEYS[1] run hash    KEYS[2] events stream    KEYS[3] op key (retry dedupe)
+KEYS[4..] on a single Redis only, the run's index groups this script settles itself when the
+          status changes (o.groups; absent on a cluster, where they are follow-up writes)
 
 ARGV[1] the options, one JSON object of strings (writes.py, _commit_options; "" = none):
   tenant      tenant scope as JSON           fence      the caller's lock fence
@@ -13,6 +15,7 @@ ARGV[1] the options, one JSON object of strings (writes.py, _commit_options; "" 
   renew_after renew the run's TTL when it was last renewed this many ms ago or more
   reindex_after  re-assert index entries when last re-asserted more than this many ms ago
   document    "1" to return the run's JSON
+  groups, statuses, run, index_ttl   the index groups in KEYS[4..] (settle_group.lua), or ""
 ARGV[2..] n event JSON documents, then field, JSON value pairs (updatedAt included when bumping).
 Options travel packed, as BullMQ packs its scripts' options, so adding one renumbers nothing.
 
@@ -21,15 +24,17 @@ unchanged {0, {}, run JSON} | version conflict {-4, version} | invalid transitio
 log ended {-7, status} | the status changes but the placement is not this run's tenant and score,
 so the caller's index entries are not this run's {-8, tenant JSON, score}.
 Returns {1, {seqs}, run JSON or "", reindex, version, previous status JSON} when written (reindex
-is 1 when the run is due to re-assert its index entries), or {2, "version:seq,seq"} when this op
-was already applied (a client retry after a lost reply).
+is 1 when the run is due to re-assert its index entries, which the caller does), or
+{2, "version:seq,seq"} when this op was already applied (a client retry after a lost reply).
 Writes: one HSET (the fields, version, _seq, _ended and the bookkeeping times), the n events as
 0-<seq> with consecutive seqs, the op key; the run's and its log's TTLs only when due (renewed
 at most every renew_after ms, so keys live between run_ttl - renew_after and run_ttl after the
-last write). Index entries are follow-up writes the caller makes in each index's own slot
-(indexing.py).
+last write). On a cluster, index entries are follow-up writes the caller makes in each index's
+own slot (indexing.py); on a single Redis a status change settles the groups in KEYS[4..] here,
+after the write, with the same rules (settle_group.lua), so it takes one script.
 ]]
 --- @include "run_document"
+--- @include "settle_group"
 
 local done = redis.call('GET', KEYS[3])
 if done then
@@ -113,6 +118,9 @@ if renew then
   redis.call('PEXPIRE', KEYS[2], o.run_ttl)
 end
 redis.call('SET', KEYS[3], tostring(version) .. ':' .. table.concat(seqs, ','), 'PX', o.op_ttl)
+if o.groups ~= '' and new_status ~= '' and new_status ~= status then
+  settle_groups(4, o, score, version, new_status, now, '')
+end
 local document = ''
 if o.document == '1' then
   document = run_document(run)
