@@ -129,16 +129,39 @@ def _tenant_label(count: int) -> str:
 
 
 def build_operations(store: RedisPipelineStateStore, config: Config) -> list[Operation]:
-    """Create the runs each operation works on, check them once, and return the operations."""
-    counter = itertools.count()
+    """Create the runs each operation works on, check them once, and return the operations.
 
-    def create_fresh(prefix: str, **extra: Any) -> str:
+    Creates and status changes are measured twice: with the run's script settling its indexes
+    (a single Redis' default) and with the follow-up writes a cluster needs
+    (``indexes_in_script=False``), in the same run, so the saving is measured, not assumed.
+    """
+    counter = itertools.count()
+    follow_ups = RedisPipelineStateStore(store.client, prefix=PREFIX, indexes_in_script=False)
+
+    def create_fresh(prefix: str, writer: RedisPipelineStateStore = store, **extra: Any) -> str:
         run_id = f"{prefix}-{next(counter)}"
-        store.create(run_document(run_id, OPS_TENANT, **extra))
+        writer.create(run_document(run_id, OPS_TENANT, **extra))
         return run_id
 
     def create() -> None:
         create_fresh("created")
+
+    def create_with_follow_ups() -> None:
+        create_fresh("created-f", follow_ups)
+
+    def status_changes(writer: RedisPipelineStateStore) -> Callable[[], None]:
+        """A run moved running -> suspended -> running ... with expected versions."""
+        run_id = create_fresh("status", writer)
+        current = writer.update(run_id, {"status": "running"})
+        flip = {"running": "suspended", "suspended": "running"}
+
+        def change() -> None:
+            nonlocal current
+            current = writer.update(
+                run_id, {"status": flip[current.status]}, expected_version=current.version
+            )
+
+        return change
 
     new_run = create_fresh("new")
 
@@ -199,6 +222,17 @@ def build_operations(store: RedisPipelineStateStore, config: Config) -> list[Ope
     big_n = _tenant_label(config.big_tenant_runs)
     return [
         Operation("create", "create", create),
+        Operation(
+            "create_follow_ups",
+            "create, indexes as follow-ups (cluster)",
+            create_with_follow_ups,
+        ),
+        Operation("status_change", "status change", status_changes(store)),
+        Operation(
+            "status_change_follow_ups",
+            "status change, follow-ups (cluster)",
+            status_changes(follow_ups),
+        ),
         Operation(
             "get_new",
             "get, new run (1 event: run-created)",

@@ -16,6 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 OPERATIONS = {
     "create",
+    "create_follow_ups",
+    "status_change",
+    "status_change_follow_ups",
     "get_new",
     "get_20_events",
     "get_no_events",
@@ -50,6 +53,11 @@ def test_quick_benchmark_reports_every_operation(
         assert operations[name]["ratio_to_evalsha"] > 0, name
         assert operations[name]["round_trips"] >= 1, name
         assert len(operations[name]["rounds"]) == result["config"]["rounds"], name
+    # On a single Redis a create and a status change are one round trip each; with the
+    # cluster's follow-ups, two (the entries added ahead in one pipeline with the run's script).
+    for name in ("create", "status_change"):
+        assert operations[name]["round_trips"] == 1, name
+        assert operations[f"{name}_follow_ups"]["round_trips"] == 2, name
     assert result["lock_handoff"]["handoffs"] > 0
     assert result["bench_client_connections"] == 1
     targets = {target["operation"]: target for target in result["targets"]}

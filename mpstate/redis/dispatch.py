@@ -58,6 +58,8 @@ def carry_out(
     if isinstance(request, Script):
         return (yield from _script(request, acks))
     if isinstance(request, Ordered):
+        if len(request.requests) == 1:  # nothing to order: a call, not a pipeline of one
+            return [(yield from carry_out(request.requests[0], cluster=cluster, acks=acks))]
         if cluster or acks.count:  # across slots (or per connection, for WAIT): one by one
             return (yield from _each(request, cluster=cluster, acks=acks))
         flat = yield Pipeline(tuple(batch_args(item) for item in request.commands()))
