@@ -85,7 +85,7 @@ def test_quick_celery_hooks_benchmark_reports_every_kind_and_goal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.syspath_prepend(str(ROOT))
-    bench = importlib.import_module("benchmarks.celery_hooks")
+    bench = importlib.import_module("benchmarks.celery_hooks.cli")
     output = tmp_path / "celery_hooks.json"
 
     assert bench.main(["--quick", "--rounds", "1", "--chunks", "1", "--output", str(output)]) == 0

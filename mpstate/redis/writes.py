@@ -35,7 +35,8 @@ __all__ = ["OPERATION_TTL_MS", "RunWriter", "operation_id"]
 #: How long a write's outcome is kept for retries of the same operation.
 OPERATION_TTL_MS = 10 * 60 * 1000
 #: A run's TTL is renewed by a write when a tenth of it has passed since it was last renewed
-#: (commit_run-3-19.lua), not by every write: its keys live between 0.9 and 1 run TTL after the last.
+#: (commit_run-3-19.lua), not by every write: its keys live between 0.9 and 1 run TTL after the
+#: last.
 RENEWALS_PER_TTL = 10
 #: Run id -> (tenant, score) entries kept so a status change needs no read first.
 _RUN_CACHE_SIZE = 10_000
