@@ -87,7 +87,11 @@ local function settle_group(entries, all_runs, status_keys, status_names, run_id
   local sweep = string.find(flags, 's', 1, true) ~= nil or cleared['?']
     or (entry == nil and not created)
     or (e_score ~= '' and (e_status == '' or (created and tonumber(e_score) ~= tonumber(score))))
-  index(all_runs)
+  -- A settled entry of this incarnation means the run is in the all-runs zset already (both
+  -- keys gain it, and get their TTL, together): only a sweep or a renewal adds it again.
+  if sweep or renew or e_score == '' or tonumber(e_score) ~= tonumber(score) then
+    index(all_runs)
+  end
   local settled_status = ''
   for i = 1, #status_keys do
     local position = tostring(i)
