@@ -66,6 +66,10 @@ class Refusal(IntEnum):
     CLAIM_VOIDED = -9
 
 
+#: A patch document's status (its JSON value) -> the status.
+_STATUSES = {status.value: status for status in PipelineRunStatus}
+
+
 @dataclass(frozen=True, slots=True)
 class RunChange:
     """A validated, atomic write to one run: a patch and/or events, under optional guards."""
@@ -95,11 +99,13 @@ class RunChange:
     def new_status(self) -> PipelineRunStatus | None:
         """The status the patch sets, if it sets one."""
         status = self.document.get("status")
-        return PipelineRunStatus(status) if status is not None else None
+        return _STATUSES[status] if status is not None else None
 
     def external_jobs(self) -> list[tuple[str, str]]:
         """(provider, job id) pairs the patch records, to index them with the write."""
         document = self.document
+        if "externalJobIds" not in document and "externalJobId" not in document:
+            return []  # most writes: nothing to index
         jobs = set((document.get("externalJobIds") or {}).items())
         legacy = document.get("externalJobId")
         if legacy:

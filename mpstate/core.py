@@ -38,7 +38,7 @@ from mpstate.fields import MAX_SAFE_INTEGER, ensure_storable, utc_now
 from mpstate.filters import RunFilter, build_filter
 from mpstate.models import PipelineRun, PipelineRunStatus
 from mpstate.options import StoreOptions
-from mpstate.patches import validate_patch
+from mpstate.patches import ValidPatch, trusted_patch, validate_patch
 from mpstate.plans import Plan
 
 __all__ = [
@@ -265,7 +265,7 @@ class StoreCore(ABC):
     def _plan_commit(
         self,
         run_id: str,
-        patch: Mapping[str, Any] | BaseModel | None,
+        patch: Mapping[str, Any] | BaseModel | ValidPatch | None,
         events: Sequence[PipelineEvent | Mapping[str, Any]],
         *,
         expected_version: int | None,
@@ -273,7 +273,11 @@ class StoreCore(ABC):
         operation_id: str | None,
     ) -> Plan[CommitResult]:
         check_id(run_id, "run_id")
-        validated_patch = validate_patch(patch) if patch is not None else None
+        validated_patch = (
+            patch
+            if isinstance(patch, ValidPatch) or patch is None
+            else validate_patch(patch)  # every mapping and model is the caller's: validated
+        )
         validated_events = self._own_events(run_id, events)
         if validated_patch is None and not validated_events:
             raise InvalidInputError("commit needs a patch, events, or both")
@@ -297,13 +301,13 @@ class StoreCore(ABC):
         now = utc_now()
         change = RunChange(
             run_id=run_id,
-            patch=validate_patch(
+            patch=trusted_patch(
                 {
                     "status": PipelineRunStatus.CANCELLED,
                     "error": reason,
-                    "completed_at": now,
+                    "completedAt": now,
                     "resumable": False,
-                    "suspend_reason": None,
+                    "suspendReason": None,
                 }
             ),
             events=(RunCancelled(run_id=run_id, reason=reason),),

@@ -49,10 +49,15 @@ Identifier = Annotated[
 
 def to_utc_ms(value: datetime) -> datetime:
     """Return ``value`` in UTC, truncated to milliseconds (naive datetimes are taken as UTC)."""
+    # Every timestamp of every run read back passes here: build a new datetime only when the
+    # value is not UTC, or not whole milliseconds, already.
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    value = value.astimezone(UTC)
-    return value.replace(microsecond=value.microsecond // 1000 * 1000)
+    elif value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    if value.microsecond % 1000:
+        value = value.replace(microsecond=value.microsecond // 1000 * 1000)
+    return value
 
 
 def iso_z(value: datetime) -> str:
@@ -81,6 +86,11 @@ def _as_text(value: Any) -> Any:
     return list(value) if isinstance(value, set | frozenset) else str(value)
 
 
+#: The encoder ``ensure_storable`` runs, built once (``json.dumps`` with options builds one per
+#: call). It keeps no state between calls, so threads share it.
+_STORABLE = json.JSONEncoder(allow_nan=False, ensure_ascii=False, default=_as_text)
+
+
 def ensure_storable(value: Any, where: str = "value") -> None:
     """Refuse what no backend can keep exactly, anywhere inside ``value`` (python-mode data).
 
@@ -89,7 +99,7 @@ def ensure_storable(value: Any, where: str = "value") -> None:
     here (``ValueError``), in dict keys too. One pass of the C JSON encoder finds both.
     """
     try:
-        json.dumps(value, allow_nan=False, ensure_ascii=False, default=_as_text).encode("utf-8")
+        _STORABLE.encode(value).encode("utf-8")
     except (ValueError, TypeError) as exc:  # UnicodeEncodeError is a ValueError
         raise ValueError(f"{where} cannot be stored: {exc}") from exc
 

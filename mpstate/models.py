@@ -130,9 +130,16 @@ ALLOWED_RUN_TRANSITIONS: dict[PipelineRunStatus, frozenset[PipelineRunStatus]] =
 }
 
 
+#: ``ALLOWED_RUN_TRANSITIONS`` read backwards, once: every status change asks for it.
+_MAY_BECOME: dict[PipelineRunStatus, frozenset[PipelineRunStatus]] = {
+    target: frozenset(s for s, targets in ALLOWED_RUN_TRANSITIONS.items() if target in targets)
+    for target in PipelineRunStatus
+}
+
+
 def statuses_that_may_become(target: PipelineRunStatus) -> frozenset[PipelineRunStatus]:
     """The statuses from which a run may move to ``target`` (the table, read backwards)."""
-    return frozenset(s for s, targets in ALLOWED_RUN_TRANSITIONS.items() if target in targets)
+    return _MAY_BECOME[target]
 
 
 class StepError(CamelModel):

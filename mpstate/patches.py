@@ -2,24 +2,27 @@
 
 A patch is validated field by field against ``PipelineRun``'s own field definitions, without the
 current run, so every backend accepts and refuses exactly the same patches and the Redis backend
-never needs to read before it writes.
+never needs to read before it writes. ``trusted_patch`` is the Celery lifecycle's shortcut for
+patches it built from models validated already (see there).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
+from enum import Enum
 from typing import Any, cast
 
 from pydantic import BaseModel, create_model
 from pydantic import ValidationError as PydanticValidationError
 from pydantic.fields import FieldInfo
-from pydantic_core import PydanticSerializationError
+from pydantic_core import PydanticSerializationError, to_json
 
 from mpstate.errors import InvalidInputError
-from mpstate.fields import CamelModel, ensure_storable
-from mpstate.models import PipelineRun
+from mpstate.fields import CamelModel, ensure_storable, iso_z, to_utc_ms
+from mpstate.models import PipelineRun, PipelineRunStatus, SuspendReason
 
-__all__ = ["IMMUTABLE_RUN_FIELDS", "RunPatch", "ValidPatch", "validate_patch"]
+__all__ = ["IMMUTABLE_RUN_FIELDS", "RunPatch", "ValidPatch", "trusted_patch", "validate_patch"]
 
 #: Fields a patch may not touch. The store owns ``version``, ``updated_at`` and the log; a run's
 #: identity (id, tenant, idempotency key, creation time) never changes, so indexes and tenant
@@ -52,13 +55,42 @@ RunPatch.__doc__ = "A validated partial update of a ``PipelineRun`` (only the fi
 
 _ALIASES = {info.alias or name: name for name, info in PipelineRun.model_fields.items()}
 
+#: The fields ``trusted_patch`` takes as built, by their camelCase name, and the exact types it
+#: takes for each: those the lifecycle fills from validated models or computes itself.
+#: ``budget`` and ``reruns`` are not among them (user keys, ids of a length checked only by
+#: validation): patches setting them are validated.
+_TRUSTED_FIELDS: dict[str, tuple[type, ...]] = {
+    "status": (PipelineRunStatus,),
+    "currentStepIndex": (int,),
+    "steps": (list,),
+    "error": (str, type(None)),
+    "resumeToken": (str, type(None)),
+    "resumable": (bool,),
+    "suspendReason": (SuspendReason, type(None)),
+    "startedAt": (datetime, type(None)),
+    "completedAt": (datetime, type(None)),
+    "costUsd": (float, int),
+    "externalJobIds": (dict,),
+}
+
+
+#: What ``validate_patch`` and ``trusted_patch`` hand ``ValidPatch`` (nobody else has it).
+_MINTED = object()
+
 
 class ValidPatch:
-    """A validated patch: its JSON document (what backends store) and, on demand, its values."""
+    """A validated patch: its JSON document (what backends store) and, on demand, its values.
+
+    Made only by ``validate_patch`` (any input) and ``trusted_patch`` (the lifecycle's own
+    patches): ``PipelineStateStore.commit`` takes one as it is, so building one elsewhere is
+    refused (``TypeError``) rather than letting unvalidated data through.
+    """
 
     __slots__ = ("_values", "document")
 
-    def __init__(self, document: dict[str, Any]) -> None:
+    def __init__(self, document: dict[str, Any], minted: object = None) -> None:
+        if minted is not _MINTED:
+            raise TypeError("a ValidPatch is made by validate_patch, not directly")
         #: ``{camelCase field: JSON value}`` of the fields the patch sets.
         self.document = document
         self._values: dict[str, Any] | None = None
@@ -100,4 +132,49 @@ def validate_patch(patch: Mapping[str, Any] | BaseModel) -> ValidPatch:
         )
     except (PydanticValidationError, PydanticSerializationError, ValueError, TypeError) as exc:
         raise InvalidInputError(f"invalid patch: {exc}") from exc
-    return ValidPatch(document)
+    return ValidPatch(document, _MINTED)
+
+
+def trusted_patch(patch: Mapping[str, Any]) -> ValidPatch:
+    """The ``ValidPatch`` of a patch built from validated models, without validating it again.
+
+    ``mpstate.celery.transitions`` builds each patch from models validated when they were made
+    (steps dumped in JSON mode, timestamps from ``utc_now``, statuses as enums), so pydantic's
+    round trip in ``validate_patch`` would rebuild the same document, at several times the cost,
+    on every step. This path checks each field is one it trusts with a value of the exact type
+    the lifecycle writes, puts timestamps and enums in their JSON form, takes the step list (a
+    JSON-mode dump) and the job map (validated ids) as built, and still sends what no backend can
+    store (non-finite numbers, lone surrogates) to validation, which refuses it. Anything else goes
+    through ``validate_patch`` too, which accepts or refuses it exactly as for any caller.
+    ``tests/test_trusted_patches.py`` checks that both give the same document for every kind of
+    transition. Not for user input: ``commit`` validates every mapping.
+    """
+    document: dict[str, Any] = {}
+    for key, value in patch.items():
+        types = _TRUSTED_FIELDS.get(key)
+        if types is None or type(value) not in types:
+            return validate_patch(patch)
+        if type(value) in (int, float) and value < 0:
+            return validate_patch(patch)  # both numeric fields are >= 0
+        document[key] = _json_form(value)
+    if not document:
+        return validate_patch(patch)
+    try:
+        # A lone surrogate raises; NaN and infinities come out as bare tokens, never valid JSON
+        # (a string that merely contains one of those words only costs the validation).
+        encoded = to_json(document)
+    except PydanticSerializationError:
+        return validate_patch(patch)
+    if b"NaN" in encoded or b"Infinity" in encoded:
+        return validate_patch(patch)
+    return ValidPatch(document, _MINTED)
+
+
+def _json_form(value: Any) -> Any:
+    """A trusted field's value as its document holds it (timestamps as ``UtcDatetime`` writes
+    them, enums as their values)."""
+    if isinstance(value, datetime):
+        return iso_z(to_utc_ms(value))
+    if isinstance(value, Enum):
+        return value.value
+    return value

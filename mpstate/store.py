@@ -31,6 +31,7 @@ from mpstate.events import PipelineEvent
 from mpstate.filters import RunFilter
 from mpstate.models import PipelineRun, PipelineRunStatus
 from mpstate.options import StoreOptions
+from mpstate.patches import ValidPatch
 from mpstate.plans import Executor, Plan, drive
 from mpstate.shell import StoreShell
 
@@ -195,7 +196,7 @@ class PipelineStateStore(StoreShell[Executor]):
     def commit(
         self,
         run_id: str,
-        patch: Mapping[str, Any] | BaseModel | None = None,
+        patch: Mapping[str, Any] | BaseModel | ValidPatch | None = None,
         events: Sequence[PipelineEvent | Mapping[str, Any]] = (),
         *,
         expected_version: int | None = None,
@@ -210,6 +211,9 @@ class PipelineStateStore(StoreShell[Executor]):
         ``operation_id`` makes retrying this exact commit safe after an outage that hid whether
         it was applied: a commit whose id was already applied (within 10 minutes) is not applied
         again; it returns the seqs it got then and the run as it is now.
+
+        A mapping or model patch is validated (``InvalidInputError``, nothing written); a
+        ``mpstate.patches.ValidPatch`` was validated when it was made and is taken as it is.
         """
         return self._drive(
             self._backend._plan_commit(

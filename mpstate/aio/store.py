@@ -24,6 +24,7 @@ from mpstate.errors import InvalidInputError, LockNotOwnedError
 from mpstate.events import PipelineEvent
 from mpstate.filters import RunFilter
 from mpstate.models import PipelineRun, PipelineRunStatus
+from mpstate.patches import ValidPatch
 from mpstate.plans import AsyncExecutor, Plan, drive_async
 from mpstate.shell import StoreShell
 
@@ -136,7 +137,7 @@ class AsyncPipelineStateStore(StoreShell[AsyncExecutor]):
     async def commit(
         self,
         run_id: str,
-        patch: Mapping[str, Any] | BaseModel | None = None,
+        patch: Mapping[str, Any] | BaseModel | ValidPatch | None = None,
         events: Sequence[PipelineEvent | Mapping[str, Any]] = (),
         *,
         expected_version: int | None = None,

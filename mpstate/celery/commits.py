@@ -31,6 +31,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from tenacity import (
     RetryCallState,
@@ -45,6 +46,7 @@ from mpstate.celery.transitions import Transition
 from mpstate.changes import CommitResult
 from mpstate.errors import RunNotFoundError, StateStoreUnavailableError, VersionConflictError
 from mpstate.models import PipelineRun
+from mpstate.patches import trusted_patch
 from mpstate.store import PipelineStateStore
 
 __all__ = ["Committed", "Committer", "Decide"]
@@ -57,6 +59,8 @@ Decide = Callable[[PipelineRun], Transition | None]
 #: Versions conflicts tolerated for one transition before giving up (each is another writer's
 #: successful commit, so this only trips under pathological contention).
 MAX_CONFLICTS = 100
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,35 +98,12 @@ class Committer:
         """``_apply_once``, retried through an outage until ``deadline``. Only the first attempt
         decides on ``known``: after an outage, which may hide whether a commit was applied, the
         run is read again."""
-        for attempt in self._outage_retrying(run_id, deadline, "applying a transition to"):
-            with attempt:
-                first = attempt.retry_state.attempt_number == 1
-                return self._apply_once(run_id, decide, known if first else None, deadline)
-        raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
-
-    @staticmethod
-    def _outage_retrying(run_id: str, deadline: float, doing: str) -> Retrying:
-        """Retry ``StateStoreUnavailableError`` with backoff until ``deadline`` (monotonic): no
-        attempt starts after it, and the last wait is cut short so one attempt lands on it."""
-        backoff = wait_exponential(multiplier=0.05, max=5.0) + wait_random(0, 0.05)
-
-        def wait(state: RetryCallState) -> float:
-            return max(0.0, min(backoff(state), deadline - time.monotonic()))
-
-        def past_deadline(_state: RetryCallState) -> bool:
-            return time.monotonic() >= deadline
-
-        return Retrying(
-            retry=retry_if_exception_type(StateStoreUnavailableError),
-            wait=wait,
-            stop=past_deadline,
-            reraise=True,
-            before_sleep=lambda state: log.warning(
-                "store unavailable while %s run %r (attempt %d, %.1f s left); retrying",
-                doing,
-                run_id,
-                state.attempt_number,
-                max(0.0, deadline - time.monotonic()),
+        return _through_outage(
+            run_id,
+            deadline,
+            "applying a transition to",
+            lambda attempt: self._apply_once(
+                run_id, decide, known if attempt == 1 else None, deadline
             ),
         )
 
@@ -154,13 +135,62 @@ class Committer:
         reports it as applied, so the transition, and the advancement it carries, is not mistaken
         for a duplicate."""
         operation_id = uuid.uuid4().hex
-        for attempt in self._outage_retrying(run_id, deadline, "committing a transition to"):
-            with attempt:
-                return self.store.commit(
-                    run_id,
-                    transition.patch or None,
-                    transition.events,
-                    expected_version=run.version,
-                    operation_id=operation_id,
-                )
-        raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+        # Built from validated models (mpstate.celery.transitions): not validated again.
+        patch = trusted_patch(transition.patch) if transition.patch else None
+        return _through_outage(
+            run_id,
+            deadline,
+            "committing a transition to",
+            lambda _attempt: self.store.commit(
+                run_id,
+                patch,
+                transition.events,
+                expected_version=run.version,
+                operation_id=operation_id,
+            ),
+        )
+
+
+def _through_outage(run_id: str, deadline: float, doing: str, call: Callable[[int], T]) -> T:
+    """``call(attempt)`` (attempts from 1), retried on ``StateStoreUnavailableError`` with
+    backoff until ``deadline`` (monotonic): no attempt starts after it, and the last wait is cut
+    short so one attempt lands on it. The first attempt is a plain call (this wraps two calls of
+    every transition, so the happy path builds no retry machinery); its failure is handed to
+    tenacity, which waits, logs and retries as if it had made that attempt itself."""
+    try:
+        return call(1)
+    except StateStoreUnavailableError as error:
+        first_failure = error
+    for attempt in _outage_retrying(run_id, deadline, doing):
+        with attempt:
+            number = attempt.retry_state.attempt_number
+            if number == 1:
+                raise first_failure
+            return call(number)
+    raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+
+def _outage_retrying(run_id: str, deadline: float, doing: str) -> Retrying:
+    """Retry ``StateStoreUnavailableError`` with backoff until ``deadline`` (monotonic): no
+    attempt starts after it, and the last wait is cut short so one attempt lands on it."""
+    backoff = wait_exponential(multiplier=0.05, max=5.0) + wait_random(0, 0.05)
+
+    def wait(state: RetryCallState) -> float:
+        return max(0.0, min(backoff(state), deadline - time.monotonic()))
+
+    def past_deadline(_state: RetryCallState) -> bool:
+        return time.monotonic() >= deadline
+
+    return Retrying(
+        retry=retry_if_exception_type(StateStoreUnavailableError),
+        wait=wait,
+        stop=past_deadline,
+        reraise=True,
+        before_sleep=lambda state: log.warning(
+            "store unavailable while %s run %r (attempt %d, %.1f s left); retrying",
+            doing,
+            run_id,
+            state.attempt_number,
+            max(0.0, deadline - time.monotonic()),
+        ),
+    )

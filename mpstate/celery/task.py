@@ -353,7 +353,9 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type hints
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         kwargs = without_identity_kwargs(kwargs)
-        identity = identity_of(self.request)
+        # The attempt's request, read once: ``self.request`` walks Celery's request stack.
+        request = self.request
+        identity = identity_of(request)
         if identity is None or not identity.is_step:
             # A plain call (.delay(), apply(), a link of a plain chain): an ordinary task.
             retval = super().__call__(*args, **kwargs)
@@ -361,33 +363,38 @@ class PipelineTask(Task):  # type: ignore[misc]  # celery ships no type hints
         # Task.retry leaves the last limit on the (shared) task object and autoretry_for reuses
         # it: start every attempt from the step's own max_retries instead.
         self.__dict__.pop("override_max_retries", None)
-        carrier = message_carrier(self.request)
-        with step_span(carrier, identity.run_id, identity.step_id, self.attempt):
-            return self._run_step(identity, *args, **kwargs)
+        attempt = attempt_of(request)
+        with step_span(message_carrier(request), identity.run_id, identity.step_id, attempt):
+            return self._run_step(identity, request, attempt, *args, **kwargs)
 
-    def _run_step(self, identity: StepIdentity, *args: Any, **kwargs: Any) -> Any:
-        """One attempt: step-started, the body, then step-completed (or the body's own end)."""
+    def _run_step(
+        self, identity: StepIdentity, request: Any, attempt: int, *args: Any, **kwargs: Any
+    ) -> Any:
+        """One attempt: step-started, the body, then step-completed (or the body's own end).
+
+        ``request`` is the attempt's (the body runs under a context of its own, popped when it
+        returns)."""
         lifecycle = self.mpstate.lifecycle
         run = lifecycle.start_step(
             identity,
-            attempt=self.attempt,
-            meta=self.event_meta(),
-            published_version=published_version(self.request),
+            attempt=attempt,
+            meta=request_meta(request),
+            published_version=published_version(request),
         )
         if run is None:
             raise Ignore()
         # A holder, not the run: the body's request context is a copy of this one, and what the
         # body writes (gate) must be seen here, so completion decides without reading.
-        seen = self.request.mpstate_seen = _SeenRun(run)
+        seen = request.mpstate_seen = _SeenRun(run)
         try:
             retval = super().__call__(*args, **kwargs)
         except Exception as exc:
             # Celery hands on_failure a picklable stand-in of an exception that does not pickle
             # (without its ``code``): keep the original for the step-failed it logs.
-            self.request.mpstate_raised = exc
+            request.mpstate_raised = exc
             raise
         result = as_step_result(retval, strict=True)
-        lifecycle.complete_step(identity, result, meta=self.event_meta(), known=seen.run)
+        lifecycle.complete_step(identity, result, meta=request_meta(request), known=seen.run)
         return _as_message_value(retval)
 
     def on_failure(

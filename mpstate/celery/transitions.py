@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from pydantic import TypeAdapter
+
 from mpstate.budget import admit, max_usd
 from mpstate.errors import (
     BudgetExceededError,
@@ -133,8 +135,13 @@ class Transition:
     revoke: tuple[str, ...] = field(default=())
 
 
+#: Dumps a run's steps in one call (each transition writes them all).
+_STEPS = TypeAdapter(list[StepState])
+
+
 def _dump(steps: Sequence[StepState]) -> list[dict[str, Any]]:
-    return [step.model_dump(mode="json", by_alias=True) for step in steps]
+    dumped: list[dict[str, Any]] = _STEPS.dump_python(list(steps), mode="json", by_alias=True)
+    return dumped
 
 
 def _replaced(steps: Sequence[StepState], *updated: StepState) -> list[StepState]:
