@@ -16,7 +16,8 @@ errors they become live here once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from enum import IntEnum
 from typing import Any
 
@@ -30,6 +31,7 @@ from mpstate.errors import (
     VersionConflictError,
 )
 from mpstate.events import TERMINAL_EVENT_KINDS, PipelineEvent
+from mpstate.fields import utc_now
 from mpstate.models import PipelineRun, PipelineRunStatus, statuses_that_may_become
 from mpstate.patches import ValidPatch
 
@@ -85,8 +87,15 @@ class RunChange:
     unchanged_if: frozenset[PipelineRunStatus] = frozenset()
     #: Whether the run's version and ``updated_at`` change (``append_event`` alone does not).
     bump_version: bool = True
-    #: Whether the caller needs the run back (``append_event`` only needs the seq).
+    #: Whether the caller needs the run back from the backend (``append_event`` only needs the
+    #: seq; a commit whose caller gave the run it expects builds it itself: ``after``).
     returns_run: bool = True
+    #: The run this change makes, built by the caller from the run at ``expected_version`` and
+    #: the patch (``commit(..., base=)``): what a backend uses instead of reading the run back.
+    after: PipelineRun | None = None
+    #: The ``updated_at`` the write stamps when it bumps the version (chosen here, so a run
+    #: built by the caller holds the same time as the stored one).
+    updated_at: datetime = field(default_factory=utc_now)
     #: A caller-chosen id that makes retrying this exact change safe (see ``commit``).
     operation_id: str | None = None
 

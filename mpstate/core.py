@@ -16,6 +16,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Self
 
 from pydantic import BaseModel
@@ -271,6 +272,7 @@ class StoreCore(ABC):
         expected_version: int | None,
         fence: int | None,
         operation_id: str | None,
+        base: PipelineRun | None = None,
     ) -> Plan[CommitResult]:
         check_id(run_id, "run_id")
         validated_patch = (
@@ -281,18 +283,29 @@ class StoreCore(ABC):
         validated_events = self._own_events(run_id, events)
         if validated_patch is None and not validated_events:
             raise InvalidInputError("commit needs a patch, events, or both")
+        expected_version = self._check_version(expected_version)
+        updated_at = utc_now()
+        after = (
+            None
+            if base is None
+            else _run_after(base, run_id, expected_version, validated_patch, updated_at)
+        )
         change = RunChange(
             run_id=run_id,
             patch=validated_patch,
             events=validated_events,
-            expected_version=self._check_version(expected_version),
+            expected_version=expected_version,
             fence=self._check_fence(fence),
             tenant=self._tenant,
             operation_id=None if operation_id is None else check_id(operation_id, "operation_id"),
+            returns_run=after is None,
+            after=after,
+            updated_at=updated_at,
         )
         applied = yield from self._apply(change)
-        assert applied.run is not None
-        return CommitResult(applied.run, applied.seqs, applied.changed)
+        run = applied.run if applied.run is not None else after  # a replay reads the run
+        assert run is not None
+        return CommitResult(run, applied.seqs, applied.changed)
 
     def _plan_cancel(self, run_id: str, reason: str, fence: int | None) -> Plan[PipelineRun]:
         check_id(run_id, "run_id")
@@ -557,3 +570,27 @@ class StoreCore(ABC):
     @abstractmethod
     def _count_unmatched(self) -> Plan[dict[tuple[str, str], int]]:
         """Callbacks recorded per (provider, reason), including those no longer kept."""
+
+
+def _run_after(
+    base: PipelineRun,
+    run_id: str,
+    expected_version: int | None,
+    patch: ValidPatch | None,
+    updated_at: datetime,
+) -> PipelineRun:
+    """The run a commit guarded on ``expected_version`` makes of ``base`` (the run at that
+    version): its fields with the patch's, the next version and the write's ``updated_at``, no
+    events (as a run read back without them). The write's version guard is what makes it the
+    stored run: a commit applied to anything else is refused."""
+    if not isinstance(base, PipelineRun):
+        raise InvalidInputError(f"base must be a PipelineRun, not {base!r}")
+    if base.run_id != run_id or expected_version is None or base.version != expected_version:
+        raise InvalidInputError(
+            "base must be the run the commit expects: the same run id, and expected_version set "
+            f"to its version (run {base.run_id!r} at version {base.version}, commit of "
+            f"{run_id!r} expecting {expected_version})"
+        )
+    values = patch.values if patch is not None else {}
+    update = {**values, "version": base.version + 1, "updated_at": updated_at, "events": []}
+    return base.model_copy(update=update)

@@ -24,7 +24,6 @@ from mpstate.changes import Applied, Refusal, RunChange, refusal_error
 from mpstate.core import LockAttempt, StoreCore
 from mpstate.deliveries import UnmatchedCallback
 from mpstate.events import TERMINAL_EVENT_KINDS, PipelineEvent, RunCreated
-from mpstate.fields import utc_now
 from mpstate.filters import RunFilter
 from mpstate.models import PipelineRun, PipelineRunStatus
 from mpstate.options import StoreOptionFields, StoreOptions
@@ -171,7 +170,9 @@ class MemoryBackend(StoreCore):
         if change.patch is not None:
             run = run.model_copy(update=change.patch.values, deep=True)
         if change.bump_version:
-            run = run.model_copy(update={"version": run.version + 1, "updated_at": utc_now()})
+            run = run.model_copy(
+                update={"version": run.version + 1, "updated_at": change.updated_at}
+            )
         stored.run = run
         seqs = []
         for event in change.events:

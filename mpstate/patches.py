@@ -13,14 +13,14 @@ from datetime import datetime
 from enum import Enum
 from typing import Any, cast
 
-from pydantic import BaseModel, create_model
+from pydantic import BaseModel, TypeAdapter, create_model
 from pydantic import ValidationError as PydanticValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticSerializationError, to_json
 
 from mpstate.errors import InvalidInputError
 from mpstate.fields import CamelModel, ensure_storable, iso_z, to_utc_ms
-from mpstate.models import PipelineRun, PipelineRunStatus, SuspendReason
+from mpstate.models import PipelineRun, PipelineRunStatus, StepState, SuspendReason
 
 __all__ = ["IMMUTABLE_RUN_FIELDS", "RunPatch", "ValidPatch", "trusted_patch", "validate_patch"]
 
@@ -54,6 +54,8 @@ RunPatch = cast(
 RunPatch.__doc__ = "A validated partial update of a ``PipelineRun`` (only the fields it sets)."
 
 _ALIASES = {info.alias or name: name for name, info in PipelineRun.model_fields.items()}
+#: Dumps a run's steps in one call (each transition writes them all).
+_STEP_LIST = TypeAdapter(list[StepState])
 
 #: The fields ``trusted_patch`` takes as built, by their camelCase name, and the exact types it
 #: takes for each: those the lifecycle fills from validated models or computes itself.
@@ -62,7 +64,7 @@ _ALIASES = {info.alias or name: name for name, info in PipelineRun.model_fields.
 _TRUSTED_FIELDS: dict[str, tuple[type, ...]] = {
     "status": (PipelineRunStatus,),
     "currentStepIndex": (int,),
-    "steps": (list,),
+    "steps": (list,),  # of StepState models, each checked
     "error": (str, type(None)),
     "resumeToken": (str, type(None)),
     "resumable": (bool,),
@@ -88,12 +90,17 @@ class ValidPatch:
 
     __slots__ = ("_values", "document")
 
-    def __init__(self, document: dict[str, Any], minted: object = None) -> None:
+    def __init__(
+        self,
+        document: dict[str, Any],
+        minted: object = None,
+        values: dict[str, Any] | None = None,
+    ) -> None:
         if minted is not _MINTED:
             raise TypeError("a ValidPatch is made by validate_patch, not directly")
         #: ``{camelCase field: JSON value}`` of the fields the patch sets.
         self.document = document
-        self._values: dict[str, Any] | None = None
+        self._values = values
 
     @property
     def values(self) -> dict[str, Any]:
@@ -139,24 +146,38 @@ def trusted_patch(patch: Mapping[str, Any]) -> ValidPatch:
     """The ``ValidPatch`` of a patch built from validated models, without validating it again.
 
     ``mpstate.celery.transitions`` builds each patch from models validated when they were made
-    (steps dumped in JSON mode, timestamps from ``utc_now``, statuses as enums), so pydantic's
-    round trip in ``validate_patch`` would rebuild the same document, at several times the cost,
-    on every step. This path checks each field is one it trusts with a value of the exact type
-    the lifecycle writes, puts timestamps and enums in their JSON form, takes the step list (a
-    JSON-mode dump) and the job map (validated ids) as built, and still sends what no backend can
-    store (non-finite numbers, lone surrogates) to validation, which refuses it. Anything else goes
-    through ``validate_patch`` too, which accepts or refuses it exactly as for any caller.
+    (steps as ``StepState`` models, timestamps from ``utc_now``, statuses as enums), so
+    pydantic's round trip in ``validate_patch`` would rebuild the same document, at several times
+    the cost, on every step. This path checks each field is one it trusts with a value of the
+    exact type the lifecycle writes, puts timestamps and enums in their JSON form, dumps the steps
+    in one call, takes the job map (validated ids) as built, keeps the values themselves (so a
+    store can build the run it writes without reading it back), and still sends what no backend
+    can store (non-finite numbers, lone surrogates) to validation, which refuses it. Anything
+    else goes through ``validate_patch`` too, which accepts or refuses it exactly as for any
+    caller.
     ``tests/test_trusted_patches.py`` checks that both give the same document for every kind of
     transition. Not for user input: ``commit`` validates every mapping.
     """
     document: dict[str, Any] = {}
+    values: dict[str, Any] = {}
     for key, value in patch.items():
         types = _TRUSTED_FIELDS.get(key)
         if types is None or type(value) not in types:
             return validate_patch(patch)
         if type(value) in (int, float) and value < 0:
             return validate_patch(patch)  # both numeric fields are >= 0
+        if key == "steps":
+            if (
+                any(type(step) is not StepState for step in value)
+                or len({step.step_id for step in value}) != len(value)
+                or not _finite([(step.inputs, step.outputs) for step in value])
+            ):
+                return validate_patch(patch)  # which refuses what a run cannot hold
+            document[key] = _STEP_LIST.dump_python(value, mode="json", by_alias=True)
+            values["steps"] = list(value)
+            continue
         document[key] = _json_form(value)
+        values[_ALIASES[key]] = _value_form(key, value)
     if not document:
         return validate_patch(patch)
     try:
@@ -167,7 +188,27 @@ def trusted_patch(patch: Mapping[str, Any]) -> ValidPatch:
         return validate_patch(patch)
     if b"NaN" in encoded or b"Infinity" in encoded:
         return validate_patch(patch)
-    return ValidPatch(document, _MINTED)
+    return ValidPatch(document, _MINTED, values)
+
+
+def _finite(values: Any) -> bool:
+    """Whether ``values`` (any JSON) holds no NaN or infinity. The JSON-mode dump of a model
+    writes those as null, so they are looked for before it, where a step holds arbitrary JSON."""
+    try:
+        encoded = to_json(values, inf_nan_mode="constants")
+    except PydanticSerializationError:  # a lone surrogate: validation refuses it
+        return False
+    return b"NaN" not in encoded and b"Infinity" not in encoded
+
+
+def _value_form(key: str, value: Any) -> Any:
+    """A trusted field's value as a run read back holds it (timestamps at millisecond precision
+    in UTC, a cost as a float)."""
+    if isinstance(value, datetime):
+        return to_utc_ms(value)
+    if key == "costUsd":
+        return float(value)
+    return value
 
 
 def _json_form(value: Any) -> Any:

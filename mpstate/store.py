@@ -202,6 +202,7 @@ class PipelineStateStore(StoreShell[Executor]):
         expected_version: int | None = None,
         fence: int | None = None,
         operation_id: str | None = None,
+        base: PipelineRun | None = None,
     ) -> CommitResult:
         """Apply a patch and append events as one atomic write: both happen or neither.
 
@@ -214,6 +215,11 @@ class PipelineStateStore(StoreShell[Executor]):
 
         A mapping or model patch is validated (``InvalidInputError``, nothing written); a
         ``mpstate.patches.ValidPatch`` was validated when it was made and is taken as it is.
+
+        ``base``: the run as read at ``expected_version`` (required with it). The store then
+        builds the run it returns from ``base`` and the patch instead of reading it back after
+        the write, which the version guard makes the same run; the returned run shares nested
+        values with ``base``.
         """
         return self._drive(
             self._backend._plan_commit(
@@ -223,6 +229,7 @@ class PipelineStateStore(StoreShell[Executor]):
                 expected_version=expected_version,
                 fence=fence,
                 operation_id=operation_id,
+                base=base,
             )
         )
 

@@ -67,7 +67,8 @@ class Twins:
         return self.store.require(self.trusted, include_events=False)
 
     def apply(self, decide: Decide, *, trusted_path: bool = True) -> Transition:
-        """Decide, check both paths give one document, commit to both twins, compare them."""
+        """Decide, check both paths give one document, commit to both twins (the trusted one with
+        ``base``, as the lifecycle does), compare them."""
         run = self.run
         transition = decide(run)
         assert transition is not None
@@ -80,7 +81,12 @@ class Twins:
         if transition.patch:
             assert built is not None
             assert built.document == validate_patch(transition.patch).document
-        self.store.commit(self.trusted, built, transition.events, expected_version=run.version)
+        returned = self.store.commit(
+            self.trusted, built, transition.events, expected_version=run.version, base=run
+        ).run
+        # Built from the run it was decided on and the patch (as the lifecycle commits), not
+        # read back: it must be the stored run, field for field.
+        assert returned == self.run
         twin = self.store.require(self.checked, include_events=False)
         self.store.commit(
             self.checked,
@@ -327,7 +333,7 @@ def _running_run() -> PipelineRun:
     run.version = 1
     started = start_run(run)
     assert started is not None
-    steps = [StepState.model_validate(doc) for doc in started.patch["steps"]]
+    steps = list(started.patch["steps"])
     return run.model_copy(
         update={"status": PipelineRunStatus.RUNNING, "steps": steps, "version": 2}
     )
@@ -449,12 +455,17 @@ def test_a_mapping_given_to_the_store_is_validated_whatever_it_holds(
     assert [event.kind for event in after.events] == ["run-created"]
 
 
-def test_the_trusted_path_takes_nested_values_as_built() -> None:
-    """What makes it the lifecycle's alone: a step list it did not build is not checked."""
-    duplicated = {"steps": [_dumped(), _dumped()]}
-    assert trusted_patch(duplicated).document == duplicated
-    with pytest.raises(InvalidInputError):
-        validate_patch(duplicated)
+def test_a_step_list_the_lifecycle_did_not_build_is_validated() -> None:
+    """Only a list of ``StepState`` models with distinct ids is taken as built: dumped steps, or
+    models with a duplicate id, go through validation, which refuses the duplicate."""
+    for duplicated in (
+        {"steps": [_dumped(), _dumped()]},
+        {"steps": [StepState.model_validate(_dumped())] * 2},
+    ):
+        with pytest.raises(InvalidInputError, match="duplicate step id"):
+            trusted_patch(duplicated)
+    single = {"steps": [StepState.model_validate(_dumped())]}
+    assert trusted_patch(single).document == validate_patch(single).document
 
 
 def test_a_valid_patch_cannot_be_built_around_validation(store: PipelineStateStore) -> None:
@@ -465,3 +476,22 @@ def test_a_valid_patch_cannot_be_built_around_validation(store: PipelineStateSto
     with pytest.raises(InvalidInputError):
         store.commit("r1", {"status": "bogus"})
     assert store.require("r1", include_events=False).version == run.version
+
+
+@pytest.mark.parametrize(
+    "base",
+    [
+        pytest.param(lambda run: run.model_copy(update={"run_id": "other"}), id="another-run"),
+        pytest.param(lambda run: run.model_copy(update={"version": 7}), id="another-version"),
+        pytest.param(lambda run: run.to_json_dict(), id="not-a-run"),
+    ],
+)
+def test_a_base_that_is_not_the_run_the_commit_expects_is_refused_and_nothing_is_written(
+    store: PipelineStateStore, base: Callable[[PipelineRun], Any]
+) -> None:
+    run = store.create({"runId": "r1", "pipelineId": "p"})
+    with pytest.raises(InvalidInputError, match="base"):
+        store.commit("r1", {"costUsd": 1.0}, expected_version=run.version, base=base(run))
+    with pytest.raises(InvalidInputError, match="base"):
+        store.commit("r1", {"costUsd": 1.0}, base=run)  # no expected_version to guard it
+    assert store.require("r1", include_events=False) == run

@@ -143,6 +143,7 @@ class AsyncPipelineStateStore(StoreShell[AsyncExecutor]):
         expected_version: int | None = None,
         fence: int | None = None,
         operation_id: str | None = None,
+        base: PipelineRun | None = None,
     ) -> CommitResult:
         """See ``PipelineStateStore.commit``."""
         return await self._drive(
@@ -153,6 +154,7 @@ class AsyncPipelineStateStore(StoreShell[AsyncExecutor]):
                 expected_version=expected_version,
                 fence=fence,
                 operation_id=operation_id,
+                base=base,
             )
         )
 

@@ -147,6 +147,7 @@ class Committer:
                 transition.events,
                 expected_version=run.version,
                 operation_id=operation_id,
+                base=run,  # the run comes back built from it, not read and decoded
             ),
         )
 

@@ -36,8 +36,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import TypeAdapter
-
 from mpstate.budget import admit, max_usd
 from mpstate.errors import (
     BudgetExceededError,
@@ -135,15 +133,6 @@ class Transition:
     revoke: tuple[str, ...] = field(default=())
 
 
-#: Dumps a run's steps in one call (each transition writes them all).
-_STEPS = TypeAdapter(list[StepState])
-
-
-def _dump(steps: Sequence[StepState]) -> list[dict[str, Any]]:
-    dumped: list[dict[str, Any]] = _STEPS.dump_python(list(steps), mode="json", by_alias=True)
-    return dumped
-
-
 def _replaced(steps: Sequence[StepState], *updated: StepState) -> list[StepState]:
     by_id = {step.step_id: step for step in updated}
     return [by_id.get(step.step_id, step) for step in steps]
@@ -189,7 +178,7 @@ def _settle(
     """
     steps, publish, budgeted = _admit(run, steps, requeue, patch, meta=meta, now=now)
     events = [*events, *budgeted]
-    patch["steps"] = _dump(steps)
+    patch["steps"] = list(steps)
     patch["currentStepIndex"] = first_open_index(steps)
     lead: list[PipelineEvent] = list(before)
     tail: list[PipelineEvent] = []
@@ -429,7 +418,7 @@ def start_step(
         }
     )
     steps = _replaced(run.steps, updated)
-    patch: dict[str, Any] = {"steps": _dump(steps), "currentStepIndex": first_open_index(steps)}
+    patch: dict[str, Any] = {"steps": steps, "currentStepIndex": first_open_index(steps)}
     if run.status is PipelineRunStatus.PENDING:
         patch["status"] = PipelineRunStatus.RUNNING
         patch["startedAt"] = now
@@ -631,7 +620,7 @@ def _reject(
         RunFailed(run_id=run.run_id, code=GATE_REJECTED, terminal_reason=reason),
     ]
     patch = {
-        "steps": _dump(steps),
+        "steps": steps,
         "status": PipelineRunStatus.FAILED,
         "error": reason,
         "completedAt": now,
@@ -807,7 +796,7 @@ def progress_step(run: PipelineRun, step_id: str, event: StepProgress) -> Transi
     if accrued <= step.accrued_cost_usd:
         return Transition({}, [event])
     steps = _replaced(run.steps, step.model_copy(update={"accrued_cost_usd": accrued}))
-    return Transition({"steps": _dump(steps)}, [event])
+    return Transition({"steps": steps}, [event])
 
 
 def suspend_step(

@@ -20,7 +20,7 @@ from typing import Any
 from mpstate.changes import Applied, Refusal, RunChange, Written, refusal_error
 from mpstate.errors import MpStateError
 from mpstate.events import RunCreated, event_document
-from mpstate.fields import epoch_ms, iso_z, now_ms, utc_now
+from mpstate.fields import epoch_ms, iso_z, now_ms
 from mpstate.models import PipelineRun, PipelineRunStatus
 from mpstate.plans import Plan
 from mpstate.redis.claims import IdempotencyClaims
@@ -67,7 +67,7 @@ def _written_fields(change: RunChange) -> list[str | bytes]:
     """The patch as field, JSON value pairs, with updatedAt when the version goes up."""
     fields = encode_fields(change.document)
     if change.bump_version:
-        fields += ["updatedAt", json_value(iso_z(utc_now()))]
+        fields += ["updatedAt", json_value(iso_z(change.updated_at))]
     return fields
 
 
@@ -231,7 +231,7 @@ class RunWriter:
             break
         if code == Written.APPLIED:
             seqs = tuple(int(seq) for seq in reply[1])
-            run = decode_run(reply[2]) if change.returns_run else None
+            run = decode_run(reply[2]) if change.returns_run else change.after
             if nonce or int(reply[3]):
                 if run is None:
                     run = yield from load_run(self.keys, run_id, include_events=False)

@@ -130,8 +130,9 @@ def kinds_of(transition: Transition | None) -> list[str]:
 
 
 def step_doc(transition: Transition, step_id: str) -> dict[str, Any]:
-    (doc,) = [s for s in transition.patch["steps"] if s["stepId"] == step_id]
-    return doc
+    """The step as the patch stores it (its JSON form)."""
+    (step,) = [s for s in transition.patch["steps"] if s.step_id == step_id]
+    return dict(step.model_dump(mode="json", by_alias=True))
 
 
 def enqueued(transition: Transition | None) -> list[str]:

@@ -94,7 +94,7 @@ def enqueued(transition: Transition | None) -> list[str]:
     """The ids of the steps ``transition`` publishes, each checked to carry the task id the
     transition's patch records on that step."""
     assert transition is not None
-    recorded = {doc["stepId"]: doc["taskId"] for doc in transition.patch.get("steps", [])}
+    recorded = {step.step_id: step.task_id for step in transition.patch.get("steps", [])}
     for step in transition.enqueue:
         assert step.task_id, f"step {step.step_id} is published without a task id"
         assert recorded[step.step_id] == step.task_id
