@@ -26,7 +26,12 @@ about 9 KB of RAM per run for each: some 19 GB for the default million. Ratios a
 rounds. Targets are reported as PASS/MISS and never fail the run: the
 machine is shared and noisy. Results go to ``benchmarks/results/scale.json`` (``--output``).
 
+``--spread`` measures only each primary's share of the cluster's server CPU under a create-heavy
+load, with the global indexes in one slot (the layout before) and in their shards (``spread``;
+results in ``benchmarks/results/scale-spread.json``).
+
 The parts, one module each: ``config`` (sizes and modes), ``loading`` (the loader processes and
 the two deployments), ``memory`` (the memory probes), ``listing`` (``list_runs`` pages),
-``throughput`` (the concurrent clients), ``tables`` (the report) and ``cli`` (the entry point).
+``throughput`` (the concurrent clients), ``spread`` (the primaries' CPU shares), ``tables`` (the
+report) and ``cli`` (the entry point).
 """

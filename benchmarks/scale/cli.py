@@ -16,10 +16,19 @@ from typing import Any
 
 from benchmarks.harness import write_results
 from benchmarks.scale import __doc__ as scale_doc
-from benchmarks.scale.config import PAGE_SIZE, PREFIX, RESULTS, SMALL_TENANT, Config, log
+from benchmarks.scale.config import (
+    PAGE_SIZE,
+    PREFIX,
+    RESULTS,
+    SMALL_TENANT,
+    SPREAD_RESULTS,
+    Config,
+    log,
+)
 from benchmarks.scale.listing import list_cases, measure_list_runs
 from benchmarks.scale.loading import Target, run_load, verify_load
 from benchmarks.scale.memory import memory_profile
+from benchmarks.scale.spread import measure_spread, spread_goals, spread_table
 from benchmarks.scale.tables import (
     evaluate_targets,
     list_table,
@@ -29,6 +38,7 @@ from benchmarks.scale.tables import (
 )
 from benchmarks.scale.throughput import Cell, Clients, measure_throughput, summarize_throughput
 from benchmarks.store import machine_info
+from benchmarks.tables import render_goals
 from mpstate.redis.keys import RedisKeys
 from mpstate.testing import RedisServer
 from mpstate.testing._cluster import LocalRedisCluster
@@ -45,7 +55,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--targets", default="single,cluster", help="single, cluster or both (default)"
     )
-    parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON")
+    parser.add_argument(
+        "--spread",
+        action="store_true",
+        help="only each cluster primary's share of server CPU under a create-heavy load, with the"
+        " global indexes in one slot (before) and sharded (runs per load: --runs, default 20,000"
+        f" (quick 5,000); --rounds, default 2); results in {SPREAD_RESULTS.name}",
+    )
+    parser.add_argument("--output", type=Path, help=f"where to write the JSON (default {RESULTS})")
     return parser.parse_args(argv)
 
 
@@ -67,9 +84,61 @@ def _memory_available() -> int | None:
     return _meminfo("MemAvailable")
 
 
+def spread_main(args: argparse.Namespace, config: Config) -> int:
+    """``--spread``: each primary's share of server CPU, one slot against the shards."""
+    started = time.perf_counter()
+    runs = args.runs or (5_000 if args.quick else 20_000)
+    rounds = args.rounds or 2
+    cluster = LocalRedisCluster(masters=3).start()
+    ports = [master.port for master in cluster.masters]
+    target = Target("cluster", f"redis+cluster://127.0.0.1:{ports[0]}", ports, cluster.binary)
+    try:
+        machine = machine_info(target.admins[ports[0]], cluster.masters[0], target.admins[ports[0]])
+        log(
+            f"spread: {runs:,} runs (create + start) per load, {rounds} rounds, 3 primaries,"
+            f" {config.loaders} loader processes; redis {machine['redis_version']}"
+        )
+        results = measure_spread(
+            target,
+            config,
+            runs=runs,
+            rounds=rounds,
+            pool_context=multiprocessing.get_context("spawn"),
+        )
+    finally:
+        target.close()
+        cluster.cleanup()
+    goals = spread_goals(results)
+    table = spread_table(results)
+    print(f"\nEach primary's share of server CPU (main thread, INFO cpu)\n{table}\n")
+    print(render_goals(goals))
+    problems = [
+        f"{r['shards']} shard(s): {r['errors']} load errors"
+        for r in results.values()
+        if r["errors"]
+    ]
+    for problem in problems:
+        print(f"  PROBLEM  {problem}")
+    result = {
+        "benchmark": "benchmarks.scale --spread",
+        "machine": machine,
+        "config": {"runs": runs, "rounds": rounds, "loaders": config.loaders, "primaries": 3},
+        "layouts": results,
+        "targets": [goal.as_json() for goal in goals],
+        "problems": problems,
+        "tables": {"spread": table},
+    }
+    write_results(args.output or SPREAD_RESULTS, result, started)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     config = Config.for_mode(args.quick)
+    if args.spread:
+        if args.loaders:
+            config = dataclasses.replace(config, loaders=args.loaders)
+        return spread_main(args, config)
     overrides: dict[str, Any] = {}
     if args.runs:
         overrides["runs"] = args.runs
@@ -123,8 +192,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             },
             "problems": problems,
         }
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(partial, indent=2, default=str) + "\n")
+        output = args.output or RESULTS
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(partial, indent=2, default=str) + "\n")
 
     try:
         if "single" in names:
@@ -300,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "tables": tables,
         "notes": notes,
     }
-    write_results(args.output, result, started)
+    write_results(args.output or RESULTS, result, started)
     return 0
 
 

@@ -7,6 +7,8 @@ from datetime import datetime
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "scale.json"
+#: Where ``--spread`` (each cluster primary's share of server CPU) writes its results.
+SPREAD_RESULTS = RESULTS.with_name("scale-spread.json")
 PREFIX = "mp"
 SMALL_TENANT = "tenant-1k"
 BENCH_TENANT = "tenant-bench"

@@ -17,8 +17,10 @@ import redis.asyncio
 import redis.asyncio.cluster
 from redis.crc import key_slot
 
+import mpstate.redis.keys
 from benchmarks.scale.config import Config, log, tenant_name
 from benchmarks.workload import run_document
+from mpstate.models import PipelineRunStatus
 from mpstate.redis import RedisPipelineStateStore
 from mpstate.redis.keys import RedisKeys
 
@@ -37,6 +39,10 @@ class LoadJob:
     idempotent_every: int
     completed_every: int
     sample_every: int
+    #: Writes per run: 1 create, 2 and a start (a status change), 3 and an advance (5 events).
+    writes: int = 3
+    #: ``mpstate.redis.keys.GLOBAL_SHARDS`` in this loader (None: the shipped one).
+    index_shards: int | None = None
 
 
 _progress: Any = None
@@ -72,6 +78,8 @@ def _run_events(run_id: str, index: int, completes: bool) -> tuple[list[Any], di
 
 def load_runs(job: LoadJob) -> dict[str, Any]:
     """Create this loader's runs through the public API (runs in a loader process)."""
+    if job.index_shards is not None:  # before any store (and its RedisKeys) is built
+        mpstate.redis.keys.GLOBAL_SHARDS = job.index_shards
     store = RedisPipelineStateStore.from_url(job.url)
     spent = {"create": 0.0, "start": 0.0, "advance": 0.0}
     errors: Counter[str] = Counter()
@@ -95,17 +103,19 @@ def load_runs(job: LoadJob) -> dict[str, Any]:
             t0 = time.perf_counter()
             store.create(document)
             t1 = time.perf_counter()
-            store.commit(
-                run_id,
-                {"status": "running", "startedAt": datetime.now(UTC).isoformat()},
-                [
-                    {"kind": "run-started", "runId": run_id},
-                    {"kind": "step-started", "runId": run_id, "stepId": "probe", "attempt": 1},
-                ],
-                expected_version=1,
-            )
+            if job.writes >= 2:
+                store.commit(
+                    run_id,
+                    {"status": "running", "startedAt": datetime.now(UTC).isoformat()},
+                    [
+                        {"kind": "run-started", "runId": run_id},
+                        {"kind": "step-started", "runId": run_id, "stepId": "probe", "attempt": 1},
+                    ],
+                    expected_version=1,
+                )
             t2 = time.perf_counter()
-            store.commit(run_id, patch, events, expected_version=2)
+            if job.writes >= 3:
+                store.commit(run_id, patch, events, expected_version=2)
             t3 = time.perf_counter()
         except Exception as exc:
             errors[type(exc).__name__] += 1
@@ -208,6 +218,19 @@ class Target:
         cpu = self.info_sum("cpu", "used_cpu_user", "used_cpu_sys")
         return cpu["used_cpu_user"] + cpu["used_cpu_sys"]
 
+    def server_cpu_by_primary(self) -> dict[int, float]:
+        """Each primary's CPU seconds so far: its main thread's where INFO reports it (Redis
+        6.2+: the commands and scripts, without I/O threads and background saves), else the
+        process's."""
+        cpu: dict[int, float] = {}
+        for port, admin in self.admins.items():
+            info = admin.info("cpu")
+            if "used_cpu_sys_main_thread" in info:
+                cpu[port] = info["used_cpu_sys_main_thread"] + info["used_cpu_user_main_thread"]
+            else:
+                cpu[port] = info["used_cpu_sys"] + info["used_cpu_user"]
+        return cpu
+
     def dbsize(self) -> int:
         return sum(int(admin.dbsize()) for admin in self.admins.values())
 
@@ -228,19 +251,23 @@ def run_load(
     tenant: str | None,
     loaders: int,
     pool_context: Any,
+    writes: int = 3,
+    index_shards: int | None = None,
 ) -> dict[str, Any]:
-    """Load ``count`` runs into ``target`` from ``loaders`` processes; return the figures."""
+    """Load ``count`` runs into ``target`` from ``loaders`` processes; return the figures
+    (``writes`` and ``index_shards``: ``LoadJob``'s)."""
     progress = pool_context.Array("q", loaders, lock=False)
     per_loader_samples = max(1, config.memory_samples // loaders)
     sample_every = max(1, count // loaders // per_loader_samples)
     jobs = [
         LoadJob(
             target.url, worker, loaders, first, first + count, tenant, config.tenants,
-            config.idempotent_every, config.completed_every, sample_every,
+            config.idempotent_every, config.completed_every, sample_every, writes, index_shards,
         )
         for worker in range(loaders)
     ]  # fmt: skip
     cpu_before = target.server_cpu()
+    cpu_by_primary_before = target.server_cpu_by_primary()
     calls_before = target.command_calls()
     started = time.perf_counter()
     last_report = started
@@ -266,6 +293,10 @@ def run_load(
         results = [future.result() for future in futures]
     wall = time.perf_counter() - started
     server_cpu = target.server_cpu() - cpu_before
+    cpu_by_primary = {
+        port: seconds - cpu_by_primary_before[port]
+        for port, seconds in target.server_cpu_by_primary().items()
+    }
     calls = target.command_calls()
     calls.subtract(calls_before)
     done = sum(result["done"] for result in results)
@@ -285,6 +316,9 @@ def run_load(
         "runs_per_s": round(done / wall, 1),
         "client_cpu_ms_per_run": round(sum(r["cpu_seconds"] for r in results) * per_run, 3),
         "server_cpu_ms_per_run": round(server_cpu * per_run, 3),
+        "main_thread_cpu_seconds_by_primary": {
+            str(port): round(seconds, 3) for port, seconds in cpu_by_primary.items()
+        },
         "ms_per_call": {
             name: round(sum(r["spent"][name] for r in results) * per_run, 3)
             for name in ("create", "start", "advance")
@@ -304,11 +338,14 @@ def verify_load(
 ) -> tuple[dict[str, Any], list[str]]:
     """Check the load through the indexes and the public API: counts by status, one run."""
     problems: list[str] = []
-    group = keys.global_group()
+    shards = keys.global_groups()
     by_status = {
-        key.rsplit(":", 1)[1]: int(target.admin_for(key).zcard(key)) for key in group.statuses()
+        status.value: sum(
+            int(target.admin_for(key).zcard(key)) for key in (g.status(status) for g in shards)
+        )
+        for status in PipelineRunStatus
     }
-    indexed = int(target.admin_for(group.everything).zcard(group.everything))
+    indexed = sum(int(target.admin_for(g.everything).zcard(g.everything)) for g in shards)
     tenant_key = keys.tenant_group(tenant_name(0)).everything
     tenant_indexed = int(target.admin_for(tenant_key).zcard(tenant_key))
     expected_tenant = len(range(0, config.runs, config.tenants))

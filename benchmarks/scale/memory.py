@@ -75,7 +75,8 @@ def memory_profile(
         encodings[f"stream {_text(events_encoding)}"] += 1
 
     index_usage: dict[str, int] = {}
-    groups = [keys.global_group()] + [
+    shards = keys.global_groups()
+    groups = [*shards] + [
         keys.tenant_group(tenant)
         for tenant in [*(tenant_name(i) for i in range(config.tenants)), SMALL_TENANT]
     ]
@@ -86,7 +87,10 @@ def memory_profile(
                 index_usage[key] = int(usage)
     zset_total = sum(v for k, v in index_usage.items() if not k.endswith(":entries"))
     entries_total = sum(v for k, v in index_usage.items() if k.endswith(":entries"))
-    global_total = sum(v for k, v in index_usage.items() if "{all}" in k)
+    shard_keys = {
+        key for group in shards for key in (group.everything, *group.statuses(), group.entries)
+    }
+    global_total = sum(v for k, v in index_usage.items() if k in shard_keys)
 
     idem_bytes: list[int] = []
     for _run_id, tenant, key in samples:

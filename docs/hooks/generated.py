@@ -94,6 +94,10 @@ def built_patterns() -> Iterator[tuple[str, str]]:
     def with_status(key: str) -> str:
         return key.replace(f":status:{status.value}", ":status:<s>")
 
+    def any_shard(key: str) -> str:
+        """A global shard's key with its tag (``all.<n>.<salt>``) as the placeholder."""
+        return re.sub(r"\{all\.\d+\.\d+\}", "{all.<n>.<salt>}", key)
+
     calls: dict[str, Callable[[], str]] = {
         "run(R)": lambda: keys.run("R"),
         "events(R)": lambda: keys.events("R"),
@@ -107,9 +111,11 @@ def built_patterns() -> Iterator[tuple[str, str]]:
         "delivery(P, D)": lambda: keys.delivery("P", "D"),
         "unmatched()": keys.unmatched,
         "unmatched_counts()": keys.unmatched_counts,
-        "global_group().everything": lambda: keys.global_group().everything,
-        "by_status(s)": lambda: with_status(keys.by_status(status)),
-        "global_group().entries": lambda: keys.global_group().entries,
+        "global_group(R).everything": lambda: any_shard(keys.global_group("R").everything),
+        "global_group(R).status(s)": lambda: any_shard(
+            with_status(keys.global_group("R").status(status))
+        ),
+        "global_group(R).entries": lambda: any_shard(keys.global_group("R").entries),
         "by_tenant(T)": lambda: keys.by_tenant("T"),
         "tenant_group(T).status(s)": lambda: with_status(keys.tenant_group("T").status(status)),
         "tenant_group(T).entries": lambda: keys.tenant_group("T").entries,

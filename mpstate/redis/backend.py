@@ -197,10 +197,17 @@ class RedisBackend(StoreCore):
         return found
 
     def _count_by_status(self, tenant_id: str | None) -> Plan[dict[PipelineRunStatus, int]]:
-        group = self.keys.tenant_group(tenant_id) if tenant_id else self.keys.global_group()
+        """ZCARD of each status zset of the tenant's group, or summed over the global shards:
+        one batch (one round trip on a single Redis, one per primary on a cluster)."""
+        groups = (self.keys.tenant_group(tenant_id),) if tenant_id else self.keys.global_groups()
         statuses = list(PipelineRunStatus)
-        cards = yield Batch(tuple(Command(("ZCARD", group.status(s))) for s in statuses))
-        return {status: int(n) for status, n in zip(statuses, cards, strict=True)}
+        cards = yield Batch(
+            tuple(Command(("ZCARD", group.status(s))) for group in groups for s in statuses)
+        )
+        counts = dict.fromkeys(statuses, 0)
+        for position, n in enumerate(cards):
+            counts[statuses[position % len(statuses)]] += int(n)
+        return counts
 
     def _count_unmatched(self) -> Plan[dict[tuple[str, str], int]]:
         counts = yield Command(("HGETALL", self.keys.unmatched_counts()))

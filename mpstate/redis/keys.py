@@ -6,35 +6,45 @@ keys and no id can reach another key space.
 
 Every key carries a hash tag (``{...}``), which decides its Redis Cluster slot. All keys of one run
 share the tag ``{<escaped run id>}``, so each per-run script touches one slot. The indexes live
-in three kinds of groups, each group one slot: the global indexes (``{all}``), each tenant's
-(``{T}``) and each idempotency key's; the idempotency claim, each external job pointer and each
-job id's set of providers have slots of their own. Writes to those are follow-up calls made by
-the store around the per-run script (``mpstate.redis.indexing``). Each webhook delivery claim has
-a slot of its own; the unmatched callbacks and their counts share one slot (``{unmatched}``), so
-one script writes both.
+in three kinds of groups, each group one slot: the global indexes, each tenant's (``{T}``) and
+each idempotency key's; the idempotency claim, each external job pointer and each job id's set
+of providers have slots of their own. On a cluster, writes to those are follow-up calls made by
+the store around the per-run script (``mpstate.redis.indexing``); on a single Redis the run's
+script settles its index groups itself. Each webhook delivery claim has a slot of
+its own; the unmatched callbacks and their counts share one slot (``{unmatched}``), so one script
+writes both.
+
+The global indexes (every run, runs by status) are sharded: ``GLOBAL_SHARDS`` groups, a run in
+the one ``shard_of`` its id, so creates and status changes from every tenant spread over
+``GLOBAL_SHARDS`` slots instead of one. The shards' tags (``shard_tags``) put shard ``i`` in the
+``i``-th ``1/GLOBAL_SHARDS`` of the slot range, and a run's shard is the one whose range holds
+the run's own slot: any contiguous allocation of slots gives each primary its share of the
+shards, and the shard of a run usually lives on the run's primary. A listing of every run merges
+the shards (``mpstate.redis.paging``). A single Redis uses the same shards: one layout, one
+protocol, tested everywhere.
 
 Layout (prefix ``mp``)::
 
-    mp:run:{R}                   hash    the run: camelCase field -> JSON value, plus _seq etc.
-    mp:run:{R}:events            stream  the event log, entry id 0-<seq>, field e = event JSON
-    mp:run:{R}:lock              string  lock holder's random token, PX = lock TTL
-    mp:run:{R}:lock:wake         list    pushed on release; waiters BLPOP it
-    mp:run:{R}:op:<op id>        string  outcome of a write, so a retried script is not re-applied
-    mp:run:{R}:void              set     claim tokens whose create of R was called off
-    mp:idem:{T:K}                string  "<claim token>:<run id>" holding idempotency key K of T
-    mp:job:{P:J}                 string  run id that recorded job J of provider P
-    mp:jobproviders:{J}          set     providers P with a pointer mp:job:{P:J} (a hint)
-    mp:delivery:{P:D}            string  random token of the claim of delivery D of provider P
-    mp:{unmatched}               stream  callbacks that matched no run, field c = JSON; capped
-    mp:{unmatched}:counts        hash    "<provider>\\n<reason>" -> callbacks recorded (all)
-    mp:idx:{all}                 zset    every run, score = created_at (epoch ms), member = run id
-    mp:idx:{all}:status:<s>      zset    runs by status
-    mp:idx:{all}:entries         hash    run id -> "score:version" and writers' pending marks
-    mp:idx:tenant:{T}            zset    runs of tenant T
-    mp:idx:tenant:{T}:status:<s> zset    runs of tenant T by status
-    mp:idx:tenant:{T}:entries    hash    as mp:idx:{all}:entries, for tenant T's indexes
-    mp:idx:idem:{K}              zset    runs created with idempotency key K (any tenant)
-    mp:idx:idem:{K}:entries      hash    as mp:idx:{all}:entries, for key K's index
+    mp:run:{R}                         hash    the run: camelCase field -> JSON value; _seq etc.
+    mp:run:{R}:events                  stream  the event log, entry id 0-<seq>, field e = event JSON
+    mp:run:{R}:lock                    string  lock holder's random token, PX = lock TTL
+    mp:run:{R}:lock:wake               list    pushed on release; waiters BLPOP it
+    mp:run:{R}:op:<op id>              string  outcome of a write, so a retry is not re-applied
+    mp:run:{R}:void                    set     claim tokens whose create of R was called off
+    mp:idem:{T:K}                      string  "<claim token>:<run id>" holding key K of tenant T
+    mp:job:{P:J}                       string  run id that recorded job J of provider P
+    mp:jobproviders:{J}                set     providers P with a pointer mp:job:{P:J} (a hint)
+    mp:delivery:{P:D}                  string  random token of the claim of delivery D of P
+    mp:{unmatched}                     stream  callbacks that matched no run, field c = JSON; capped
+    mp:{unmatched}:counts              hash    "<provider>\\n<reason>" -> callbacks recorded (all)
+    mp:idx:{all.<n>.<salt>}            zset    runs of global shard n, score = created_at (epoch ms)
+    mp:idx:{all.<n>.<salt>}:status:<s> zset    runs of global shard n by status
+    mp:idx:{all.<n>.<salt>}:entries    hash    run id -> "score:version" and writers' pending marks
+    mp:idx:tenant:{T}                  zset    runs of tenant T
+    mp:idx:tenant:{T}:status:<s>       zset    runs of tenant T by status
+    mp:idx:tenant:{T}:entries          hash    as a global shard's entries, for tenant T's indexes
+    mp:idx:idem:{K}                    zset    runs created with idempotency key K (any tenant)
+    mp:idx:idem:{K}:entries            hash    as a global shard's entries, for key K's index
 """
 
 from __future__ import annotations
@@ -43,10 +53,19 @@ from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import quote
 
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
 from mpstate.errors import InvalidInputError
 from mpstate.models import PipelineRunStatus
 
-__all__ = ["IndexGroup", "RedisKeys", "escape_id"]
+__all__ = ["GLOBAL_SHARDS", "IndexGroup", "RedisKeys", "escape_id", "shard_of", "shard_tags"]
+
+#: How many shards (groups, slots) the global indexes are split into. Part of the stored layout:
+#: every process that writes or reads one store must use the same number, so it is a constant,
+#: read when a ``RedisKeys`` is built (the scale benchmark sets it to 1 to measure the one-slot
+#: layout that came before: shard tag ``all``, ``mp:idx:{all}``). 16 spreads the global writes
+#: over 16 slots, enough for 16 primaries, while a listing of every run merges 16 pages.
+GLOBAL_SHARDS = 16
 
 
 @lru_cache(maxsize=16384)
@@ -55,10 +74,41 @@ def escape_id(value: str) -> str:
     return quote(value, safe="")
 
 
+def shard_of(run_id: str, shards: int) -> int:
+    """The global shard (0 to ``shards`` - 1) of run ``run_id``: the shard whose slice of the
+    slot range holds the run's own slot (CRC16 of the escaped id, as Redis Cluster hashes it), so
+    stable across processes, hosts and versions."""
+    return shard_of_slot(key_slot(escape_id(run_id).encode()), shards)
+
+
+@lru_cache(maxsize=8)
+def shard_tags(shards: int) -> tuple[str, ...]:
+    """The hash tags of ``shards`` global shards, shard ``i``'s slot in the ``i``-th
+    ``1/shards`` of the slot range: ``all.<i>.<salt>``, the first salt 0, 1, ... that lands
+    there (``all`` alone for one shard). Pinned by tests/redis/test_keys.py: changing a tag moves
+    stored entries out of sight."""
+    if shards < 1:
+        raise InvalidInputError(f"the global indexes need at least one shard, not {shards}")
+    if shards == 1:
+        return ("all",)
+    tags = []
+    for shard in range(shards):
+        salt = 0
+        while shard_of_slot(key_slot(f"all.{shard}.{salt}".encode()), shards) != shard:
+            salt += 1
+        tags.append(f"all.{shard}.{salt}")
+    return tuple(tags)
+
+
+def shard_of_slot(slot: int, shards: int) -> int:
+    """Which of ``shards`` equal slices of the slot range holds ``slot``."""
+    return slot * shards // REDIS_CLUSTER_HASH_SLOTS
+
+
 class RedisKeys:
     """Builds key names for one prefix."""
 
-    __slots__ = ("prefix",)
+    __slots__ = ("_shards", "prefix")
 
     def __init__(self, prefix: str) -> None:
         if not isinstance(prefix, str) or not prefix:
@@ -66,6 +116,9 @@ class RedisKeys:
         if any(ch in prefix for ch in "{}"):
             raise InvalidInputError("prefix cannot contain '{' or '}': they would set the hash tag")
         self.prefix = prefix
+        self._shards = tuple(
+            IndexGroup(f"{prefix}:idx:{{{tag}}}", None) for tag in shard_tags(GLOBAL_SHARDS)
+        )
 
     def _run_base(self, run_id: str) -> str:
         return f"{self.prefix}:run:{{{escape_id(run_id)}}}"
@@ -112,18 +165,19 @@ class RedisKeys:
         """Unmatched callbacks by provider and reason, in the stream's slot."""
         return f"{self.prefix}:{{unmatched}}:counts"
 
-    def by_status(self, status: PipelineRunStatus) -> str:
-        return self.global_group().status(status)
-
     def by_tenant(self, tenant_id: str) -> str:
         return self.tenant_group(tenant_id).everything
 
     def by_idempotency_key(self, key: str) -> str:
         return f"{self.prefix}:idx:idem:{{{escape_id(key)}}}"
 
-    def global_group(self) -> IndexGroup:
-        """The indexes of every run (one slot)."""
-        return IndexGroup(f"{self.prefix}:idx:{{all}}", None)
+    def global_group(self, run_id: str) -> IndexGroup:
+        """The global shard run ``run_id`` is indexed in (one slot; ``shard_of``)."""
+        return self._shards[shard_of(run_id, len(self._shards))]
+
+    def global_groups(self) -> tuple[IndexGroup, ...]:
+        """Every shard of the global indexes, in shard order: together, every run."""
+        return self._shards
 
     def tenant_group(self, tenant_id: str) -> IndexGroup:
         """Tenant ``tenant_id``'s indexes (one slot per tenant)."""
@@ -137,7 +191,7 @@ class RedisKeys:
         self, run_id: str, tenant_id: str | None, idempotency_key: str | None = None
     ) -> list[IndexGroup]:
         """Every index group run ``run_id`` of this tenant and idempotency key belongs to."""
-        groups = [self.global_group()]
+        groups = [self.global_group(run_id)]
         if tenant_id:
             groups.append(self.tenant_group(tenant_id))
         if idempotency_key:

@@ -1,22 +1,22 @@
 """Reading runs on Redis: one run by id, and the runs of one page of an index.
 
 ``load_run`` reads one run (and its events, if asked) in its slot. ``RunSelector`` pages the most
-selective index of a ``RunFilter`` and loads only the runs on that page; an entry whose run is
-gone or contradicts it is repaired in its index on the way (the rules live in ``indexing.py``).
-Plans only: the sync and asyncio executors carry out their requests.
+selective index of a ``RunFilter`` (the zsets of one group, or of every global shard, merged by
+``paging.py``) and loads only the runs on that page; an entry whose run is gone or contradicts
+it is repaired in its index on the way (the rules live in ``indexing.py``). Plans only: the sync
+and asyncio executors carry out their requests.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from mpstate.fields import epoch_ms, now_ms
 from mpstate.filters import RunFilter
 from mpstate.models import PipelineRun, PipelineRunStatus
 from mpstate.plans import Plan
-from mpstate.redis.codec import decode_events, decode_run, decode_run_hash, text
+from mpstate.redis.codec import decode_events, decode_run, decode_run_hash
 from mpstate.redis.indexing import Indexer
 from mpstate.redis.keys import IndexGroup, RedisKeys
+from mpstate.redis.paging import Window, read_page
 from mpstate.redis.requests import Batch, Command, Script
 
 __all__ = ["RunSelector", "load_run"]
@@ -35,13 +35,6 @@ def load_run(keys: RedisKeys, run_id: str, *, include_events: bool) -> Plan[Pipe
     return decode_run(reply[0], decode_events(reply[1]) if include_events else None)
 
 
-def _pairs(reply: Any) -> list[tuple[str, float]]:
-    """(member, score) pairs from a ZRANGE ... WITHSCORES reply, flat or paired."""
-    if reply and isinstance(reply[0], list | tuple):
-        return [(text(member), float(score)) for member, score in reply]
-    return [(text(m), float(text(s))) for m, s in zip(reply[0::2], reply[1::2], strict=True)]
-
-
 class RunSelector:
     """``list_runs`` on Redis: a page of an index, its runs, and repairs of stale entries."""
 
@@ -54,9 +47,10 @@ class RunSelector:
     def select(self, run_filter: RunFilter) -> Plan[list[PipelineRun]]:
         """Read one page of the most selective index, then only the runs on that page.
 
-        One round trip finds the page's run ids (by rank, O(log N + page) for one index), one loads
-        those runs. An entry whose run is gone (expired) or contradicts it (a stale entry) is
-        repaired in its index and skipped; only then is another pass needed, reading as many
+        One round trip finds the page's run ids (by rank, O(log N + page) for one index; merged
+        from the heads of several, or a few more round trips at an offset: ``paging.py``), one
+        loads those runs. An entry whose run is gone (expired) or contradicts it (a stale entry)
+        is repaired in its index and skipped; only then is another pass needed, reading as many
         entries further as were dropped.
         """
         if run_filter.idempotency_key is not None and (run_filter.status or run_filter.tenant_id):
@@ -72,7 +66,7 @@ class RunSelector:
         while True:
             extra = len(dropped)
             page = yield from self._page_ids(sources, run_filter, extra)
-            candidates = [(member, score) for member, score in page if member not in dropped]
+            candidates = [(member, score) for score, member in page if member not in dropped]
             if run_filter.limit is not None:
                 candidates = candidates[: run_filter.limit]
             runs = yield from self._load_many([member for member, _ in candidates])
@@ -103,10 +97,15 @@ class RunSelector:
     def _repairs(
         self, sources: list[_Source], member: str, score: int, run: PipelineRun | None
     ) -> list[Script]:
-        """Settle what the run says into the groups whose entries contradicted it."""
+        """Settle what the run says into the groups whose entries contradicted it (of the global
+        shards, only the member's own holds its entries)."""
         now = now_ms()
         repairs: list[Script] = []
+        shards = self.keys.global_groups()
+        own_shard = self.keys.global_group(member)
         for group, status in sources:
+            if group in shards and group != own_shard:
+                continue
             belongs = run is not None and group.tenant_id in (None, run.tenant_id)
             if run is not None and belongs and status in (None, run.status):
                 continue  # this entry is right; the run was dropped for another reason
@@ -125,29 +124,18 @@ class RunSelector:
 
     def _page_ids(
         self, sources: list[_Source], run_filter: RunFilter, extra: int
-    ) -> Plan[list[tuple[str, float]]]:
-        """Index entries ``[offset, offset + limit + extra)`` of the filter's window, in order."""
-        low = str(epoch_ms(run_filter.since)) if run_filter.since else "-inf"
-        high = str(epoch_ms(run_filter.until)) if run_filter.until else "+inf"
-        count = -1 if run_filter.limit is None else run_filter.limit + extra
+    ) -> Plan[list[tuple[float, str]]]:
+        """Index entries ``[offset, offset + limit + extra)`` of the filter's window, in order:
+        (score, run id) pairs (ids only; no run is read here)."""
+        window = Window(
+            str(epoch_ms(run_filter.since)) if run_filter.since else "-inf",
+            str(epoch_ms(run_filter.until)) if run_filter.until else "+inf",
+            run_filter.newest_first,
+        )
+        count = None if run_filter.limit is None else run_filter.limit + extra
         zsets = [self._zset(source) for source in sources]
-        order = "desc" if run_filter.newest_first else "asc"
-        if len(zsets) == 1:
-            flat = yield Script("page_index", zsets, [low, high, run_filter.offset, count, order])
-            return _pairs(flat)
-        # Several statuses: merge the heads of their indexes (ids only; no run is read here).
-        head = None if count < 0 else run_filter.offset + count
-        limit = () if head is None else ("LIMIT", 0, head)
-        scores: tuple[str, ...] = (
-            (high, low, "BYSCORE", "REV") if run_filter.newest_first else (low, high, "BYSCORE")
-        )
-        per_source = yield Batch(
-            tuple(Command(("ZRANGE", zset, *scores, *limit, "WITHSCORES")) for zset in zsets)
-        )
-        found = {(score, member) for reply in per_source for member, score in _pairs(reply)}
-        merged = sorted(found, reverse=run_filter.newest_first)
-        window = merged[run_filter.offset : None if head is None else head]
-        return [(member, score) for score, member in window]
+        shares = len({group for group, _ in sources})  # the global shards split runs evenly
+        return (yield from read_page(zsets, window, run_filter.offset, count, shares=shares))
 
     @staticmethod
     def _zset(source: _Source) -> str:
@@ -158,10 +146,11 @@ class RunSelector:
         k = self.keys
         if run_filter.idempotency_key is not None:
             return [(k.idempotency_group(run_filter.idempotency_key), None)]
-        group = k.tenant_group(run_filter.tenant_id) if run_filter.tenant_id else k.global_group()
-        if run_filter.status:
-            return [(group, status) for status in sorted(run_filter.status)]
-        return [(group, None)]
+        groups = (
+            (k.tenant_group(run_filter.tenant_id),) if run_filter.tenant_id else k.global_groups()
+        )
+        statuses = sorted(run_filter.status) if run_filter.status else [None]
+        return [(group, status) for group in groups for status in statuses]
 
     def _load_many(self, run_ids: list[str]) -> Plan[list[PipelineRun | None]]:
         if not run_ids:

@@ -264,13 +264,14 @@ def test_create_or_get_with_one_idempotency_key_from_many_threads_in_several_pro
         else:
             assert store.get(run_id) is None, key
     k = store.keys
-    for zset in [
-        k.global_group().everything,
-        k.by_status(PipelineRunStatus.PENDING),
-        k.by_tenant("acme"),
-        k.tenant_group("acme").status(PipelineRunStatus.PENDING),
+    for zsets in [
+        [group.everything for group in k.global_groups()],  # every shard
+        [group.status(PipelineRunStatus.PENDING) for group in k.global_groups()],
+        [k.by_tenant("acme")],
+        [k.tenant_group("acme").status(PipelineRunStatus.PENDING)],
     ]:
-        assert {m.decode() for m in target.client.zrange(zset, 0, -1)} == winners, zset
+        found = {m.decode() for zset in zsets for m in target.client.zrange(zset, 0, -1)}
+        assert found == winners, zsets
     print(f"{voided} claims of {len(void_sets)} runs voided over {KEY_ROUNDS} rounds")
     if claim_grace == () and isinstance(target.client, RedisCluster):
         assert voided > 0  # (hundreds, usually) or this run did not race the void path at all

@@ -160,7 +160,7 @@ def test_a_writer_dead_after_its_commit_leaves_the_run_listed_under_its_new_stat
 ) -> None:
     k = store.keys
     new_run(store)
-    everywhere = [k.global_group(), k.tenant_group("t")]
+    everywhere = [k.global_group("r1"), k.tenant_group("t")]
     writer = commit_plan(another(store), "r1", {"status": "running"})
     writer.run_through("commit_run")  # ... and the writer dies: no settle_index_entries
     assert writer.names()[-2:] == ["add_index_entries", "commit_run"]
@@ -201,8 +201,8 @@ def test_a_creator_dead_after_create_run_leaves_the_run_listed_in_every_index(
     assert "settle_index_entries" not in creator.names()
 
     for zset in [
-        k.global_group().everything,
-        k.by_status(PENDING),
+        k.global_group("r1").everything,
+        k.global_group("r1").status(PENDING),
         k.by_tenant("t"),
         k.tenant_group("t").status(PENDING),
         k.by_idempotency_key("key"),
@@ -225,8 +225,8 @@ def test_a_slow_creators_entries_survive_a_reader_that_finds_no_run_so_its_run_i
     # keeps it from removing them (it would otherwise settle the run as gone).
     assert store.list_runs() == []
     assert store.list_runs(status="pending") == []
-    assert "r1" in members(client, k.global_group().everything)
-    assert "r1" in members(client, k.by_status(PENDING))
+    assert "r1" in members(client, k.global_group("r1").everything)
+    assert "r1" in members(client, k.global_group("r1").status(PENDING))
 
     creator.run_through("create_run")  # ... and dies before settling
     assert ids(store.list_runs()) == ["r1"]
@@ -243,8 +243,8 @@ def test_entries_of_a_create_that_never_happened_are_removed_by_a_reader_once_th
     )
     creator.run_through("add_index_entries")  # ... and dies before create_run
     zsets = [
-        k.global_group().everything,
-        k.by_status(PENDING),
+        k.global_group("r1").everything,
+        k.global_group("r1").status(PENDING),
         k.by_tenant("t"),
         k.tenant_group("t").status(PENDING),
     ]
@@ -259,7 +259,7 @@ def test_entries_of_a_create_that_never_happened_are_removed_by_a_reader_once_th
     assert ids(store.list_runs(tenant_id="t", status="pending")) == ["other"]
     for zset in zsets:
         assert "r1" not in members(client, zset), zset
-    for group in [k.global_group(), k.tenant_group("t")]:
+    for group in [k.global_group("r1"), k.tenant_group("t")]:
         assert entry(client, group, "r1") is None
 
 
@@ -273,7 +273,7 @@ def test_a_late_settle_of_an_older_version_changes_nothing(
     new_run(store)
     store.update("r1", {"status": "running"})
     store.update("r1", {"status": "completed"})  # version 3
-    groups = [k.global_group(), k.tenant_group("t")]
+    groups = [k.global_group("r1"), k.tenant_group("t")]
     score = epoch_ms(T0)
 
     def state() -> list[Any]:
@@ -322,7 +322,7 @@ def test_a_writer_overtaken_between_its_commit_and_its_settle_does_not_undo_the_
 
     slow.finish()  # the late settle of version 3: ignored, only its mark is cleared
     assert store.require("r1").status == RUNNING
-    for group in [k.global_group(), k.tenant_group("t")]:
+    for group in [k.global_group("r1"), k.tenant_group("t")]:
         assert "r1" in members(client, group.status(RUNNING))
         assert entry(client, group, "r1") == (str(epoch_ms(T0)), "4", ())
     assert ids(store.list_runs(status="running")) == ["r1"]
@@ -331,7 +331,7 @@ def test_a_writer_overtaken_between_its_commit_and_its_settle_does_not_undo_the_
     # removed); with no mark left, the first reader that meets it removes it.
     assert store.list_runs(status="suspended") == []
     assert store.list_runs(tenant_id="t", status="suspended") == []
-    for group in [k.global_group(), k.tenant_group("t")]:
+    for group in [k.global_group("r1"), k.tenant_group("t")]:
         assert "r1" not in members(client, group.status(SUSPENDED))
         assert "r1" in members(client, group.status(RUNNING))
 
@@ -353,14 +353,14 @@ def test_a_pending_mark_keeps_a_reader_from_removing_an_entry_until_the_writer_s
     # marked, leaves it (the writer may be about to make it true).
     assert store.list_runs(status="suspended") == []
     assert store.list_runs(tenant_id="t", status="suspended") == []
-    for group in [k.global_group(), k.tenant_group("t")]:
+    for group in [k.global_group("r1"), k.tenant_group("t")]:
         assert "r1" in members(client, group.status(SUSPENDED))
 
     with pytest.raises(VersionConflictError):
         writer.finish()  # refused: it clears its marks
     assert store.list_runs(status="suspended") == []
     assert store.list_runs(tenant_id="t", status="suspended") == []
-    for group in [k.global_group(), k.tenant_group("t")]:
+    for group in [k.global_group("r1"), k.tenant_group("t")]:
         assert "r1" not in members(client, group.status(SUSPENDED))  # the reader repaired it
         assert entry(client, group, "r1") == (str(epoch_ms(T0)), "2", ())
 
@@ -378,7 +378,7 @@ def test_a_pending_mark_keeps_another_writers_settle_and_a_reader_from_removing_
 
     other.finish()  # commits version 3 (running) and settles it: suspended is marked, kept
     assert store.list_runs(status="suspended") == []  # a reader: kept as well
-    for group in [k.global_group(), k.tenant_group("t")]:
+    for group in [k.global_group("r1"), k.tenant_group("t")]:
         assert "r1" in members(client, group.status(SUSPENDED))
 
     writer.run_through("commit_run")  # version 4, suspended ... and the writer dies
@@ -391,7 +391,7 @@ def test_a_pending_mark_survives_a_second_writer_that_adds_and_settles_in_betwee
     store: RedisPipelineStateStore, client: Any
 ) -> None:
     k = store.keys
-    everywhere = [k.global_group(), k.tenant_group("t")]
+    everywhere = [k.global_group("r1"), k.tenant_group("t")]
     new_run(store)
     store.update("r1", {"status": "running"})
     writer = commit_plan(another(store), "r1", {"status": "suspended"})
@@ -411,7 +411,7 @@ def test_a_pending_mark_survives_a_second_writer_that_adds_and_settles_in_betwee
 
     writer.run_through("commit_run")  # version 4, suspended ... and the writer dies
     assert store.require("r1").status == SUSPENDED
-    assert "r1" in members(client, store.keys.by_status(SUSPENDED))
+    assert "r1" in members(client, store.keys.global_group("r1").status(SUSPENDED))
     assert ids(store.list_runs(status="suspended")) == ["r1"]
     assert ids(store.list_runs(tenant_id="t", status="suspended")) == ["r1"]
 
@@ -424,7 +424,7 @@ def test_an_expired_mark_is_dropped_by_the_next_writers_add(
     dead = commit_plan(another(store), "r1", {"status": "suspended"})
     dead.run_through("add_index_entries")  # ... and dies: its mark stays until it expires
     (dead_mark,) = mark_nonces(dead)
-    assert entry(client, k.global_group(), "r1") == (str(epoch_ms(T0)), "1", (dead_mark,))
+    assert entry(client, k.global_group("r1"), "r1") == (str(epoch_ms(T0)), "1", (dead_mark,))
 
     time.sleep(short_marks)
     writer = commit_plan(another(store), "r1", {"status": "running"})
@@ -432,10 +432,10 @@ def test_an_expired_mark_is_dropped_by_the_next_writers_add(
     (live_mark,) = mark_nonces(writer)
 
     # Only live marks are kept: an entry does not collect the marks of writers that died.
-    for group in [k.global_group(), k.tenant_group("t")]:
+    for group in [k.global_group("r1"), k.tenant_group("t")]:
         assert entry(client, group, "r1") == (str(epoch_ms(T0)), "1", (live_mark,))
     writer.finish()
-    for group in [k.global_group(), k.tenant_group("t")]:
+    for group in [k.global_group("r1"), k.tenant_group("t")]:
         assert entry(client, group, "r1") == (str(epoch_ms(T0)), "2", ())
 
 
@@ -449,11 +449,11 @@ def test_a_pending_mark_stops_protecting_an_entry_once_it_expired(
     writer.run_through("add_index_entries")  # ... and dies before its commit
 
     assert store.list_runs(status="suspended") == []
-    assert "r1" in members(client, k.by_status(SUSPENDED))
+    assert "r1" in members(client, k.global_group("r1").status(SUSPENDED))
     time.sleep(short_marks)
     assert store.list_runs(status="suspended") == []
     assert store.list_runs(tenant_id="t", status="suspended") == []
-    for group in [k.global_group(), k.tenant_group("t")]:
+    for group in [k.global_group("r1"), k.tenant_group("t")]:
         assert "r1" not in members(client, group.status(SUSPENDED))
         assert "r1" in members(client, group.status(RUNNING))
         assert entry(client, group, "r1") == (str(epoch_ms(T0)), "2", ())
@@ -469,18 +469,18 @@ def test_a_writers_settle_takes_the_run_out_of_the_status_it_left_not_out_of_eve
     new_run(store)
     store.update("r1", {"status": "running"})
     # A decoy no write put there: a settle that swept all five other statuses would remove it.
-    client.zadd(k.by_status(PipelineRunStatus.FAILED), {"r1": epoch_ms(T0)})
+    client.zadd(k.global_group("r1").status(PipelineRunStatus.FAILED), {"r1": epoch_ms(T0)})
     store.update("r1", {"status": "completed"})
 
-    for group in [k.global_group(), k.tenant_group("t")]:
+    for group in [k.global_group("r1"), k.tenant_group("t")]:
         assert "r1" not in members(client, group.status(RUNNING))  # the status it left
         assert "r1" not in members(client, group.status(PENDING))
         assert "r1" in members(client, group.status(COMPLETED))
-    assert "r1" in members(client, k.by_status(PipelineRunStatus.FAILED))
+    assert "r1" in members(client, k.global_group("r1").status(PipelineRunStatus.FAILED))
     # A reader that meets the decoy repairs it: a repair sweeps every other status.
     assert store.list_runs(status="failed") == []
-    assert "r1" not in members(client, k.by_status(PipelineRunStatus.FAILED))
-    assert "r1" in members(client, k.by_status(COMPLETED))
+    assert "r1" not in members(client, k.global_group("r1").status(PipelineRunStatus.FAILED))
+    assert "r1" in members(client, k.global_group("r1").status(COMPLETED))
 
 
 def test_an_entry_written_before_entries_named_their_status_is_swept_by_the_next_settle(
@@ -490,13 +490,13 @@ def test_an_entry_written_before_entries_named_their_status_is_swept_by_the_next
     new_run(store)
     store.update("r1", {"status": "running"})
     # As an older mpstate left it: "score:version", and a stray entry under failed.
-    client.hset(k.global_group().entries, "r1", f"{epoch_ms(T0)}:2")
-    client.zadd(k.by_status(PipelineRunStatus.FAILED), {"r1": epoch_ms(T0)})
+    client.hset(k.global_group("r1").entries, "r1", f"{epoch_ms(T0)}:2")
+    client.zadd(k.global_group("r1").status(PipelineRunStatus.FAILED), {"r1": epoch_ms(T0)})
     store.update("r1", {"status": "completed"})
 
-    assert "r1" not in members(client, k.by_status(PipelineRunStatus.FAILED))
-    assert "r1" not in members(client, k.by_status(RUNNING))
-    assert entry(client, k.global_group(), "r1") == (str(epoch_ms(T0)), "3", ())
+    assert "r1" not in members(client, k.global_group("r1").status(PipelineRunStatus.FAILED))
+    assert "r1" not in members(client, k.global_group("r1").status(RUNNING))
+    assert entry(client, k.global_group("r1"), "r1") == (str(epoch_ms(T0)), "3", ())
 
 
 def test_a_removal_a_live_mark_held_back_is_made_by_the_next_settle_after_the_mark_expired(
@@ -508,7 +508,7 @@ def test_a_removal_a_live_mark_held_back_is_made_by_the_next_settle_after_the_ma
     stalled.run_through("add_index_entries")  # its mark is live; it dies before committing
     store.update("r1", {"status": "running"})  # settled while the mark is live: pending stays
 
-    everywhere = [k.global_group(), k.tenant_group("t")]
+    everywhere = [k.global_group("r1"), k.tenant_group("t")]
     for group in everywhere:
         assert "r1" in members(client, group.status(PENDING))
     time.sleep(short_marks)
@@ -533,9 +533,9 @@ def expired_run(store: RedisPipelineStateStore, client: Any) -> None:
     time.sleep(0.65)
     assert store.get("r1") is None
     k = store.keys
-    assert members(client, k.global_group().everything) == {"r1": epoch_ms(T0)}
-    assert members(client, k.by_status(RUNNING)) == {"r1": epoch_ms(T0)}
-    assert entry(client, k.global_group(), "r1") == (str(epoch_ms(T0)), "2", ())
+    assert members(client, k.global_group("r1").everything) == {"r1": epoch_ms(T0)}
+    assert members(client, k.global_group("r1").status(RUNNING)) == {"r1": epoch_ms(T0)}
+    assert entry(client, k.global_group("r1"), "r1") == (str(epoch_ms(T0)), "2", ())
 
 
 def assert_indexed_as_recreated(
@@ -543,7 +543,7 @@ def assert_indexed_as_recreated(
 ) -> None:
     k = store.keys
     score = epoch_ms(created_at)
-    for group in [k.global_group(), k.tenant_group("new")]:
+    for group in [k.global_group("r1"), k.tenant_group("new")]:
         assert members(client, group.everything) == {"r1": score}
         assert members(client, group.status(PENDING)) == {"r1": score}
         assert members(client, group.status(RUNNING)) == {}
@@ -578,7 +578,7 @@ def test_a_readers_late_repair_of_an_expired_incarnation_leaves_the_re_created_r
     assert ids(reader.finish()) in ([], ["r1"])
     assert reader.names().count("settle_index_entries") == 1
     score = epoch_ms(created_at)
-    for group in [k.global_group(), k.tenant_group("t")]:
+    for group in [k.global_group("r1"), k.tenant_group("t")]:
         assert members(client, group.everything) == {"r1": score}
         assert members(client, group.status(PENDING)) == {"r1": score}
         assert entry(client, group, "r1") == (str(score), "1", ())
@@ -630,7 +630,7 @@ def recreated_by_a_creator_that_dies(
     creator.run_through("create_run")  # ... and dies before settling
     assert "settle_index_entries" not in creator.names()
     # add_index_entries' ZADD NX kept the expired incarnation's score in the global index.
-    assert members(client, store.keys.global_group().everything) == {"r1": epoch_ms(T0)}
+    assert members(client, store.keys.global_group("r1").everything) == {"r1": epoch_ms(T0)}
     return creator
 
 
@@ -649,7 +649,7 @@ def test_a_run_id_created_again_by_a_creator_that_dies_before_settling_is_rescor
     # A read whose window covers the old score meets the entry, lists the run, and finds the
     # entry's score is not the run's created_at: it settles the run as created (rescore).
     assert ids(another(store).list_runs()) == ["r1"]
-    for group in [k.global_group(), k.tenant_group("new")]:
+    for group in [k.global_group("r1"), k.tenant_group("new")]:
         assert members(client, group.everything) == {"r1": score}
         assert members(client, group.status(PENDING)) == {"r1": score}
         assert entry(client, group, "r1") == (str(score), "1", (dead_mark,))
@@ -659,10 +659,10 @@ def test_a_run_id_created_again_by_a_creator_that_dies_before_settling_is_rescor
 
     # The old incarnation's status entry outlives the dead creator's mark only until a read.
     assert store.list_runs(status="running") == []
-    assert "r1" in members(client, k.by_status(RUNNING))
+    assert "r1" in members(client, k.global_group("r1").status(RUNNING))
     time.sleep(short_marks)
     assert store.list_runs(status="running") == []
-    assert members(client, k.by_status(RUNNING)) == {}
+    assert members(client, k.global_group("r1").status(RUNNING)) == {}
     assert store.list_runs(tenant_id="old") == []
     assert members(client, k.by_tenant("old")) == {}
 
@@ -779,11 +779,9 @@ def test_a_creator_that_stalls_after_claiming_the_key_is_voided_and_loses_to_exa
     assert ids(store.list_runs(idempotency_key="k")) == ["fast"]
     assert ids(store.list_runs(tenant_id="t", status="pending")) == ["fast"]
     # The slow creator's entries (added before its refused create) were repaired away.
-    for zset in [
-        k.global_group().everything,
-        k.tenant_group("t").status(PENDING),
-        k.by_idempotency_key("k"),
-    ]:
+    every_shard = set().union(*(members(client, g.everything) for g in k.global_groups()))
+    assert every_shard == {"fast"}
+    for zset in [k.tenant_group("t").status(PENDING), k.by_idempotency_key("k")]:
         assert set(members(client, zset)) == {"fast"}, zset
     assert claim_of(store, client)[1] == "fast"
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import random
+import uuid
+from collections import Counter
 
 import fakeredis
 import pytest
@@ -19,7 +22,7 @@ from mpstate import (
     RunStarted,
 )
 from mpstate.fields import MAX_ID_LENGTH
-from mpstate.redis.keys import RedisKeys, escape_id
+from mpstate.redis.keys import GLOBAL_SHARDS, RedisKeys, escape_id, shard_of, shard_tags
 
 #: Ids that would collide or break out of their key under a naive scheme.
 TRICKY_IDS = [
@@ -86,12 +89,15 @@ def labelled_keys(keys: RedisKeys, a: str, b: str) -> list[tuple[str, tuple[obje
         (keys.unmatched_counts(), ("unmatched_counts",)),
         (keys.by_tenant(a), ("by_tenant", a)),
         (keys.by_idempotency_key(a), ("by_idempotency_key", a)),
-        (keys.global_group().everything, ("global_group",)),
+        (keys.global_group(a).everything, ("global_group", shard_of(a, GLOBAL_SHARDS))),
     ]
     labelled += [
         (keys.tenant_group(a).status(s), ("tenant_group.status", a, s)) for s in PipelineRunStatus
     ]
-    labelled += [(keys.by_status(s), ("by_status", s)) for s in PipelineRunStatus]
+    labelled += [
+        (keys.global_group(a).status(s), ("global_group.status", shard_of(a, GLOBAL_SHARDS), s))
+        for s in PipelineRunStatus
+    ]
     return labelled
 
 
@@ -208,7 +214,87 @@ def test_the_unmatched_callbacks_and_their_counts_share_one_slot_of_their_own() 
     assert keys.unmatched() == "mp:{unmatched}"
     assert keys.unmatched_counts() == "mp:{unmatched}:counts"
     assert hash_tag(keys.unmatched()) == hash_tag(keys.unmatched_counts()) == "unmatched"
-    assert key_slot(keys.unmatched().encode()) != key_slot(keys.global_group().everything.encode())
+    shard_slots = {key_slot(group.everything.encode()) for group in keys.global_groups()}
+    assert key_slot(keys.unmatched().encode()) not in shard_slots
+
+
+# -- the global shards ----------------------------------------------------------------------------
+
+#: The 16 shard tags as first shipped: a stored index is found only under the same tags.
+SHIPPED_SHARD_TAGS = (
+    "all.0.61", "all.1.62", "all.2.41", "all.3.42", "all.4.0", "all.5.3", "all.6.22", "all.7.21",
+    "all.8.41", "all.9.42", "all.10.23", "all.11.20", "all.12.11", "all.13.12", "all.14.1",
+    "all.15.2",
+)  # fmt: skip
+
+
+def test_the_global_shards_tags_are_the_shipped_ones() -> None:
+    assert GLOBAL_SHARDS == 16
+    assert shard_tags(16) == SHIPPED_SHARD_TAGS
+    assert shard_tags(1) == ("all",)  # one shard: the layout before sharding, mp:idx:{all}
+    keys = RedisKeys("mp")
+    assert [group.everything for group in keys.global_groups()] == [
+        f"mp:idx:{{{tag}}}" for tag in SHIPPED_SHARD_TAGS
+    ]
+
+
+@pytest.mark.parametrize("shards", [2, 3, 5, 16, 64])
+def test_shard_i_hashes_into_the_ith_slice_of_the_slot_range(shards: int) -> None:
+    for shard, tag in enumerate(shard_tags(shards)):
+        slot = key_slot(f"mp:idx:{{{tag}}}".encode())
+        assert shard * 16384 // shards <= slot < (shard + 1) * 16384 // shards, (shard, tag)
+
+
+@given(st.integers(0, 16383), st.integers(0, 16383))
+def test_any_contiguous_slot_range_holds_its_share_of_the_shards_within_two(a: int, b: int) -> None:
+    first, last = sorted((a, b))
+    slots = [key_slot(group.everything.encode()) for group in RedisKeys("mp").global_groups()]
+    inside = sum(first <= slot <= last for slot in slots)
+    assert abs(inside - (last - first + 1) * GLOBAL_SHARDS / 16384) < 2
+
+
+@pytest.mark.parametrize("primaries", range(2, 9))
+def test_an_even_split_of_the_slots_gives_each_primary_its_share_of_the_shards(
+    primaries: int,
+) -> None:
+    # Slots split into equal contiguous ranges, as redis-cli --cluster create and the suite's
+    # LocalRedisCluster assign them: each primary holds 16/primaries shards, rounded.
+    held = [0] * primaries
+    for group in RedisKeys("mp").global_groups():
+        held[key_slot(group.everything.encode()) * primaries // 16384] += 1
+    assert set(held) <= {GLOBAL_SHARDS // primaries, -(-GLOBAL_SHARDS // primaries)}, held
+
+
+def test_a_runs_shard_is_a_pure_function_of_its_id() -> None:
+    # CRC16 of the escaped id: the same in every process and version (Python's hash() is not:
+    # it changes with PYTHONHASHSEED, and these pinned values would not hold).
+    assert {r: shard_of(r, 16) for r in ["r1", "run-42", "ünïcødé", "a:b", "{x}"]} == {
+        "r1": 2, "run-42": 4, "ünïcødé": 15, "a:b": 5, "{x}": 6,
+    }  # fmt: skip
+    assert all(shard_of(r, 1) == 0 for r in TRICKY_IDS)
+
+
+@given(ids)
+def test_a_run_is_indexed_in_the_shard_whose_slice_holds_the_runs_own_slot(run_id: str) -> None:
+    keys = RedisKeys("mp")
+    group = keys.global_group(run_id)
+    assert keys.groups_of(run_id, "t", "k")[0] == group
+    assert group == keys.global_groups()[shard_of(run_id, GLOBAL_SHARDS)]
+    run_slot = key_slot(keys.run(run_id).encode())
+    assert key_slot(group.everything.encode()) // 1024 == run_slot // 1024
+
+
+@pytest.mark.parametrize("kind", ["random", "sequential"])
+def test_run_ids_spread_evenly_over_the_shards(kind: str) -> None:
+    rng = random.Random(0)
+    run_ids = [
+        str(uuid.UUID(int=rng.getrandbits(128))) if kind == "random" else f"run-{n}"
+        for n in range(16_000)
+    ]
+    per_shard = Counter(shard_of(run_id, GLOBAL_SHARDS) for run_id in run_ids)
+    assert len(per_shard) == GLOBAL_SHARDS
+    # 1,000 each on average; the binomial deviation is about 31.
+    assert all(850 <= n <= 1150 for n in per_shard.values()), per_shard
 
 
 # -- prefixes -----------------------------------------------------------------------------------
@@ -228,13 +314,13 @@ def test_a_prefix_with_glob_characters_scans_exactly_its_own_keys(
 ) -> None:
     mine = RedisKeys(f"{prefix}{special}")
     lookalikes = [RedisKeys(f"{prefix}{other}") for other in ["x", "*x", "xx", "[", "]", "\\", "a"]]
-    written = [mine.global_group().everything, mine.run("r")]
-    written += [k.global_group().everything for k in lookalikes if k.prefix != mine.prefix]
+    written = [mine.global_group("r").everything, mine.run("r")]
+    written += [k.global_group("r").everything for k in lookalikes if k.prefix != mine.prefix]
     try:
         for key in written:
             redis_client.set(key, "1", px=60_000)
         found = {key.decode() for key in redis_client.scan_iter(match=mine.pattern(), count=1000)}
-        assert found == {mine.global_group().everything, mine.run("r")}
+        assert found == {mine.global_group("r").everything, mine.run("r")}
     finally:
         redis_client.delete(*written)
 

@@ -56,6 +56,17 @@ def index_members(client: redis.Redis, key: str) -> list[str]:
     return [text(member) for member in members]
 
 
+def global_members(
+    client: redis.Redis, keys: RedisKeys, status: PipelineRunStatus | None = None
+) -> list[str]:
+    """The members of every global shard (its zset of ``status``, if given), by score."""
+    found: list[tuple[float, str]] = []
+    for group in keys.global_groups():
+        key = group.everything if status is None else group.status(status)
+        found += [(score, text(m)) for m, score in client.zrange(key, 0, -1, withscores=True)]
+    return [member for _, member in sorted(found)]
+
+
 def ids(runs: list[Any]) -> list[str]:
     return [run.run_id for run in runs]
 
@@ -71,26 +82,28 @@ def test_a_new_run_writes_the_documented_keys(redis_client: redis.Redis, prefix:
     written = keys_under(redis_client, prefix)
     operations = {key for key in written if key.startswith(f"{k.run('r1')}:op:")}
     assert len(operations) == 1
+    shard = k.global_group("r1")
     assert written - operations == {
         k.run("r1"),
         k.events("r1"),
-        k.global_group().everything,
-        k.by_status(PipelineRunStatus.PENDING),
-        k.global_group().entries,
+        shard.everything,
+        shard.status(PipelineRunStatus.PENDING),
+        shard.entries,
     }
-    assert k.global_group().everything == f"{prefix}:idx:{{all}}"
-    assert k.global_group().entries == f"{prefix}:idx:{{all}}:entries"
+    # r1 is in global shard 2 of 16, whose tag is pinned: moving it would hide stored entries.
+    assert shard.everything == f"{prefix}:idx:{{all.2.41}}"
+    assert shard.entries == f"{prefix}:idx:{{all.2.41}}:entries"
     assert redis_client.type(k.run("r1")) == b"hash"
     assert redis_client.type(k.events("r1")) == b"stream"
-    assert redis_client.type(k.global_group().entries) == b"hash"
+    assert redis_client.type(shard.entries) == b"hash"
     entries = redis_client.xrange(k.events("r1"))
     assert entries is not None
     assert [entry_id for entry_id, _ in entries] == [b"0-1"]
-    assert redis_client.zscore(k.global_group().everything, "r1") == epoch_ms(T0)
-    assert redis_client.zscore(k.by_status(PipelineRunStatus.PENDING), "r1") == epoch_ms(T0)
+    assert redis_client.zscore(shard.everything, "r1") == epoch_ms(T0)
+    assert redis_client.zscore(shard.status(PipelineRunStatus.PENDING), "r1") == epoch_ms(T0)
     # Settled: "score:version:status" (pending is the first status zset) and no pending mark
     # (";expiry:nonce:added") left behind.
-    assert redis_client.hgetall(k.global_group().entries) == {b"r1": f"{epoch_ms(T0)}:1:1".encode()}
+    assert redis_client.hgetall(shard.entries) == {b"r1": f"{epoch_ms(T0)}:1:1".encode()}
 
 
 def test_tenant_key_and_job_keys_are_written_where_documented(
@@ -119,9 +132,9 @@ def test_tenant_key_and_job_keys_are_written_where_documented(
         k.job("replicate", "j2"),
         k.job_providers("j1"),
         k.job_providers("j2"),
-        k.global_group().everything,
-        k.by_status(PipelineRunStatus.PENDING),
-        k.global_group().entries,
+        k.global_group("r1").everything,
+        k.global_group("r1").status(PipelineRunStatus.PENDING),
+        k.global_group("r1").entries,
         k.by_tenant("t"),
         k.tenant_group("t").status(PipelineRunStatus.PENDING),
         k.tenant_group("t").entries,
@@ -141,7 +154,7 @@ def test_tenant_key_and_job_keys_are_written_where_documented(
     # "score:version:status", no pending mark left; the idempotency key's group has no status
     # zsets, so no status position.
     settled = {
-        k.global_group(): f"{epoch_ms(T0)}:1:1".encode(),
+        k.global_group("r1"): f"{epoch_ms(T0)}:1:1".encode(),
         k.tenant_group("t"): f"{epoch_ms(T0)}:1:1".encode(),
         k.idempotency_group("key"): f"{epoch_ms(T0)}:1:".encode(),
     }
@@ -300,9 +313,9 @@ def test_every_key_the_store_writes_has_a_ttl(redis_client: redis.Redis, prefix:
         k.job("legacy", "l1"),
         k.job_providers("j0b"),
         k.job_providers("l1"),
-        k.global_group().everything,
-        k.by_status(PipelineRunStatus.CANCELLED),
-        k.global_group().entries,
+        k.global_group("r0").everything,
+        k.global_group("r2").status(PipelineRunStatus.CANCELLED),
+        k.global_group("r0").entries,
         k.by_tenant("t2"),
         k.tenant_group("t1").status(PipelineRunStatus.RUNNING),
         k.tenant_group("t1").entries,
@@ -394,9 +407,9 @@ def test_keys_expire_after_their_configured_lifetimes(
         assert 995 < ttl_s(key) <= 1000, key
     # Indexes live twice the run TTL, re-asserted by a run's write every half run TTL.
     for key in [
-        k.global_group().everything,
-        k.by_status(PipelineRunStatus.PENDING),
-        k.global_group().entries,
+        k.global_group("r1").everything,
+        k.global_group("r1").status(PipelineRunStatus.PENDING),
+        k.global_group("r1").entries,
         k.by_tenant("t"),
         k.tenant_group("t").status(PipelineRunStatus.PENDING),
         k.tenant_group("t").entries,
@@ -450,7 +463,8 @@ def test_a_run_kept_alive_by_writes_stays_listed(redis_client: redis.Redis, pref
     assert ids(store.list_runs(tenant_id="t")) == ["kept"]
     assert ids(store.list_runs(tenant_id="t", status="pending")) == ["kept"]
     assert ids(store.list_runs(idempotency_key="kkept")) == ["kept"]
-    for key in [k.global_group().everything, k.global_group().entries, k.tenant_group("t").entries]:
+    kept = k.global_group("kept")
+    for key in [kept.everything, kept.entries, k.tenant_group("t").entries]:
         assert redis_client.pttl(key) > 600, key
 
 
@@ -482,7 +496,9 @@ def test_an_index_key_gets_its_ttl_when_it_gains_a_member_not_on_every_write(
     store = new_store(redis_client, prefix, run_ttl_seconds=100)  # indexes live 200 s
     k = store.keys
     store.create({"runId": "r1", "pipelineId": "p", "tenantId": "t"})
-    kept = [k.global_group().everything, k.global_group().entries, k.tenant_group("t").entries]
+    shard = k.global_group("r1")
+    assert k.global_group("r5") == shard  # the second run below joins r1's global shard
+    kept = [shard.everything, shard.entries, k.tenant_group("t").entries]
     for key in kept:
         redis_client.pexpire(key, 150_000)  # as if their TTL was last set 50 s ago
     store.update("r1", {"status": "running"})
@@ -490,12 +506,12 @@ def test_an_index_key_gets_its_ttl_when_it_gains_a_member_not_on_every_write(
     for key in kept:  # r1 was in them already: not renewed by its status change
         assert 140_000 < redis_client.pttl(key) <= 150_000, key
     for key in [
-        k.by_status(PipelineRunStatus.RUNNING),
+        shard.status(PipelineRunStatus.RUNNING),
         k.tenant_group("t").status(PipelineRunStatus.RUNNING),
     ]:
         assert 199_000 < redis_client.pttl(key) <= 200_000, key  # a new key: it gets the TTL
-    store.create({"runId": "r2", "pipelineId": "p", "tenantId": "t"})
-    for key in kept:  # r2 joined them: renewed
+    store.create({"runId": "r5", "pipelineId": "p", "tenantId": "t"})
+    for key in kept:  # r5 joined them: renewed
         assert 199_000 < redis_client.pttl(key) <= 200_000, key
 
 
@@ -560,24 +576,24 @@ def test_an_index_entry_whose_run_is_gone_is_never_listed_and_is_pruned(
     run_ids = make_runs(store, 8)
     expire(redis_client, store, "r00", "r03", "r04")
     live = [r for r in run_ids if r not in {"r00", "r03", "r04"}]
-    assert "r03" in index_members(redis_client, k.global_group().everything)
+    assert "r03" in global_members(redis_client, k)
 
     assert ids(store.list_runs()) == live
-    assert index_members(redis_client, k.global_group().everything) == live
+    assert global_members(redis_client, k) == live
 
     assert ids(store.list_runs(status="pending")) == live
-    assert index_members(redis_client, k.by_status(PipelineRunStatus.PENDING)) == live
+    assert global_members(redis_client, k, PipelineRunStatus.PENDING) == live
     assert ids(store.list_runs(tenant_id="t1")) == ["r01", "r05", "r07"]
     assert index_members(redis_client, k.by_tenant("t1")) == ["r01", "r05", "r07"]
     assert store.list_runs(idempotency_key="k") == []
     assert store.list_runs(tenant_id="t") == []
     assert index_members(redis_client, k.by_idempotency_key("k")) == []
     # Their entries-hash fields went with them.
-    for group in [k.global_group(), k.tenant_group("t"), k.idempotency_group("k")]:
-        for gone in ["r00", "r03", "r04"]:
+    for gone in ["r00", "r03", "r04"]:
+        for group in [k.global_group(gone), k.tenant_group("t"), k.idempotency_group("k")]:
             assert redis_client.hget(group.entries, gone) is None, (group, gone)
     assert redis_client.hget(k.tenant_group("t1").entries, "r03") is None
-    assert redis_client.hget(k.global_group().entries, "r01") is not None
+    assert redis_client.hget(k.global_group("r01").entries, "r01") is not None
 
 
 def test_a_run_whose_hash_is_gone_is_missing_everywhere(
@@ -795,6 +811,9 @@ def test_every_write_script_touches_one_cluster_slot(one_node_cluster: redis.Red
     assert [event.seq for event in store.list_events("r0")][:1] == [1]
     assert isinstance(store.last_event("r0"), RunStarted)
     assert ids(store.list_runs(status="cancelled")) == ["r2"]
+    # A window is paged by page_index, in one zset or merged over the global shards.
+    assert ids(store.list_runs(tenant_id="t2", since=T0)) == ["r2"]
+    assert store.list_runs(since=T0, offset=100, limit=1) == []
 
     # Every script ran, so the server checked every one ...
     assert set(SCRIPT_NAMES) <= sent.names
@@ -808,11 +827,34 @@ def test_a_script_whose_keys_span_two_slots_is_refused_by_the_one_node_cluster(
 ) -> None:
     """Control for the test above: the node does refuse a script writing a run and an index."""
     k = RedisKeys("mp")
-    assert key_slot(k.run("r1").encode()) != key_slot(k.global_group().everything.encode())
+    assert key_slot(k.run("r1").encode()) != key_slot(k.global_group("r1").everything.encode())
     command: Any = one_node_cluster.execute_command
     with pytest.raises(redis.ResponseError, match="same slot"):  # CROSSSLOT
         command("EVAL", "return redis.call('EXISTS', KEYS[1], KEYS[2])", 2,
-                k.run("r1"), k.global_group().everything)  # fmt: skip
+                k.run("r1"), k.global_group("r1").everything)  # fmt: skip
+
+
+def test_creates_write_the_global_indexes_on_every_primary_of_a_cluster(
+    cluster_client: Any, prefix: str
+) -> None:
+    # One slot held the global indexes, so every create wrote to one primary; the shards spread
+    # those writes over the 3 primaries of the suite's cluster, about a third each.
+    store = RedisPipelineStateStore(cluster_client, prefix=prefix)
+    for n in range(300):
+        store.create({"runId": f"spread-{n}", "pipelineId": "p", "tenantId": f"t{n % 3}"})
+    primaries = {node.name: 0 for node in cluster_client.get_primaries()}
+    shards_on: dict[str, int] = dict.fromkeys(primaries, 0)
+    for group in store.keys.global_groups():
+        node = cluster_client.get_node_from_key(group.everything).name
+        shards_on[node] += 1
+        primaries[node] += cluster_client.zcard(group.status(PipelineRunStatus.PENDING))
+
+    assert len(primaries) == 3
+    assert sum(primaries.values()) == 300
+    assert sorted(shards_on.values()) == [5, 5, 6]
+    assert all(60 <= entries <= 140 for entries in primaries.values()), primaries
+    assert sum(store.count_by_status().values()) == 300
+    assert len(store.list_runs(offset=250, limit=100)) == 50
 
 
 @pytest.mark.parametrize("backend", ["redis", "redis6"], indirect=True)

@@ -304,7 +304,7 @@ def test_index_follow_ups_run_twice_leave_every_index_as_the_run_says(
     assert ids(store.list_runs(idempotency_key="k")) == [RUN_ID]
     assert store.list_runs(status=["pending", "running"]) == []
     assert store.list_runs(tenant_id="t", status=["pending", "running"]) == []
-    for group in [k.global_group(), k.tenant_group("t")]:
+    for group in [k.global_group(RUN_ID), k.tenant_group("t")]:
         for status in [PipelineRunStatus.PENDING, PipelineRunStatus.RUNNING]:
             assert redis_client.zscore(group.status(status), RUN_ID) is None
         assert redis_client.zscore(group.status(PipelineRunStatus.CANCELLED), RUN_ID) is not None

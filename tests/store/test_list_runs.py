@@ -323,6 +323,40 @@ def test_newest_first_is_the_same_selection_in_reverse_and_pages_from_the_newest
         assert paged == want, size
 
 
+DEEP_CRITERIA: list[dict[str, Any]] = [
+    {},
+    {"status": "running"},
+    {"status": ["pending", "running"]},
+    {"since": at(5), "until": at(40)},
+]
+
+
+@pytest.mark.parametrize("criteria", DEEP_CRITERIA, ids=["all", "status", "statuses", "window"])
+def test_a_page_deep_into_a_large_selection_is_its_slice_in_either_order(
+    store: PipelineStateStore, criteria: dict[str, Any]
+) -> None:
+    # 300 runs, 5 to a created_at. On Redis, a listing without a tenant merges the global
+    # shards, and a page past the first few dozen runs is found by counting, not by reading
+    # every run before it (mpstate/redis/paging.py).
+    made = []
+    for n in range(300):
+        run_id = f"deep-{(n * 37) % 300:03d}"
+        status = PipelineRunStatus.RUNNING if n % 3 == 0 else PipelineRunStatus.PENDING
+        store.create({"runId": run_id, "pipelineId": "p", "createdAt": at(n // 5).isoformat()})
+        if status is PipelineRunStatus.RUNNING:
+            store.update(run_id, {"status": "running"})
+        made.append(Made(run_id, at(n // 5), None, None, status))
+    want = expected(made, **criteria)
+    for newest_first in (False, True):
+        order = want[::-1] if newest_first else want
+        for limit in (1, 7, 40):
+            for offset in (0, 3, 66, 101, 150, len(order) - limit, len(order) - 1, len(order)):
+                page = store.list_runs(
+                    **criteria, limit=limit, offset=offset, newest_first=newest_first
+                )
+                assert ids(page) == order[offset : offset + limit], (newest_first, limit, offset)
+
+
 def test_an_offset_past_the_end_returns_nothing(store: PipelineStateStore) -> None:
     make_dataset(store, count=5)
     assert store.list_runs(offset=5) == []
