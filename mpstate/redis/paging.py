@@ -93,6 +93,10 @@ class Window:
         return second < first if self.newest_first else first < second
 
 
+#: The most members a Redis sorted set can hold (2^32 - 1): no rank reaches it.
+_MAX_ZSET_SIZE = 2**32
+
+
 def pairs(reply: Any) -> list[Entry]:
     """(score, member) entries from a ZRANGE/page_index reply, flat or paired."""
     if reply and isinstance(reply[0], list | tuple):
@@ -107,6 +111,8 @@ def read_page(
     None: every entry from ``offset``). ``shares``: into how many even shares the entries are
     split (the global shards; 1: no even split, e.g. a tenant's status zsets), which sets how
     much of the page each zset is first asked for."""
+    if offset >= len(zsets) * _MAX_ZSET_SIZE:  # past every entry, and past what a rank can say
+        return []
     if len(zsets) == 1:
         return pairs((yield window.read(zsets[0], offset, -1 if count is None else count)))
     if count is None:  # everything: read it all
