@@ -86,7 +86,7 @@ SINGLE_RUN_OPERATIONS = ("update", "append_event", "find_by_external_job_id", "l
 CREATE_RATIO_GOAL = 0.5
 #: A page from the big tenant takes at most this many times the small tenant's page.
 PAGE_SCALING_GOAL = 1.5
-HANDOFF_GOAL_MS = 5.0
+HANDOFF_GOAL_MS = 2.0
 #: How long each contending thread holds the lock (the waiters are blocked meanwhile).
 HANDOFF_HOLD_SECONDS = 0.002
 
