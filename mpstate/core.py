@@ -158,14 +158,21 @@ class StoreCore(ABC):
     # -- creating ---------------------------------------------------------------------------
 
     def _plan_create(
-        self, run: PipelineRun | Mapping[str, Any], *, return_existing: bool
+        self,
+        run: PipelineRun | Mapping[str, Any],
+        *,
+        return_existing: bool,
+        events: Sequence[PipelineEvent | Mapping[str, Any]] = (),
     ) -> Plan[tuple[PipelineRun, bool]]:
         new_run = self._new_run(run)
         created_event = RunCreated(
             run_id=new_run.run_id, pipeline_def_hash=new_run.pipeline_def_hash
         )
+        then = self._own_events(new_run.run_id, events)
+        if any(event.kind == created_event.kind for event in then):
+            raise InvalidInputError("create() logs run-created itself: it cannot be given one")
         stored, created = yield from self._insert(
-            new_run, created_event, return_existing=return_existing
+            new_run, (created_event, *then), return_existing=return_existing
         )
         if not created and self._visible(stored) is None:
             raise refusal_error(Refusal.ALREADY_EXISTS, new_run.run_id)
@@ -480,9 +487,10 @@ class StoreCore(ABC):
 
     @abstractmethod
     def _insert(
-        self, run: PipelineRun, created_event: RunCreated, *, return_existing: bool
+        self, run: PipelineRun, events: tuple[PipelineEvent, ...], *, return_existing: bool
     ) -> Plan[tuple[PipelineRun, bool]]:
-        """Store ``run`` with ``created_event`` as seq 1, atomically; see ``create``."""
+        """Store ``run`` with ``events`` (run-created first) as seqs 1.., atomically; see
+        ``create``."""
 
     @abstractmethod
     def _apply(self, change: RunChange) -> Plan[Applied]:

@@ -23,7 +23,7 @@ from typing import Any, Unpack
 from mpstate.changes import Applied, Refusal, RunChange, refusal_error
 from mpstate.core import LockAttempt, StoreCore
 from mpstate.deliveries import UnmatchedCallback
-from mpstate.events import TERMINAL_EVENT_KINDS, PipelineEvent, RunCreated
+from mpstate.events import TERMINAL_EVENT_KINDS, PipelineEvent
 from mpstate.filters import RunFilter
 from mpstate.models import PipelineRun, PipelineRunStatus
 from mpstate.options import StoreOptionFields, StoreOptions
@@ -89,7 +89,7 @@ class MemoryBackend(StoreCore):
 
     @immediate
     def _insert(
-        self, run: PipelineRun, created_event: RunCreated, *, return_existing: bool
+        self, run: PipelineRun, events: tuple[PipelineEvent, ...], *, return_existing: bool
     ) -> tuple[PipelineRun, bool]:
         state = self._state
         with state.mutex:
@@ -112,7 +112,7 @@ class MemoryBackend(StoreCore):
                     )
                 state.idempotency[idem] = run.run_id
             stored = _StoredRun(run.model_copy(deep=True))
-            stored.events.append(created_event.model_copy(update={"seq": 1}))
+            stored.events += [e.model_copy(update={"seq": n}) for n, e in enumerate(events, 1)]
             state.runs[run.run_id] = stored
             self._point_jobs(run)
             return run.model_copy(deep=True), True

@@ -95,19 +95,35 @@ class PipelineStateStore(StoreShell[Executor]):
 
     # -- creating ---------------------------------------------------------------------------
 
-    def create(self, run: PipelineRun | Mapping[str, Any]) -> PipelineRun:
+    def create(
+        self,
+        run: PipelineRun | Mapping[str, Any],
+        *,
+        events: Sequence[PipelineEvent | Mapping[str, Any]] = (),
+    ) -> PipelineRun:
         """Store a new run (version 1) and log ``run-created`` as its event 1.
+
+        ``events`` are logged after it, in the same write (seqs 2, 3, ...): a run created in a
+        later state than pending with the events that took it there, e.g. already started
+        (``MpState.start_run`` does this: one write instead of a create and a commit).
 
         Raises ``RunAlreadyExistsError`` when the run id exists and ``IdempotencyKeyInUseError``
         (naming the holder) when the run's idempotency key belongs to another live run; both are
         ``RunInProgressError``. Of concurrent creates of one id or one key, exactly one succeeds.
         """
-        stored, _ = self._drive(self._backend._plan_create(run, return_existing=False))
+        plan = self._backend._plan_create(run, return_existing=False, events=events)
+        stored, _ = self._drive(plan)
         return stored
 
-    def create_or_get(self, run: PipelineRun | Mapping[str, Any]) -> tuple[PipelineRun, bool]:
-        """Like ``create``, but return ``(existing run, False)`` instead of raising."""
-        return self._drive(self._backend._plan_create(run, return_existing=True))
+    def create_or_get(
+        self,
+        run: PipelineRun | Mapping[str, Any],
+        *,
+        events: Sequence[PipelineEvent | Mapping[str, Any]] = (),
+    ) -> tuple[PipelineRun, bool]:
+        """Like ``create``, but return ``(existing run, False)`` instead of raising (the existing
+        run is returned as it is: ``events`` are logged only with a run this call creates)."""
+        return self._drive(self._backend._plan_create(run, return_existing=True, events=events))
 
     # -- reading ----------------------------------------------------------------------------
 

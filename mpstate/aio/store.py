@@ -72,14 +72,26 @@ class AsyncPipelineStateStore(StoreShell[AsyncExecutor]):
     async def _extend(self, run_id: str, token: str, ttl_ms: int | None) -> bool:
         return await self._drive(self._backend._plan_extend(run_id, token, ttl_ms))
 
-    async def create(self, run: PipelineRun | Mapping[str, Any]) -> PipelineRun:
+    async def create(
+        self,
+        run: PipelineRun | Mapping[str, Any],
+        *,
+        events: Sequence[PipelineEvent | Mapping[str, Any]] = (),
+    ) -> PipelineRun:
         """See ``PipelineStateStore.create``."""
-        stored, _ = await self._drive(self._backend._plan_create(run, return_existing=False))
+        plan = self._backend._plan_create(run, return_existing=False, events=events)
+        stored, _ = await self._drive(plan)
         return stored
 
-    async def create_or_get(self, run: PipelineRun | Mapping[str, Any]) -> tuple[PipelineRun, bool]:
+    async def create_or_get(
+        self,
+        run: PipelineRun | Mapping[str, Any],
+        *,
+        events: Sequence[PipelineEvent | Mapping[str, Any]] = (),
+    ) -> tuple[PipelineRun, bool]:
         """See ``PipelineStateStore.create_or_get``."""
-        return await self._drive(self._backend._plan_create(run, return_existing=True))
+        plan = self._backend._plan_create(run, return_existing=True, events=events)
+        return await self._drive(plan)
 
     async def get(self, run_id: str, *, include_events: bool = True) -> PipelineRun | None:
         """See ``PipelineStateStore.get``."""

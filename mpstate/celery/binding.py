@@ -171,13 +171,15 @@ class MpState:
         )
         run = self._with_task_estimates(run)
         run.trace_context = new_run_context(pipeline_id, run.run_id)
-        stored, created = self.store.create_or_get(run)
-        if not created:
-            stored = self._latest_rerun(stored)
-        # Also for a run that existed already: a caller retrying after a failure between create
-        # and start must start it. Of racing callers exactly one commits run-started and
-        # publishes (the lifecycle publishes what the winning commit made ready).
-        return self.lifecycle.start_run(stored)
+        # Created already started (one write), its first steps published.
+        stored, created = self.lifecycle.create_started(run)
+        if created:
+            return stored
+        # A run that existed already (its idempotency key's): a caller retrying after a failure
+        # between creating and starting it (an older mpstate created, then started) must start
+        # it. Of racing callers exactly one commits run-started and publishes (the lifecycle
+        # publishes what the winning commit made ready).
+        return self.lifecycle.start_run(self._latest_rerun(stored))
 
     def _with_task_estimates(self, run: PipelineRun) -> PipelineRun:
         """``run`` with each step's missing cost estimate taken from its task's default."""

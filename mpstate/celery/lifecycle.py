@@ -41,6 +41,7 @@ from mpstate.celery.webhook import ProviderError, WebhookOutcome
 from mpstate.events import EventMeta, StepProgress
 from mpstate.fields import utc_now
 from mpstate.models import GateTimeout, PipelineRun, StepState, StepStatus
+from mpstate.patches import trusted_patch
 from mpstate.store import PipelineStateStore
 
 __all__ = ["Committed", "Observer", "StepLifecycle", "error_code"]
@@ -92,16 +93,19 @@ class StepLifecycle:
         """Commit what ``decide`` says on the current run, then publish and revoke what the
         commit asks for (only the winner of a race gets a transition back)."""
         committed = self.committer.apply(run_id, decide, known=known)
-        transition = committed.transition
-        if transition is not None:
-            self.notify(committed.run, transition)
-            if transition.enqueue:
-                self.published.remember(committed.run)
-            for step in transition.enqueue:
-                self.enqueue(committed.run, step, step.task_id)
-            if transition.revoke and self.revoke is not None:
-                self.revoke(transition.revoke)
+        if committed.transition is not None:
+            self._carry_out(committed.run, committed.transition)
         return committed
+
+    def _carry_out(self, run: PipelineRun, transition: Transition) -> None:
+        """After ``transition`` was written, making ``run``: observers, publishes, revokes."""
+        self.notify(run, transition)
+        if transition.enqueue:
+            self.published.remember(run)
+        for step in transition.enqueue:
+            self.enqueue(run, step, step.task_id)
+        if transition.revoke and self.revoke is not None:
+            self.revoke(transition.revoke)
 
     def notify(self, run: PipelineRun, transition: Transition) -> None:
         """Call each observer with a committed transition (``apply`` does; ``MpState.cancel_run``
@@ -126,6 +130,22 @@ class StepLifecycle:
         return self.apply(
             run.run_id, lambda pending: start_run(pending, carried, meta=meta), known=run
         ).run
+
+    def create_started(
+        self, run: PipelineRun, *, meta: EventMeta | None = None
+    ) -> tuple[PipelineRun, bool]:
+        """Create ``run`` already started, in one write: run-created, then what ``start_run``
+        logs; then publish the steps that depend on nothing. A run whose id or idempotency key
+        exists already is returned as it is, with False: nothing written, nothing published (its
+        caller starts it with ``start_run`` if it never was)."""
+        transition = start_run(run, meta=meta)
+        if transition is None:  # not a pending run: nothing to start
+            return self.store.create_or_get(run)
+        started = run.model_copy(update=trusted_patch(transition.patch).values)
+        stored, created = self.store.create_or_get(started, events=transition.events)
+        if created:
+            self._carry_out(stored, transition)
+        return stored, created
 
     def reserve_rerun(self, original: PipelineRun, rerun_id: str) -> bool:
         """Link ``rerun_id`` to ``original`` as its next re-run, unless another caller linked one

@@ -22,7 +22,7 @@ from mpstate.changes import Applied, Refusal, RunChange, refusal_error
 from mpstate.core import LockAttempt, StoreCore
 from mpstate.deliveries import UnmatchedCallback, counts_field, parse_counts_field
 from mpstate.errors import InvalidInputError
-from mpstate.events import PipelineEvent, RunCreated
+from mpstate.events import PipelineEvent
 from mpstate.filters import RunFilter
 from mpstate.models import PipelineRun, PipelineRunStatus
 from mpstate.options import StoreOptions
@@ -95,9 +95,9 @@ class RedisBackend(StoreCore):
     # -- creating and writing: ``writes.py`` ---------------------------------------------------
 
     def _insert(
-        self, run: PipelineRun, created_event: RunCreated, *, return_existing: bool
+        self, run: PipelineRun, events: tuple[PipelineEvent, ...], *, return_existing: bool
     ) -> Plan[tuple[PipelineRun, bool]]:
-        return self.writer.insert(run, created_event, return_existing=return_existing)
+        return self.writer.insert(run, events, return_existing=return_existing)
 
     def _apply(self, change: RunChange) -> Plan[Applied]:
         return self.writer.apply(change)

@@ -19,7 +19,7 @@ from typing import Any
 
 from mpstate.changes import Applied, Refusal, RunChange, Written, refusal_error
 from mpstate.errors import MpStateError
-from mpstate.events import RunCreated, event_document
+from mpstate.events import TERMINAL_EVENT_KINDS, PipelineEvent, event_document
 from mpstate.fields import epoch_ms, iso_z, now_ms
 from mpstate.models import PipelineRun, PipelineRunStatus
 from mpstate.plans import Plan
@@ -107,7 +107,7 @@ class RunWriter:
     # -- creating ---------------------------------------------------------------------------
 
     def insert(
-        self, run: PipelineRun, created_event: RunCreated, *, return_existing: bool
+        self, run: PipelineRun, events: tuple[PipelineEvent, ...], *, return_existing: bool
     ) -> Plan[tuple[PipelineRun, bool]]:
         k = self.keys
         score = epoch_ms(run.created_at)
@@ -132,12 +132,14 @@ class RunWriter:
                 "now": str(now),
                 "run_ttl": str(self._run_ttl_ms),
                 "op_ttl": str(OPERATION_TTL_MS),
+                "events": str(len(events)),
+                "ends": "1" if events[-1].kind in TERMINAL_EVENT_KINDS else "0",
             }
             create = Script(
                 "create_run",
                 [k.run(run.run_id), k.events(run.run_id), k.operation(run.run_id, operation_id()),
                  k.void(run.run_id), *index_keys],
-                [_packed(options), event_document(created_event), *fields],
+                [_packed(options), *(event_document(event) for event in events), *fields],
             )  # fmt: skip
             reply = (yield Ordered((*ahead, create)))[-1]
             code = int(reply[0])

@@ -13,6 +13,7 @@ from pydantic import ValidationError as PydanticValidationError
 from mpstate import (
     IdempotencyKeyInUseError,
     InvalidInputError,
+    InvalidTransitionError,
     PipelineRun,
     PipelineRunStatus,
     PipelineStateStore,
@@ -292,6 +293,63 @@ def test_a_new_run_may_not_carry_events(store: PipelineStateStore) -> None:
 def test_an_empty_event_list_on_a_new_run_is_accepted(store: PipelineStateStore) -> None:
     store.create({"runId": "r1", "pipelineId": "p", "events": []})
     assert [e.kind for e in store.require("r1").events] == ["run-created"]
+
+
+def test_a_run_created_with_events_logs_them_after_run_created_in_the_same_write(
+    store: PipelineStateStore,
+) -> None:
+    running = {"runId": "r1", "pipelineId": "p", "status": "running", "tenantId": "t"}
+    created = store.create(running, events=[{"kind": "run-started", "runId": "r1"}])
+
+    assert created.version == 1
+    stored = store.require("r1")
+    assert [(e.seq, e.kind) for e in stored.events] == [(1, "run-created"), (2, "run-started")]
+    assert stored.status == PipelineRunStatus.RUNNING
+    # Indexed under the status it was created in, and only there.
+    assert [r.run_id for r in store.list_runs(status="running")] == ["r1"]
+    assert [r.run_id for r in store.list_runs(tenant_id="t", status="running")] == ["r1"]
+    assert store.list_runs(status="pending") == []
+    assert store.append_event("r1", {"kind": "step-progress", "runId": "r1", "stepId": "s",
+                                     "pct": 5}) == 3  # fmt: skip
+
+
+def test_a_run_created_with_a_terminal_event_takes_no_more_events(
+    store: PipelineStateStore,
+) -> None:
+    done = {"runId": "r1", "pipelineId": "p", "status": "completed"}
+    store.create(done, events=[{"kind": "run-completed", "runId": "r1", "totalCostUsd": 0}])
+    with pytest.raises(InvalidTransitionError, match="ended its event log"):
+        store.append_event("r1", {"kind": "run-started", "runId": "r1"})
+    assert [e.kind for e in store.require("r1").events] == ["run-created", "run-completed"]
+
+
+def test_create_or_get_of_an_existing_run_logs_none_of_its_events(
+    store: PipelineStateStore,
+) -> None:
+    store.create({"runId": "r1", "pipelineId": "p"})
+    started = {"runId": "r1", "pipelineId": "p", "status": "running"}
+    existing, created = store.create_or_get(
+        started, events=[{"kind": "run-started", "runId": "r1"}]
+    )
+    assert (created, existing.status) == (False, PipelineRunStatus.PENDING)
+    assert [e.kind for e in store.require("r1").events] == ["run-created"]
+
+
+@pytest.mark.parametrize(
+    "events",
+    [
+        pytest.param([{"kind": "run-started", "runId": "other"}], id="another-runs-event"),
+        pytest.param([{"kind": "run-created", "runId": "r1"}], id="a-second-run-created"),
+        pytest.param([{"kind": "no-such-kind", "runId": "r1"}], id="an-unknown-kind"),
+        pytest.param({"kind": "run-started", "runId": "r1"}, id="not-a-list"),
+    ],
+)
+def test_create_refuses_events_it_cannot_log_and_creates_nothing(
+    store: PipelineStateStore, events: Any
+) -> None:
+    with pytest.raises(InvalidInputError):
+        store.create({"runId": "r1", "pipelineId": "p"}, events=events)
+    assert store.get("r1") is None
 
 
 @pytest.mark.parametrize(

@@ -10,15 +10,18 @@ ARGV[1] the options, one JSON object of strings (writes.py, RunWriter.insert; ""
   token     the claim token of the run's idempotency key
   now       epoch ms
   run_ttl   run TTL ms                op_ttl    op key TTL ms
+  events    n, the number of events (run-created, then what the run was created with)
+  ends      "1" when the last of them ends the log
   groups, statuses, run, index_ttl   the index groups in KEYS[5..] (settle_group.lua), or ""
   version, status   the new run's version and status JSON, settled into those groups
-ARGV[2] the run-created event JSON
-ARGV[3..] field, JSON value, field, JSON value ... (the run document)
+ARGV[2..1+n] the events' JSON, run-created first
+ARGV[2+n..] field, JSON value, field, JSON value ... (the run document)
 
 Returns {1} created | {2} this op already created the run (retry) |
         {-2, run JSON} run id exists (the JSON only with "existing") |
         {-9} the claim on the idempotency key was voided (void_claim): claim again.
-Events written: run-created as 0-1. On a cluster the index entries are written around this
+Events written: run-created as 0-1, then the others as 0-2 .. 0-n (a run created already started
+logs run-started with it: one write). On a cluster the index entries are written around this
 script (indexing.py); on a single Redis it settles them itself, after the write, as a new
 incarnation of the run id ("c"), with the same rules (settle_group.lua).
 ]]
@@ -39,11 +42,17 @@ if o.token ~= '' and redis.call('SISMEMBER', KEYS[4], o.token) == 1 then
   return {-9}
 end
 
-redis.call('HSET', KEYS[1], '_seq', 1, '_fence', 0, '_score', o.score, '_indexed', o.now,
-  '_renewed', o.now, unpack(ARGV, 3))
+local n_events = tonumber(o.events)
+redis.call('HSET', KEYS[1], '_seq', n_events, '_fence', 0, '_score', o.score, '_indexed', o.now,
+  '_renewed', o.now, unpack(ARGV, 2 + n_events))
+if o.ends == '1' then
+  redis.call('HSET', KEYS[1], '_ended', '1')
+end
 redis.call('PEXPIRE', KEYS[1], o.run_ttl)
 redis.call('DEL', KEYS[2])
-redis.call('XADD', KEYS[2], '0-1', 'e', ARGV[2])
+for i = 1, n_events do
+  redis.call('XADD', KEYS[2], '0-' .. i, 'e', ARGV[1 + i])
+end
 redis.call('PEXPIRE', KEYS[2], o.run_ttl)
 redis.call('SET', KEYS[3], '1', 'PX', o.op_ttl)
 if o.groups ~= '' then
