@@ -35,7 +35,7 @@ from mpstate.events import (
     RunCreated,
     parse_event,
 )
-from mpstate.fields import MAX_SAFE_INTEGER, ensure_storable, utc_now
+from mpstate.fields import MAX_SAFE_INTEGER, ensure_storable, now_ms, utc_now
 from mpstate.filters import RunFilter, build_filter
 from mpstate.models import PipelineRun, PipelineRunStatus
 from mpstate.options import StoreOptions
@@ -165,12 +165,16 @@ class StoreCore(ABC):
         events: Sequence[PipelineEvent | Mapping[str, Any]] = (),
     ) -> Plan[tuple[PipelineRun, bool]]:
         new_run = self._new_run(run)
-        created_event = RunCreated(
-            run_id=new_run.run_id, pipeline_def_hash=new_run.pipeline_def_hash
-        )
         then = self._own_events(new_run.run_id, events)
-        if any(event.kind == created_event.kind for event in then):
+        if any(isinstance(event, RunCreated) for event in then):
             raise InvalidInputError("create() logs run-created itself: it cannot be given one")
+        created_event = RunCreated(
+            run_id=new_run.run_id,
+            pipeline_def_hash=new_run.pipeline_def_hash,
+            # No later than the events logged after it (made before this call), so times
+            # follow seqs.
+            at=min([now_ms(), *(event.at for event in then)]),
+        )
         stored, created = yield from self._insert(
             new_run, (created_event, *then), return_existing=return_existing
         )

@@ -89,14 +89,16 @@ class Indexer:
         )
 
     def add_new_run(self, run: PipelineRun, score: int, nonce: str, now_ms: int) -> Batch:
-        """Before a create: every group's all-runs zset and, where tracked, its pending zset."""
+        """Before a create: every group's all-runs zset and, where tracked, the zset of the
+        status the run is created in (pending, or later for a run created started)."""
+        status = PipelineRunStatus(run.status)
         entries = []
         for group in self.keys.groups_of(run.run_id, run.tenant_id, run.idempotency_key):
             zsets = [group.everything]
             if group.tracks_status:
-                zsets.append(group.status(PipelineRunStatus.PENDING))
+                zsets.append(group.status(status))
             entries.append((group, zsets))
-        return self.add(run.run_id, score, entries, nonce, now_ms, status=PipelineRunStatus.PENDING)
+        return self.add(run.run_id, score, entries, nonce, now_ms, status=status)
 
     def add_status(
         self,

@@ -214,6 +214,25 @@ def test_a_creator_dead_after_create_run_leaves_the_run_listed_in_every_index(
     assert ids(store.list_runs(idempotency_key="key")) == ["r1"]
 
 
+def test_a_creator_of_a_started_run_dead_after_create_run_leaves_it_listed_under_its_status(
+    store: RedisPipelineStateStore, client: Any
+) -> None:
+    # MpState.start_run creates runs already running: the entries added ahead are running's.
+    k = store.keys
+    document = {"runId": "r1", "pipelineId": "p", "tenantId": "t", "status": "running"}
+    plan = store._backend._plan_create(
+        document, return_existing=False, events=[{"kind": "run-started", "runId": "r1"}]
+    )
+    creator = PlanSteps(another(store), plan)
+    creator.run_through("create_run")  # ... and dies before settling
+
+    for group in [k.global_group("r1"), k.tenant_group("t")]:
+        assert "r1" in members(client, group.status(RUNNING))
+        assert "r1" not in members(client, group.status(PENDING))
+    assert ids(store.list_runs(status="running")) == ["r1"]
+    assert ids(store.list_runs(tenant_id="t", status="running")) == ["r1"]
+
+
 def test_a_slow_creators_entries_survive_a_reader_that_finds_no_run_so_its_run_is_listed_even_if_it_dies(  # noqa: E501
     store: RedisPipelineStateStore, client: Any
 ) -> None:

@@ -24,7 +24,7 @@ from mpstate import (
     StepState,
     StepStatus,
 )
-from mpstate.fields import MAX_ID_LENGTH, utc_now
+from mpstate.fields import MAX_ID_LENGTH, now_ms, utc_now
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -299,11 +299,13 @@ def test_a_run_created_with_events_logs_them_after_run_created_in_the_same_write
     store: PipelineStateStore,
 ) -> None:
     running = {"runId": "r1", "pipelineId": "p", "status": "running", "tenantId": "t"}
-    created = store.create(running, events=[{"kind": "run-started", "runId": "r1"}])
+    earlier = now_ms() - 5_000  # an event made before the call (as start_run makes its own)
+    created = store.create(running, events=[{"kind": "run-started", "runId": "r1", "at": earlier}])
 
     assert created.version == 1
     stored = store.require("r1")
     assert [(e.seq, e.kind) for e in stored.events] == [(1, "run-created"), (2, "run-started")]
+    assert stored.events[0].at <= stored.events[1].at  # times follow seqs
     assert stored.status == PipelineRunStatus.RUNNING
     # Indexed under the status it was created in, and only there.
     assert [r.run_id for r in store.list_runs(status="running")] == ["r1"]
