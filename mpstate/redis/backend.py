@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Protocol
 
 from mpstate.changes import Applied, Refusal, RunChange, refusal_error
 from mpstate.core import LockAttempt, StoreCore
@@ -35,12 +36,21 @@ from mpstate.redis.requests import Batch, Command, Script
 from mpstate.redis.selection import RunSelector, load_run
 from mpstate.redis.writes import OPERATION_TTL_MS, RunWriter
 
-__all__ = ["RedisBackend"]
+__all__ = ["ClientFacts", "RedisBackend"]
 
 log = logging.getLogger("mpstate.redis")
 
 #: Unmatched callbacks read per XREVRANGE when only one provider's are wanted.
 _UNMATCHED_PAGE = 500
+
+
+class ClientFacts(Protocol):
+    """What a backend needs to know of the client its executor drives (sync or asyncio)."""
+
+    #: The client's socket timeout in seconds (None: unknown).
+    socket_timeout: float | None
+    #: Whether the client is a Redis Cluster's.
+    cluster: bool
 
 
 class RedisBackend(StoreCore):
@@ -91,6 +101,24 @@ class RedisBackend(StoreCore):
             indexes_in_script=indexes_in_script,
         )
         self.selector = RunSelector(self.keys, self.indexer)
+
+    @classmethod
+    def for_client(
+        cls,
+        prefix: str,
+        options: StoreOptions,
+        client: ClientFacts,
+        *,
+        indexes_in_script: bool | None,
+    ) -> RedisBackend:
+        """The backend for an executor's client (``RedisExecutor``, ``AsyncRedisExecutor``)."""
+        return cls(
+            prefix,
+            options,
+            socket_timeout=client.socket_timeout,
+            cluster=client.cluster,
+            indexes_in_script=indexes_in_script,
+        )
 
     # -- creating and writing: ``writes.py`` ---------------------------------------------------
 

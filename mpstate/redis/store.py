@@ -54,12 +54,8 @@ class RedisPipelineStateStore(PipelineStateStore):
         acks = ReplicaAcks(replica_acks, replica_ack_timeout_ms)
         executor = RedisExecutor(client, retry=retry, acks=acks)
         merged = StoreOptions.merged(options, overrides)
-        backend = RedisBackend(
-            prefix,
-            merged,
-            socket_timeout=executor.socket_timeout,
-            cluster=executor.cluster,
-            indexes_in_script=indexes_in_script,
+        backend = RedisBackend.for_client(
+            prefix, merged, executor, indexes_in_script=indexes_in_script
         )
         super().__init__(backend, executor)
 

@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from index_support import ids, members, text
 from plan_steps import PAUSE, PlanSteps, request_names
 
 import mpstate.redis.indexing
@@ -71,15 +72,6 @@ def another(store: RedisPipelineStateStore) -> RedisPipelineStateStore:
     return RedisPipelineStateStore(store.client, prefix=store.keys.prefix, indexes_in_script=False)
 
 
-def text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def members(client: Any, key: str) -> dict[str, float]:
-    """An index zset as {run id: score}."""
-    return {text(member): score for member, score in client.zrange(key, 0, -1, withscores=True)}
-
-
 def entry(client: Any, group: IndexGroup, run_id: str) -> tuple[str, str, tuple[str, ...]] | None:
     """The group's entries-hash field for the run: (score, version, the nonces of its pending
     marks). The field is "<score>:<version>:<status>" then ";<expiry>:<nonce>:<added>" per live
@@ -100,10 +92,6 @@ def mark_nonces(steps: PlanSteps) -> set[str]:
             if isinstance(item, Script) and item.name == "add_index_entries":
                 nonces.add(str(item.args[3]).split(":")[1])
     return nonces
-
-
-def ids(runs: list[Any]) -> list[str]:
-    return [run.run_id for run in runs]
 
 
 def commit_plan(

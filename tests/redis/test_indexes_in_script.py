@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import redis
+from index_support import ids, members, text
 from plan_steps import PlanSteps
 from redis.asyncio import Redis as AsyncRedis
 
@@ -50,27 +51,25 @@ def follow_ups(client: redis.Redis, prefix: str) -> RedisPipelineStateStore:
     return RedisPipelineStateStore(client, prefix=prefix, indexes_in_script=False)
 
 
+def commit_plan(
+    store: RedisPipelineStateStore, patch: dict[str, Any], expected_version: int | None = None
+) -> PlanSteps:
+    """An ``update("r1", patch)`` of ``store``, to be driven request by request."""
+    plan = store._backend._plan_commit(
+        "r1", patch, [], expected_version=expected_version, fence=None, operation_id=None
+    )
+    return PlanSteps(store, plan)
+
+
 def global_group(keys: RedisKeys, run_id: str) -> IndexGroup:
     """The group of every run that holds ``run_id``."""
     return keys.groups_of(run_id, None)[0]
-
-
-def text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def members(client: redis.Redis, key: str) -> dict[str, float]:
-    return {text(member): score for member, score in client.zrange(key, 0, -1, withscores=True)}
 
 
 def settled(client: redis.Redis, group: IndexGroup, run_id: str) -> str | None:
     """The group's entries field for the run: "<score>:<version>:<status>" and live marks."""
     found = client.hget(group.entries, run_id)
     return None if found is None else text(found)
-
-
-def ids(runs: list[Any]) -> list[str]:
-    return [run.run_id for run in runs]
 
 
 def document(run_id: str, tenant: str | None = "t", **fields: Any) -> dict[str, Any]:
@@ -98,12 +97,7 @@ def test_a_create_and_a_status_change_are_each_one_script_that_leaves_the_indexe
         assert members(redis_client, group.status(PipelineRunStatus.PENDING)) == {"r1": score}
         assert settled(redis_client, group, "r1") == f"{score}:1:1"  # pending: status zset 1
 
-    writer = PlanSteps(
-        store,
-        store._backend._plan_commit(
-            "r1", {"status": "running"}, [], expected_version=None, fence=None, operation_id=None
-        ),
-    )
+    writer = commit_plan(store, {"status": "running"})
     writer.finish()
     assert writer.names() == ["commit_run"]  # the creator's cache spares the placement read
     for group in groups:
@@ -200,12 +194,7 @@ def test_a_status_change_in_script_keeps_the_entries_a_follow_up_writers_live_ma
     # A follow-up writer (another process, or an older mpstate) adds r1 to "suspended" under
     # its pending mark, then stalls before its commit.
     slow_store = follow_ups(redis_client, prefix)
-    slow = PlanSteps(
-        slow_store,
-        slow_store._backend._plan_commit(
-            "r1", {"status": "suspended"}, [], expected_version=2, fence=None, operation_id=None
-        ),
-    )
+    slow = commit_plan(slow_store, {"status": "suspended"}, expected_version=2)
     slow.run_through("add_index_entries")
 
     store.update("r1", {"status": "completed"})  # in script, while the mark is live
@@ -278,12 +267,7 @@ def test_a_status_change_by_a_writer_whose_cached_tenant_is_stale_settles_the_ru
     redis_client.delete(k.run("r1"), k.events("r1"))
     in_script(redis_client, prefix).create(document("r1", "new", createdAt=T0.isoformat()))
 
-    writer = PlanSteps(
-        store,
-        store._backend._plan_commit(
-            "r1", {"status": "running"}, [], expected_version=None, fence=None, operation_id=None
-        ),
-    )
+    writer = commit_plan(store, {"status": "running"})
     writer.finish()
 
     # Refused for naming the old tenant's indexes (-8), then written with the run's own.
