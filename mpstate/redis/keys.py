@@ -25,11 +25,12 @@ protocol, tested everywhere.
 
 Layout (prefix ``mp``)::
 
-    mp:run:{R}                         hash    the run: camelCase field -> JSON value; _seq etc.
+    mp:run:{R}                         hash    the run: camelCase field -> JSON value; _seq etc.,
+                                               _ops: recent writes' outcomes, for their retries
     mp:run:{R}:events                  stream  the event log, entry id 0-<seq>, field e = event JSON
     mp:run:{R}:lock                    string  lock holder's random token, PX = lock TTL
     mp:run:{R}:lock:wake               list    pushed on release; waiters BLPOP it
-    mp:run:{R}:op:<op id>              string  outcome of a write, so a retry is not re-applied
+    mp:run:{R}:op:release-<token>      string  a lock release's outcome, for its retry
     mp:run:{R}:void                    set     claim tokens whose create of R was called off
     mp:idem:{T:K}                      string  "<claim token>:<run id>" holding key K of tenant T
     mp:job:{P:J}                       string  run id that recorded job J of provider P

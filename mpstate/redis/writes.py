@@ -1,9 +1,9 @@
 """Writing runs on Redis: creating one, and committing a change to one, as plans.
 
 Every write to a run is one script in the run's slot (``create_run``, ``commit_run``) that checks
-every guard before it writes anything, and carries a fresh operation id the script records, so a
-retry after a lost reply replays the outcome instead of applying the write twice. What lives in
-other slots is written around that script, never inside it: external job pointers and index
+every guard before it writes anything, and carries a fresh operation id the script records in
+the run hash, so a retry after a lost reply replays the outcome instead of writing twice. What
+lives in other slots is written around that script, never inside it: external job pointers and index
 entries first, index entries settled after (``indexing.py``), the idempotency key claimed first
 (``claims.py``). The sync and asyncio shells drive these plans; none of this code does I/O.
 """
@@ -32,10 +32,11 @@ from mpstate.redis.selection import load_run
 
 __all__ = ["OPERATION_TTL_MS", "RunWriter", "operation_id"]
 
-#: How long a write's outcome is kept for retries of the same operation.
+#: How long a write's outcome is kept for retries of the same operation (in the run hash's
+#: ``_ops``: ``scripts/includes/operations.lua``).
 OPERATION_TTL_MS = 10 * 60 * 1000
 #: A run's TTL is renewed by a write when a tenth of it has passed since it was last renewed
-#: (commit_run-3-19.lua), not by every write: its keys live between 0.9 and 1 run TTL after the
+#: (commit_run-2-18.lua), not by every write: its keys live between 0.9 and 1 run TTL after the
 #: last.
 RENEWALS_PER_TTL = 10
 #: Run id -> (tenant, score) entries kept so a status change needs no read first.
@@ -132,13 +133,13 @@ class RunWriter:
                 "now": str(now),
                 "run_ttl": str(self._run_ttl_ms),
                 "op_ttl": str(OPERATION_TTL_MS),
+                "op": operation_id(),
                 "events": str(len(events)),
                 "ends": "1" if events[-1].kind in TERMINAL_EVENT_KINDS else "0",
             }
             create = Script(
                 "create_run",
-                [k.run(run.run_id), k.events(run.run_id), k.operation(run.run_id, operation_id()),
-                 k.void(run.run_id), *index_keys],
+                [k.run(run.run_id), k.events(run.run_id), k.void(run.run_id), *index_keys],
                 [_packed(options), *(event_document(event) for event in events), *fields],
             )  # fmt: skip
             reply = (yield Ordered((*ahead, create)))[-1]
@@ -199,7 +200,7 @@ class RunWriter:
         run_id = change.run_id
         new_status = change.new_status
         operation = escape_id(change.operation_id) if change.operation_id else operation_id()
-        keys = [k.run(run_id), k.events(run_id), k.operation(run_id, operation)]
+        keys = [k.run(run_id), k.events(run_id)]
         ahead = self.job_pointers(run_id, change.external_jobs())
         placement: tuple[str | None, int] | None = None
         nonce, index_options = "", {"groups": ""}
@@ -211,7 +212,7 @@ class RunWriter:
                     run_id, placement, new_status
                 )
                 ahead += entries
-        options = self._commit_options(change, placement) | index_options
+        options = self._commit_options(change, placement) | index_options | {"op": operation}
         rest = [*(event_document(event) for event in change.events), *_written_fields(change)]
         while True:
             commit = Script("commit_run", [*keys, *index_keys], [_packed(options), *rest])
@@ -255,7 +256,7 @@ class RunWriter:
     def _commit_options(
         self, change: RunChange, placement: tuple[str | None, int] | None
     ) -> dict[str, str]:
-        """commit_run-3-19.lua's options (its header names them), every one a string."""
+        """commit_run-2-18.lua's options (its header names them), every one a string."""
         new_status = change.new_status
         return {
             "tenant": json_value(change.tenant) if change.tenant else "",

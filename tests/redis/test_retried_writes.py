@@ -2,9 +2,10 @@
 
 The store retries a whole request when the connection fails, and the retry re-sends the whole
 EVALSHA (or the pipeline carrying it): when the first one ran and only its reply was lost, the
-script runs a second time. Every write carries an operation id (its op key) so the second run
-reports the first one's outcome; the follow-up scripts in other slots (the idempotency claim,
-the void of a claim, index entries) are idempotent by themselves.
+script runs a second time. Every write carries an operation id (a run's write records it in the
+run hash, a lock release in an op key) so the second run reports the first one's outcome; the
+follow-up scripts in other slots (the idempotency claim, the void of a claim, index entries) are
+idempotent by themselves.
 
 Two ways to make a script run twice, both against the real redis-server:
 
@@ -16,15 +17,18 @@ Two ways to make a script run twice, both against the real redis-server:
   script and then drops the connection instead of its reply, so the store itself reconnects and
   retries.
 
-The controls re-send the same write under a fresh op key and show it is then applied twice.
+The controls re-send the same write under a fresh operation id and show it is then applied
+twice.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -33,6 +37,7 @@ import pytest
 import redis
 from plan_steps import PlanSteps, request_names
 
+import mpstate.redis.writes
 from mpstate import (
     IdempotencyKeyInUseError,
     LockNotOwnedError,
@@ -78,14 +83,24 @@ class RunTwice:
 
     def _again(self, script: Script, first: Any) -> Any:
         if self.fresh_op_key:  # control: the retry is not recognised as the same operation
-            keys = [
-                f"{k.rpartition(':')[0]}:{uuid.uuid4().hex}" if ":op:" in k else k
-                for k in script.keys
-            ]
-            script = dataclasses.replace(script, keys=keys)
+            script = with_fresh_operation(script)
         second = self.original(script)
         self.replies.append((first, second))
         return second
+
+
+def with_fresh_operation(script: Script) -> Script:
+    """The same script under another operation id: a run's writes carry it in their options
+    (``op``), a lock release in its op key."""
+    if any(":op:" in key for key in script.keys):
+        keys = [
+            f"{k.rpartition(':')[0]}:{uuid.uuid4().hex}" if ":op:" in k else k for k in script.keys
+        ]
+        return dataclasses.replace(script, keys=keys)
+    options = json.loads(script.args[0])
+    assert options["op"]
+    fresh = [json.dumps(options | {"op": uuid.uuid4().hex}), *script.args[1:]]
+    return dataclasses.replace(script, args=fresh)
 
 
 def run_twice(store: RedisPipelineStateStore, name: str, **options: Any) -> RunTwice:
@@ -113,7 +128,7 @@ def progress(message: str) -> StepProgress:
 # -- the script run twice, directly ---------------------------------------------------------------
 
 
-def test_a_commit_run_twice_with_one_op_key_applies_once_and_reports_its_own_seqs(
+def test_a_commit_run_twice_with_one_operation_id_applies_once_and_reports_its_own_seqs(
     store: RedisPipelineStateStore,
 ) -> None:
     created(store)
@@ -237,6 +252,46 @@ def test_a_lock_release_run_twice_is_not_reported_as_a_lost_lock(
     assert int(first) == 1 and int(second) == 1  # released, then recognised as this release
 
 
+# -- where the outcomes are kept: the run hash's _ops, for OPERATION_TTL_MS -----------------------
+
+
+def recorded_operations(redis_client: redis.Redis, store: RedisPipelineStateStore) -> list[str]:
+    """The operation ids in the run's ``_ops`` (``;<expiry> <op id> <outcome>`` each)."""
+    ops = redis_client.hget(store.keys.run(RUN_ID), "_ops")
+    assert ops is not None
+    return [entry.split(" ")[1] for entry in ops.decode().split(";")[1:]]
+
+
+def test_each_write_of_a_run_records_its_outcome_in_the_run_hash_and_no_key_of_its_own(
+    store: RedisPipelineStateStore, redis_client: redis.Redis
+) -> None:
+    created(store)
+    store.commit(RUN_ID, None, [progress("a")], operation_id="op-a")
+    store.commit(RUN_ID, {"error": "e"}, operation_id="op-b")
+
+    recorded = recorded_operations(redis_client, store)
+    assert recorded[1:] == ["op-a", "op-b"]  # after the create's own
+    assert not [key for key in redis_client.scan_iter(match=f"{store.keys.run(RUN_ID)}:op:*")]
+
+
+def test_outcomes_older_than_the_operation_ttl_are_dropped_by_the_next_write(
+    store: RedisPipelineStateStore, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mpstate.redis.writes, "OPERATION_TTL_MS", 300)
+    created(store)
+    store.commit(RUN_ID, None, [progress("a")], operation_id="op-a")
+    assert len(recorded_operations(redis_client, store)) == 2
+    time.sleep(0.4)
+
+    store.commit(RUN_ID, None, [progress("b")], operation_id="op-b")
+    assert recorded_operations(redis_client, store) == ["op-b"]
+    # An operation retried after its outcome was dropped is a new write: the bound is the TTL.
+    store.commit(RUN_ID, None, [progress("a again")], operation_id="op-a")
+    assert [e.seq for e in store.require(RUN_ID).events] == [1, 2, 3, 4]
+    store.commit(RUN_ID, None, [progress("b again")], operation_id="op-b")
+    assert [e.seq for e in store.require(RUN_ID).events] == [1, 2, 3, 4]  # op-b: replayed
+
+
 # -- follow-up writes in other slots: idempotent without an op key ------------------------------
 
 
@@ -314,7 +369,7 @@ def test_index_follow_ups_run_twice_leave_every_index_as_the_run_says(
         assert settled.decode().split(":")[1:] == [str(run.version), "6"]
 
 
-# -- controls: the op key is what makes the second run a replay -----------------------------------
+# -- controls: the operation id is what makes the second run a replay -------------------------
 
 
 def test_control_a_commit_sent_again_under_a_fresh_op_key_is_applied_twice(

@@ -1,7 +1,7 @@
 --[[ create_run: store a new run and its run-created event, atomically, in the run's slot.
 
-KEYS[1] run hash    KEYS[2] events stream    KEYS[3] op key (retry dedupe)    KEYS[4] void set
-KEYS[5..] on a single Redis only, the run's index groups this script settles itself (o.groups;
+KEYS[1] run hash    KEYS[2] events stream    KEYS[3] void set
+KEYS[4..] on a single Redis only, the run's index groups this script settles itself (o.groups;
           absent on a cluster, where they are written around it)
 
 ARGV[1] the options, one JSON object of strings (writes.py, RunWriter.insert; "" = none):
@@ -9,10 +9,11 @@ ARGV[1] the options, one JSON object of strings (writes.py, RunWriter.insert; ""
   score     created_at, epoch ms (the index score)
   token     the claim token of the run's idempotency key
   now       epoch ms
-  run_ttl   run TTL ms                op_ttl    op key TTL ms
+  run_ttl   run TTL ms                op_ttl    how long op's outcome is kept, ms
+  op        this create's operation id, recorded in the run's _ops (operations.lua)
   events    n, the number of events (run-created, then what the run was created with)
   ends      "1" when the last of them ends the log
-  groups, statuses, run, index_ttl   the index groups in KEYS[5..] (settle_group.lua), or ""
+  groups, statuses, run, index_ttl   the index groups in KEYS[4..] (settle_group.lua), or ""
   version, status   the new run's version and status JSON, settled into those groups
 ARGV[2..1+n] the events' JSON, run-created first
 ARGV[2+n..] field, JSON value, field, JSON value ... (the run document)
@@ -27,35 +28,40 @@ incarnation of the run id ("c"), with the same rules (settle_group.lua).
 ]]
 --- @include "run_document"
 --- @include "settle_group"
+--- @include "operations"
 
-if redis.call('EXISTS', KEYS[3]) == 1 then
-  return {2}
-end
 local o = cjson.decode(ARGV[1])
-if redis.call('EXISTS', KEYS[1]) == 1 then
+local found = redis.call('HMGET', KEYS[1], 'status', '_ops')
+if found[1] then
+  if recorded_outcome(found[2] or '', o.op) then
+    return {2}
+  end
   if o.existing == '1' then
     return {-2, run_document(KEYS[1])}
   end
   return {-2}
 end
-if o.token ~= '' and redis.call('SISMEMBER', KEYS[4], o.token) == 1 then
+if o.token ~= '' and redis.call('SISMEMBER', KEYS[3], o.token) == 1 then
   return {-9}
 end
 
 local n_events = tonumber(o.events)
+local now = tonumber(o.now)
 redis.call('HSET', KEYS[1], '_seq', n_events, '_fence', 0, '_score', o.score, '_indexed', o.now,
-  '_renewed', o.now, unpack(ARGV, 2 + n_events))
-if o.ends == '1' then
-  redis.call('HSET', KEYS[1], '_ended', '1')
-end
+  '_renewed', o.now, '_ended', o.ends == '1' and '1' or '0',
+  '_ops', with_operation('', o.op, 'created', now, tonumber(o.op_ttl)), unpack(ARGV, 2 + n_events))
 redis.call('PEXPIRE', KEYS[1], o.run_ttl)
-redis.call('DEL', KEYS[2])
-for i = 1, n_events do
+-- A stream left by a deleted run refuses 0-1 (its top id is higher): only then is it removed.
+local first = redis.pcall('XADD', KEYS[2], '0-1', 'e', ARGV[2])
+if type(first) == 'table' and first.err then
+  redis.call('DEL', KEYS[2])
+  redis.call('XADD', KEYS[2], '0-1', 'e', ARGV[2])
+end
+for i = 2, n_events do
   redis.call('XADD', KEYS[2], '0-' .. i, 'e', ARGV[1 + i])
 end
 redis.call('PEXPIRE', KEYS[2], o.run_ttl)
-redis.call('SET', KEYS[3], '1', 'PX', o.op_ttl)
 if o.groups ~= '' then
-  settle_groups(5, o, o.score, o.version, o.status, tonumber(o.now), 'c')
+  settle_groups(4, o, o.score, o.version, o.status, tonumber(o.now), 'c')
 end
 return {1}

@@ -1,7 +1,7 @@
 --[[ commit_run: apply a patch and/or append events to one run, after checking its guards.
 
-KEYS[1] run hash    KEYS[2] events stream    KEYS[3] op key (retry dedupe)
-KEYS[4..] on a single Redis only, the run's index groups this script settles itself when the
+KEYS[1] run hash    KEYS[2] events stream
+KEYS[3..] on a single Redis only, the run's index groups this script settles itself when the
           status changes (o.groups; absent on a cluster, where they are follow-up writes)
 
 ARGV[1] the options, one JSON object of strings (writes.py, _commit_options; "" = none):
@@ -11,10 +11,11 @@ ARGV[1] the options, one JSON object of strings (writes.py, _commit_options; "" 
   events      n, the number of events        ends       "1" when an event ends the log
   status      the new status as JSON         placement  "<tenant JSON>|<score>" the caller
   now         epoch ms                                  indexed the new status under
-  run_ttl     run TTL ms                     op_ttl     op key TTL ms
+  run_ttl     run TTL ms                     op_ttl     how long op's outcome is kept, ms
   renew_after renew the run's TTL when it was last renewed this many ms ago or more
   reindex_after  re-assert index entries when last re-asserted more than this many ms ago
   document    "1" to return the run's JSON
+  op          this write's operation id (percent-escaped), recorded in _ops (operations.lua)
   groups, statuses, run, index_ttl   the index groups in KEYS[4..] (settle_group.lua), or ""
 ARGV[2..] n event JSON documents, then field, JSON value pairs (updatedAt included when bumping).
 Options travel packed, as BullMQ packs its scripts' options, so adding one renumbers nothing.
@@ -26,8 +27,8 @@ so the caller's index entries are not this run's {-8, tenant JSON, score}.
 Returns {1, {seqs}, run JSON or "", reindex, version, previous status JSON} when written (reindex
 is 1 when the run is due to re-assert its index entries, which the caller does), or
 {2, "version:seq,seq"} when this op was already applied (a client retry after a lost reply).
-Writes: one HSET (the fields, version, _seq, _ended and the bookkeeping times), the n events as
-0-<seq> with consecutive seqs, the op key; the run's and its log's TTLs only when due (renewed
+Writes: one HSET (the fields, version, _seq, _ended, the bookkeeping times and _ops, this op's
+outcome), the n events as 0-<seq> with consecutive seqs; the run's and its log's TTLs only when due (renewed
 at most every renew_after ms, so keys live between run_ttl - renew_after and run_ttl after the
 last write). On a cluster, index entries are follow-up writes the caller makes in each index's
 own slot (indexing.py); on a single Redis a status change settles the groups in KEYS[4..] here,
@@ -35,18 +36,19 @@ after the write, with the same rules (settle_group.lua), so it takes one script.
 ]]
 --- @include "run_document"
 --- @include "settle_group"
+--- @include "operations"
 
-local done = redis.call('GET', KEYS[3])
-if done then
-  return {2, done}
-end
 local o = cjson.decode(ARGV[1])
 local run = KEYS[1]
 local current = redis.call('HMGET', run, 'status', 'tenantId', '_fence', 'version', '_ended',
-  '_score', '_indexed', '_seq', '_renewed')
-local status, tenant, fence, version, ended, score, indexed, seq, renewed =
+  '_score', '_indexed', '_seq', '_renewed', '_ops')
+local status, tenant, fence, version, ended, score, indexed, seq, renewed, ops =
   current[1], current[2], current[3], current[4], current[5], current[6], current[7], current[8],
-  current[9]
+  current[9], current[10] or ''
+local done = recorded_outcome(ops, o.op)
+if done then
+  return {2, done}
+end
 if not status or (o.tenant ~= '' and tenant ~= o.tenant) then
   return {-1}
 end
@@ -107,9 +109,10 @@ if renew then
   fields[#fields + 1] = '_renewed'
   fields[#fields + 1] = o.now
 end
-if #fields > 0 then
-  redis.call('HSET', run, unpack(fields))
-end
+fields[#fields + 1] = '_ops'
+fields[#fields + 1] = with_operation(ops, o.op, tostring(version) .. ':' .. table.concat(seqs, ','),
+  now, tonumber(o.op_ttl))
+redis.call('HSET', run, unpack(fields))
 for i = 1, n_events do
   redis.call('XADD', KEYS[2], '0-' .. seqs[i], 'e', ARGV[1 + i])
 end
@@ -117,9 +120,8 @@ if renew then
   redis.call('PEXPIRE', run, o.run_ttl)
   redis.call('PEXPIRE', KEYS[2], o.run_ttl)
 end
-redis.call('SET', KEYS[3], tostring(version) .. ':' .. table.concat(seqs, ','), 'PX', o.op_ttl)
 if o.groups ~= '' and new_status ~= '' and new_status ~= status then
-  settle_groups(4, o, score, version, new_status, now, '')
+  settle_groups(3, o, score, version, new_status, now, '')
 end
 local document = ''
 if o.document == '1' then
