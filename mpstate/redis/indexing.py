@@ -155,8 +155,8 @@ class Indexer:
         incarnation of its id replaces an older one's entries whatever their order); ``sweep``
         takes the run out of every other status zset (a reader repairing what contradicted it),
         where a writer's settle only removes it from those it may be in; ``renew`` renews the
-        TTLs of the keys it touches (a run re-asserting its entries), which otherwise only a
-        key gaining a member gets.
+        TTLs of the group's keys (a run re-asserting its entries), which otherwise a key gets
+        when it is created or the group's renewal is due (the group's TTL record).
         """
         flags = "".join(flag for flag, on in (("c", created), ("s", sweep), ("r", renew)) if on)
         status_arg = "gone" if status is None else json_value(status.value)

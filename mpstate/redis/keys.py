@@ -40,7 +40,8 @@ Layout (prefix ``mp``)::
     mp:{unmatched}:counts              hash    "<provider>\\n<reason>" -> callbacks recorded (all)
     mp:idx:{all.<n>.<salt>}            zset    runs of global shard n, score = created_at (epoch ms)
     mp:idx:{all.<n>.<salt>}:status:<s> zset    runs of global shard n by status
-    mp:idx:{all.<n>.<salt>}:entries    hash    run id -> "score:version" and writers' pending marks
+    mp:idx:{all.<n>.<salt>}:entries    hash    run id -> "score:version" and writers' pending marks;
+                                               "" -> the group's TTL record
     mp:idx:tenant:{T}                  zset    runs of tenant T
     mp:idx:tenant:{T}:status:<s>       zset    runs of tenant T by status
     mp:idx:tenant:{T}:entries          hash    as a global shard's entries, for tenant T's indexes

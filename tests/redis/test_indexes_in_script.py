@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import redis
-from index_support import ids, members, text
+from index_support import entries_without_ttl_record, ids, members, text
 from plan_steps import PlanSteps
 from redis.asyncio import Redis as AsyncRedis
 
@@ -119,7 +119,7 @@ def index_dump(client: redis.Redis, prefix: str) -> dict[str, Any]:
         if kind == "zset":
             value: Any = members(client, key)
         else:
-            value = {text(f): text(v) for f, v in client.hgetall(key).items()}
+            value = entries_without_ttl_record(client, key)
             if ":idx:idem:" in key:
                 # A group without statuses: its entry's version is that of whichever write
                 # settled it last (a status change does not; a reader's repair may), so only

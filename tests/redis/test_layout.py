@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import redis
+from index_support import entries_without_ttl_record
 from plan_steps import PlanSteps, request_names
 from redis.crc import key_slot
 
@@ -100,8 +101,10 @@ def test_a_new_run_writes_the_documented_keys(redis_client: redis.Redis, prefix:
     assert redis_client.zscore(shard.everything, "r1") == epoch_ms(T0)
     assert redis_client.zscore(shard.status(PipelineRunStatus.PENDING), "r1") == epoch_ms(T0)
     # Settled: "score:version:status" (pending is the first status zset) and no pending mark
-    # (";expiry:nonce:added") left behind.
-    assert redis_client.hgetall(shard.entries) == {b"r1": f"{epoch_ms(T0)}:1:1".encode()}
+    # (";expiry:nonce:added") left behind; the group's TTL record, "<renewed>:<keys>": its keys
+    # were given the TTL as the run was created, and the all-runs and pending zsets hold it.
+    assert entries_without_ttl_record(redis_client, shard.entries) == {"r1": f"{epoch_ms(T0)}:1:1"}
+    assert re.fullmatch(r"\d+:a1", text(redis_client.hget(shard.entries, "")))
 
 
 def test_tenant_key_and_job_keys_are_written_where_documented(
@@ -151,12 +154,12 @@ def test_tenant_key_and_job_keys_are_written_where_documented(
     # "score:version:status", no pending mark left; the idempotency key's group has no status
     # zsets, so no status position.
     settled = {
-        k.global_group("r1"): f"{epoch_ms(T0)}:1:1".encode(),
-        k.tenant_group("t"): f"{epoch_ms(T0)}:1:1".encode(),
-        k.idempotency_group("key"): f"{epoch_ms(T0)}:1:".encode(),
+        k.global_group("r1"): f"{epoch_ms(T0)}:1:1",
+        k.tenant_group("t"): f"{epoch_ms(T0)}:1:1",
+        k.idempotency_group("key"): f"{epoch_ms(T0)}:1:",
     }
     for group, field in settled.items():
-        assert redis_client.hgetall(group.entries) == {b"r1": field}, group
+        assert entries_without_ttl_record(redis_client, group.entries) == {"r1": field}, group
         assert redis_client.zscore(group.everything, "r1") == epoch_ms(T0)
 
 
@@ -487,29 +490,42 @@ def test_a_write_renews_its_runs_ttl_only_when_a_tenth_of_it_has_passed(
     assert int(redis_client.hget(k.run("r1"), "_renewed") or 0) > renewed_at
 
 
-def test_an_index_key_gets_its_ttl_when_it_gains_a_member_not_on_every_write(
+def test_an_index_key_gets_its_ttl_when_created_or_when_its_group_is_due_not_on_every_write(
     redis_client: redis.Redis, prefix: str
 ) -> None:
     store = new_store(redis_client, prefix, run_ttl_seconds=100)  # indexes live 200 s
     k = store.keys
+    tenant = k.tenant_group("t")
     store.create({"runId": "r1", "pipelineId": "p", "tenantId": "t"})
     shard = k.global_group("r1")
     assert k.global_group("r5") == shard  # the second run below joins r1's global shard
-    kept = [shard.everything, shard.entries, k.tenant_group("t").entries]
+    kept = [shard.everything, shard.entries, tenant.everything, tenant.entries]
     for key in kept:
-        redis_client.pexpire(key, 150_000)  # as if their TTL was last set 50 s ago
+        redis_client.pexpire(key, 150_000)  # as if their TTL was set 50 s ago
     store.update("r1", {"status": "running"})
-
-    for key in kept:  # r1 was in them already: not renewed by its status change
-        assert 140_000 < redis_client.pttl(key) <= 150_000, key
-    for key in [
-        shard.status(PipelineRunStatus.RUNNING),
-        k.tenant_group("t").status(PipelineRunStatus.RUNNING),
-    ]:
-        assert 199_000 < redis_client.pttl(key) <= 200_000, key  # a new key: it gets the TTL
     store.create({"runId": "r5", "pipelineId": "p", "tenantId": "t"})
-    for key in kept:  # r5 joined them: renewed
-        assert 199_000 < redis_client.pttl(key) <= 200_000, key
+
+    for key in kept:  # r1's status change and r5 joining them: not renewed
+        assert 140_000 < redis_client.pttl(key) <= 150_000, key
+    for key in [shard.status(PipelineRunStatus.RUNNING), tenant.status(PipelineRunStatus.RUNNING)]:
+        assert 199_000 < redis_client.pttl(key) <= 200_000, key  # a new key: it gets the TTL
+
+    # r1 leaves running, which empties (deletes) the tenant's running zset; r5 creates it again.
+    store.update("r1", {"status": "completed"})
+    assert not redis_client.exists(tenant.status(PipelineRunStatus.RUNNING))
+    store.update("r5", {"status": "running"})
+    assert 199_000 < redis_client.pttl(tenant.status(PipelineRunStatus.RUNNING)) <= 200_000
+
+    # A tenth of the TTL after the group's last renewal, its next write renews every key.
+    for group in [shard, tenant]:
+        renewed, _, known = text(redis_client.hget(group.entries, "")).partition(":")
+        redis_client.hset(group.entries, "", f"{int(renewed) - 20_000}:{known}")
+    store.update("r5", {"error": "x"})  # no status change: the groups are not settled
+    assert 140_000 < redis_client.pttl(shard.everything) <= 150_000
+    store.update("r5", {"status": "completed"})
+    for group in [shard, tenant]:
+        for key in [group.everything, group.entries, *group.statuses()]:
+            assert redis_client.pttl(key) in (-2, *range(199_000, 200_001)), key
 
 
 def test_idempotency_keys_and_job_ids_expire_after_their_own_ttls(

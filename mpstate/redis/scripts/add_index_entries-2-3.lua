@@ -13,9 +13,9 @@ settled them or the mark expires; every writer's mark is kept (expired ones are 
 second writer cannot lift the first one's.
 The entries hash holds, per run, "<score>:<version>:<status>" settled so far, then
 ";<expiry>:<nonce>:<added>" for each live mark (settle_index_entries reads both).
-A key gets the index TTL when this adds a member to it (which is how every index key is
-created), not on every call: a key with members already has one, renewed when runs join it and
-by each run's periodic re-assertion (settle_index_entries' "r" flag).
+A key gets the index TTL when this adds a member or a field to it (which is how a key is
+created here), not on every call; the settle that follows renews the group's keys when due
+(settle_index_entries' TTL record).
 Returns 1.
 ]]
 local run_id, ttl, now = ARGV[1], ARGV[3], tonumber(ARGV[5])

@@ -12,8 +12,8 @@ ARGV[4] the run's status JSON, or gone (unquoted) when the run no longer exists
 ARGV[7] the caller's pending-mark nonce, "" for none
 ARGV[8] flags, each a letter: "c" this settles the create of the run id (a new incarnation);
         "s" take the run out of every other status zset (a reader's repair: it met an entry the
-        run contradicts), not only out of those it may be in; "r" renew the TTLs of the keys it
-        touches (a run's periodic re-assertion of its entries)
+        run contradicts), not only out of those it may be in; "r" renew the TTLs of the
+        group's keys (a run's periodic re-assertion of its entries)
 ARGV[9..14] the statuses as JSON
 
 The entries hash keeps, per run, "<score>:<version>:<status>" last settled (score tells
@@ -27,9 +27,13 @@ run out of the status it was settled into and of the statuses of the marks it cl
 all five others; it sweeps them all only when that history is unknown (no entry, an unknown
 status, a mark from before marks named their status) or when asked ("s"). A gone run's
 entries are removed only while their score is the one the reader saw.
-A key gets the index TTL when this adds a member or a field to it, or when asked ("r"); a key
-with members already has one (every index key is created by adding a member, here or in
-add_index_entries).
+The entries hash's "" field (no run id is empty) is the group's TTL record, "<renewed>:<keys>":
+when every key of the group was last given the index TTL, and which zsets are known to hold it
+since ('a' all runs, '1'.. a status zset by position). A zset gets the TTL when it gains a
+member and is not known to hold one (it may be new: a zset emptied by a removal is deleted, so
+a removal drops it from the record); every key of the group gets it when the renewal is due (a
+tenth of the TTL after the last, or asked: "r"), and a hash without a record (a new one) is
+due. So keys get the TTL when created or due, not on every write.
 Returns 1 settled | 0 nothing to settle (older state, only a mark cleared, or a pending mark).
 ]]
 --- @include "settle_group"

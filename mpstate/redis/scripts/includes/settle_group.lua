@@ -8,8 +8,18 @@
 local function settle_group(entries, all_runs, status_keys, status_names, run_id, score, version,
                             status, ttl, now, mine, flags)
   local created = string.find(flags, 'c', 1, true) ~= nil
-  local renew = string.find(flags, 'r', 1, true) ~= nil
-  local entry = redis.call('HGET', entries, run_id)
+  local found = redis.call('HMGET', entries, run_id, '')
+  local entry = found[1]
+  -- The group's TTL record (its entries hash's "" field; no run id is empty): when the group's
+  -- keys were last given the index TTL, and which of them are known to hold it since ('a' the
+  -- all-runs zset, '1'.. a status zset by position). Keys get the TTL when they are created (a
+  -- zset gains a member and is not known to hold one) or when the group's renewal is due (every
+  -- tenth of the TTL, or when asked: "r"), not on every write.
+  local renewed, known = string.match(found[2] or '', '^(%d+):(.*)$')
+  local renew = string.find(flags, 'r', 1, true) ~= nil or renewed == nil
+    or now - tonumber(renewed) >= math.floor(tonumber(ttl) / 10)
+  known = known or ''
+  local record_changed = renew
   local e_score, e_version, e_status, marks = '', '', '', ''
   if entry then
     local settled
@@ -30,21 +40,62 @@ local function settle_group(entries, all_runs, status_keys, status_names, run_id
   end
   local pending = #live > 0
 
+  -- Give every key of the group the TTL (a renewal), and note which exist to hold it.
+  local function renew_all()
+    local letters = {}
+    if redis.call('PEXPIRE', all_runs, ttl) == 1 then
+      letters[1] = 'a'
+    end
+    for i = 1, #status_keys do
+      if redis.call('PEXPIRE', status_keys[i], ttl) == 1 then
+        letters[#letters + 1] = tostring(i)
+      end
+    end
+    known = table.concat(letters)
+  end
+
+  -- Write the run's entry (unless s is nil) and, when it changed, the TTL record: one HSET (the
+  -- hash gets the TTL in a renewal, which a hash without a record is due: a new one has none).
   local function save(s, v, st)
+    if renew then
+      renew_all()
+      renewed = now
+    end
+    local fields = {}
     if s == '' and not pending then
       redis.call('HDEL', entries, run_id)
-      return
+    elseif s ~= nil then
+      fields = {run_id, s .. ':' .. v .. ':' .. st .. table.concat(live)}
     end
-    local added = redis.call('HSET', entries, run_id, s .. ':' .. v .. ':' .. st .. table.concat(live))
-    if added == 1 or renew then
+    if record_changed then
+      fields[#fields + 1] = ''
+      fields[#fields + 1] = tostring(renewed) .. ':' .. known
+    end
+    if #fields > 0 then
+      redis.call('HSET', entries, unpack(fields))
+    end
+    if renew then
       redis.call('PEXPIRE', entries, ttl)
     end
   end
 
-  -- Add run_id to a zset, giving the key the TTL when it gains a member (or when asked).
-  local function index(key)
-    if redis.call('ZADD', key, score, run_id) == 1 or renew then
+  -- Add run_id to a zset; a key not known to hold the TTL gets it when it gains a member (it
+  -- may have just been created). A renewal gives every key the TTL in save.
+  local function index(key, letter)
+    if redis.call('ZADD', key, score, run_id) == 1 and not renew
+        and not string.find(known, letter, 1, true) then
       redis.call('PEXPIRE', key, ttl)
+      known = known .. letter
+      record_changed = true
+    end
+  end
+
+  -- Take run_id out of a zset, which may leave it empty, so deleted: no longer known to hold
+  -- the TTL.
+  local function unindex(key, letter)
+    if redis.call('ZREM', key, run_id) == 1 and string.find(known, letter, 1, true) then
+      known = string.gsub(known, letter, '')
+      record_changed = true
     end
   end
 
@@ -55,13 +106,15 @@ local function settle_group(entries, all_runs, status_keys, status_names, run_id
     end
     local zsets = {all_runs, unpack(status_keys)}
     for i = 1, #zsets do
-      local found = redis.call('ZSCORE', zsets[i], run_id)
-      if found and tonumber(found) == tonumber(score) then
-        redis.call('ZREM', zsets[i], run_id)
+      local at = redis.call('ZSCORE', zsets[i], run_id)
+      if at and tonumber(at) == tonumber(score) then
+        unindex(zsets[i], i == 1 and 'a' or tostring(i - 1))
       end
     end
     if e_score == '' or tonumber(e_score) <= tonumber(score) then
-      redis.call('HDEL', entries, run_id)
+      save('', '', '')
+    elseif record_changed then  -- a newer incarnation's entry stays as it is
+      save(nil)
     end
     return 1
   end
@@ -90,16 +143,16 @@ local function settle_group(entries, all_runs, status_keys, status_names, run_id
   -- A settled entry of this incarnation means the run is in the all-runs zset already (both
   -- keys gain it, and get their TTL, together): only a sweep or a renewal adds it again.
   if sweep or renew or e_score == '' or tonumber(e_score) ~= tonumber(score) then
-    index(all_runs)
+    index(all_runs, 'a')
   end
   local settled_status = ''
   for i = 1, #status_keys do
     local position = tostring(i)
     if status_names[i] == status then
-      index(status_keys[i])
+      index(status_keys[i], position)
       settled_status = position
     elseif not pending and (sweep or position == e_status or cleared[position]) then
-      redis.call('ZREM', status_keys[i], run_id)
+      unindex(status_keys[i], position)
     end
   end
   if pending then
