@@ -30,6 +30,7 @@ Layout (prefix ``mp``)::
     mp:run:{R}:events                  stream  the event log, entry id 0-<seq>, field e = event JSON
     mp:run:{R}:lock                    string  lock holder's random token, PX = lock TTL
     mp:run:{R}:lock:wake               list    pushed on release; waiters BLPOP it
+    mp:run:{R}:ops                     hash    op id -> outcome of writes past the run's _ops
     mp:run:{R}:op:release-<token>      string  a lock release's outcome, for its retry
     mp:run:{R}:void                    set     claim tokens whose create of R was called off
     mp:idem:{T:K}                      string  "<claim token>:<run id>" holding key K of tenant T
@@ -136,6 +137,9 @@ class RedisKeys:
 
     def lock_wake(self, run_id: str) -> str:
         return f"{self._run_base(run_id)}:lock:wake"
+
+    def operations(self, run_id: str) -> str:
+        return f"{self._run_base(run_id)}:ops"
 
     def operation(self, run_id: str, op_id: str) -> str:
         return f"{self._run_base(run_id)}:op:{op_id}"

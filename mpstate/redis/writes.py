@@ -36,7 +36,7 @@ __all__ = ["OPERATION_TTL_MS", "RunWriter", "operation_id"]
 #: ``_ops``: ``scripts/includes/operations.lua``).
 OPERATION_TTL_MS = 10 * 60 * 1000
 #: A run's TTL is renewed by a write when a tenth of it has passed since it was last renewed
-#: (commit_run-2-18.lua), not by every write: its keys live between 0.9 and 1 run TTL after the
+#: (commit_run-3-19.lua), not by every write: its keys live between 0.9 and 1 run TTL after the
 #: last.
 RENEWALS_PER_TTL = 10
 #: Run id -> (tenant, score) entries kept so a status change needs no read first.
@@ -139,7 +139,8 @@ class RunWriter:
             }
             create = Script(
                 "create_run",
-                [k.run(run.run_id), k.events(run.run_id), k.void(run.run_id), *index_keys],
+                [k.run(run.run_id), k.events(run.run_id), k.void(run.run_id),
+                 k.operations(run.run_id), *index_keys],
                 [_packed(options), *(event_document(event) for event in events), *fields],
             )  # fmt: skip
             reply = (yield Ordered((*ahead, create)))[-1]
@@ -200,7 +201,7 @@ class RunWriter:
         run_id = change.run_id
         new_status = change.new_status
         operation = escape_id(change.operation_id) if change.operation_id else operation_id()
-        keys = [k.run(run_id), k.events(run_id)]
+        keys = [k.run(run_id), k.events(run_id), k.operations(run_id)]
         ahead = self.job_pointers(run_id, change.external_jobs())
         placement: tuple[str | None, int] | None = None
         nonce, index_options = "", {"groups": ""}
@@ -256,7 +257,7 @@ class RunWriter:
     def _commit_options(
         self, change: RunChange, placement: tuple[str | None, int] | None
     ) -> dict[str, str]:
-        """commit_run-2-18.lua's options (its header names them), every one a string."""
+        """commit_run-3-19.lua's options (its header names them), every one a string."""
         new_status = change.new_status
         return {
             "tenant": json_value(change.tenant) if change.tenant else "",

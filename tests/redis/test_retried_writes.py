@@ -292,6 +292,23 @@ def test_outcomes_older_than_the_operation_ttl_are_dropped_by_the_next_write(
     assert [e.seq for e in store.require(RUN_ID).events] == [1, 2, 3, 4]  # op-b: replayed
 
 
+def test_a_run_written_more_often_keeps_older_outcomes_in_its_spill_hash_for_the_ttl(
+    store: RedisPipelineStateStore, redis_client: redis.Redis
+) -> None:
+    created(store)
+    for n in range(40):
+        store.commit(RUN_ID, None, [progress(f"p{n}")], operation_id=f"op-{n}")
+
+    recorded = recorded_operations(redis_client, store)
+    assert recorded == [f"op-{n}" for n in range(24, 40)]  # the newest 16
+    spill = store.keys.operations(RUN_ID)
+    assert redis_client.hget(spill, "op-0") == b"2:2"  # its outcome: version 2, seq 2
+    assert 0 < redis_client.pttl(spill) <= mpstate.redis.writes.OPERATION_TTL_MS
+    for n in (0, 23, 39):  # retried after many other writes: replayed, not written again
+        store.commit(RUN_ID, None, [progress("again")], operation_id=f"op-{n}")
+    assert len(store.require(RUN_ID).events) == 41
+
+
 # -- follow-up writes in other slots: idempotent without an op key ------------------------------
 
 

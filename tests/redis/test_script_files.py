@@ -42,8 +42,8 @@ def test_a_request_with_another_number_of_keys_is_refused_before_it_is_sent() ->
         eval_args(Script("read_events", ["a", "b", "c"], []), by_sha=True)
     with pytest.raises(MpStateError, match=r"settle_index_entries-2-8\.lua takes 2 to 8 keys"):
         eval_args(Script("settle_index_entries", ["a"], []), by_sha=True)
-    with pytest.raises(MpStateError, match=r"commit_run-2-18\.lua takes 2 to 18 keys"):
-        eval_args(Script("commit_run", ["a"], []), by_sha=True)
+    with pytest.raises(MpStateError, match=r"commit_run-3-19\.lua takes 3 to 19 keys"):
+        eval_args(Script("commit_run", ["a", "b"], []), by_sha=True)
     assert eval_args(Script("commit_run", ["a", "b", "c"], ["x"]), by_sha=True)[2:] == (
         3,
         "a",

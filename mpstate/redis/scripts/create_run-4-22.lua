@@ -1,7 +1,8 @@
 --[[ create_run: store a new run and its run-created event, atomically, in the run's slot.
 
 KEYS[1] run hash    KEYS[2] events stream    KEYS[3] void set
-KEYS[4..] on a single Redis only, the run's index groups this script settles itself (o.groups;
+KEYS[4] spill hash of write outcomes (operations.lua)
+KEYS[5..] on a single Redis only, the run's index groups this script settles itself (o.groups;
           absent on a cluster, where they are written around it)
 
 ARGV[1] the options, one JSON object of strings (writes.py, RunWriter.insert; "" = none):
@@ -13,7 +14,7 @@ ARGV[1] the options, one JSON object of strings (writes.py, RunWriter.insert; ""
   op        this create's operation id, recorded in the run's _ops (operations.lua)
   events    n, the number of events (run-created, then what the run was created with)
   ends      "1" when the last of them ends the log
-  groups, statuses, run, index_ttl   the index groups in KEYS[4..] (settle_group.lua), or ""
+  groups, statuses, run, index_ttl   the index groups in KEYS[5..] (settle_group.lua), or ""
   version, status   the new run's version and status JSON, settled into those groups
 ARGV[2..1+n] the events' JSON, run-created first
 ARGV[2+n..] field, JSON value, field, JSON value ... (the run document)
@@ -31,9 +32,10 @@ incarnation of the run id ("c"), with the same rules (settle_group.lua).
 --- @include "operations"
 
 local o = cjson.decode(ARGV[1])
-local found = redis.call('HMGET', KEYS[1], 'status', '_ops')
+local now = tonumber(o.now)
+local found = redis.call('HMGET', KEYS[1], 'status', '_ops', '_spill')
 if found[1] then
-  if recorded_outcome(found[2] or '', o.op) then
+  if recorded_outcome(found[2] or '', found[3], KEYS[4], o.op, now) then
     return {2}
   end
   if o.existing == '1' then
@@ -46,10 +48,10 @@ if o.token ~= '' and redis.call('SISMEMBER', KEYS[3], o.token) == 1 then
 end
 
 local n_events = tonumber(o.events)
-local now = tonumber(o.now)
 redis.call('HSET', KEYS[1], '_seq', n_events, '_fence', 0, '_score', o.score, '_indexed', o.now,
   '_renewed', o.now, '_ended', o.ends == '1' and '1' or '0',
-  '_ops', with_operation('', o.op, 'created', now, tonumber(o.op_ttl)), unpack(ARGV, 2 + n_events))
+  '_ops', (with_operation('', o.op, 'created', now, tonumber(o.op_ttl), KEYS[4])),
+  unpack(ARGV, 2 + n_events))
 redis.call('PEXPIRE', KEYS[1], o.run_ttl)
 -- A stream left by a deleted run refuses 0-1 (its top id is higher): only then is it removed.
 local first = redis.pcall('XADD', KEYS[2], '0-1', 'e', ARGV[2])
@@ -62,6 +64,6 @@ for i = 2, n_events do
 end
 redis.call('PEXPIRE', KEYS[2], o.run_ttl)
 if o.groups ~= '' then
-  settle_groups(4, o, o.score, o.version, o.status, tonumber(o.now), 'c')
+  settle_groups(5, o, o.score, o.version, o.status, tonumber(o.now), 'c')
 end
 return {1}

@@ -1,7 +1,7 @@
 --[[ commit_run: apply a patch and/or append events to one run, after checking its guards.
 
-KEYS[1] run hash    KEYS[2] events stream
-KEYS[3..] on a single Redis only, the run's index groups this script settles itself when the
+KEYS[1] run hash    KEYS[2] events stream    KEYS[3] spill hash of write outcomes (operations.lua)
+KEYS[4..] on a single Redis only, the run's index groups this script settles itself when the
           status changes (o.groups; absent on a cluster, where they are follow-up writes)
 
 ARGV[1] the options, one JSON object of strings (writes.py, _commit_options; "" = none):
@@ -28,7 +28,7 @@ Returns {1, {seqs}, run JSON or "", reindex, version, previous status JSON} when
 is 1 when the run is due to re-assert its index entries, which the caller does), or
 {2, "version:seq,seq"} when this op was already applied (a client retry after a lost reply).
 Writes: one HSET (the fields, version, _seq, _ended, the bookkeeping times and _ops, this op's
-outcome), the n events as 0-<seq> with consecutive seqs; the run's and its log's TTLs only when due (renewed
+outcome; older outcomes past the newest 16 go to the spill hash), the n events as 0-<seq> with consecutive seqs; the run's and its log's TTLs only when due (renewed
 at most every renew_after ms, so keys live between run_ttl - renew_after and run_ttl after the
 last write). On a cluster, index entries are follow-up writes the caller makes in each index's
 own slot (indexing.py); on a single Redis a status change settles the groups in KEYS[4..] here,
@@ -41,11 +41,12 @@ after the write, with the same rules (settle_group.lua), so it takes one script.
 local o = cjson.decode(ARGV[1])
 local run = KEYS[1]
 local current = redis.call('HMGET', run, 'status', 'tenantId', '_fence', 'version', '_ended',
-  '_score', '_indexed', '_seq', '_renewed', '_ops')
+  '_score', '_indexed', '_seq', '_renewed', '_ops', '_spill')
 local status, tenant, fence, version, ended, score, indexed, seq, renewed, ops =
   current[1], current[2], current[3], current[4], current[5], current[6], current[7], current[8],
   current[9], current[10] or ''
-local done = recorded_outcome(ops, o.op)
+local now = tonumber(o.now)
+local done = recorded_outcome(ops, current[11], KEYS[3], o.op, now)
 if done then
   return {2, done}
 end
@@ -74,7 +75,6 @@ if new_status ~= '' and new_status ~= status and o.placement ~= tenant .. '|' ..
 end
 
 -- Every guard passed: write, in one HSET.
-local now = tonumber(o.now)
 local fields = {}
 for i = 2 + n_events, #ARGV do
   fields[#fields + 1] = ARGV[i]
@@ -109,9 +109,15 @@ if renew then
   fields[#fields + 1] = '_renewed'
   fields[#fields + 1] = o.now
 end
+local spilled
+ops, spilled = with_operation(ops, o.op, tostring(version) .. ':' .. table.concat(seqs, ','), now,
+  tonumber(o.op_ttl), KEYS[3])
 fields[#fields + 1] = '_ops'
-fields[#fields + 1] = with_operation(ops, o.op, tostring(version) .. ':' .. table.concat(seqs, ','),
-  now, tonumber(o.op_ttl))
+fields[#fields + 1] = ops
+if spilled then
+  fields[#fields + 1] = '_spill'
+  fields[#fields + 1] = spilled
+end
 redis.call('HSET', run, unpack(fields))
 for i = 1, n_events do
   redis.call('XADD', KEYS[2], '0-' .. seqs[i], 'e', ARGV[1 + i])
@@ -121,7 +127,7 @@ if renew then
   redis.call('PEXPIRE', KEYS[2], o.run_ttl)
 end
 if o.groups ~= '' and new_status ~= '' and new_status ~= status then
-  settle_groups(3, o, score, version, new_status, now, '')
+  settle_groups(4, o, score, version, new_status, now, '')
 end
 local document = ''
 if o.document == '1' then
