@@ -103,6 +103,7 @@ def built_patterns() -> Iterator[tuple[str, str]]:
         "events(R)": lambda: keys.events("R"),
         "lock(R)": lambda: keys.lock("R"),
         "lock_wake(R)": lambda: keys.lock_wake("R"),
+        "operations(R)": lambda: keys.operations("R"),
         "operation(R, op_id)": lambda: keys.operation("R", "<op id>"),
         "void(R)": lambda: keys.void("R"),
         "idempotency(T, K)": lambda: keys.idempotency("T", "K"),

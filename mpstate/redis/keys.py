@@ -31,7 +31,7 @@ Layout (prefix ``mp``)::
     mp:run:{R}:lock                    string  lock holder's random token, PX = lock TTL
     mp:run:{R}:lock:wake               list    pushed on release; waiters BLPOP it
     mp:run:{R}:ops                     hash    op id -> outcome of writes past the run's _ops
-    mp:run:{R}:op:release-<token>      string  a lock release's outcome, for its retry
+    mp:run:{R}:op:<op id>              string  a lock release's outcome (op id release-<token>)
     mp:run:{R}:void                    set     claim tokens whose create of R was called off
     mp:idem:{T:K}                      string  "<claim token>:<run id>" holding key K of tenant T
     mp:job:{P:J}                       string  run id that recorded job J of provider P
