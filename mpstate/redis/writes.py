@@ -3,9 +3,9 @@
 Every write to a run is one script in the run's slot (``create_run``, ``commit_run``) that checks
 every guard before it writes anything, and carries a fresh operation id the script records in
 the run hash, so a retry after a lost reply replays the outcome instead of writing twice. What
-lives in other slots is written around that script, never inside it: external job pointers and index
-entries first, index entries settled after (``indexing.py``), the idempotency key claimed first
-(``claims.py``). The sync and asyncio shells drive these plans; none of this code does I/O.
+lives in other slots is written around that script, never inside it: external job pointers and
+index entries first, index entries settled after (``indexing.py``), the idempotency key claimed
+first (``claims.py``). The sync and asyncio shells drive these plans; none of this code does I/O.
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ from typing import Any
 
 import pytest
 import redis
+from index_support import text
 from plan_steps import PlanSteps, request_names
 
 import mpstate.redis.writes
@@ -296,17 +297,32 @@ def test_a_run_written_more_often_keeps_older_outcomes_in_its_spill_hash_for_the
     store: RedisPipelineStateStore, redis_client: redis.Redis
 ) -> None:
     created(store)
-    for n in range(40):
-        store.commit(RUN_ID, None, [progress(f"p{n}")], operation_id=f"op-{n}")
+    for n in range(100):
+        store.commit(RUN_ID, None, [progress(f"p{n}")], operation_id=f"op-{n:03d}")
 
+    ops = redis_client.hget(store.keys.run(RUN_ID), "_ops")
+    assert ops is not None and len(ops) <= 1024  # bounded, so every write's cost is
     recorded = recorded_operations(redis_client, store)
-    assert recorded == [f"op-{n}" for n in range(24, 40)]  # the newest 16
+    assert recorded == [f"op-{n:03d}" for n in range(100 - len(recorded), 100)]  # the newest
     spill = store.keys.operations(RUN_ID)
-    assert redis_client.hget(spill, "op-0") == b"2:2"  # its outcome: version 2, seq 2
+    spilled = {text(op) for op in redis_client.hkeys(spill)}
+    assert spilled | set(recorded) >= {f"op-{n:03d}" for n in range(100)}  # every outcome kept
+    assert redis_client.hget(spill, "op-000") == b"2:2"  # its outcome: version 2, seq 2
     assert 0 < redis_client.pttl(spill) <= mpstate.redis.writes.OPERATION_TTL_MS
-    for n in (0, 23, 39):  # retried after many other writes: replayed, not written again
-        store.commit(RUN_ID, None, [progress("again")], operation_id=f"op-{n}")
-    assert len(store.require(RUN_ID).events) == 41
+    for n in (0, 50, 99):  # retried after many other writes: replayed, not written again
+        store.commit(RUN_ID, None, [progress("again")], operation_id=f"op-{n:03d}")
+    assert len(store.require(RUN_ID).events) == 101
+
+
+def test_an_operation_id_longer_than_the_outcomes_kept_is_still_recorded(
+    store: RedisPipelineStateStore, redis_client: redis.Redis
+) -> None:
+    created(store)
+    long_id = "x" * 2000
+    store.commit(RUN_ID, None, [progress("a")], operation_id=long_id)
+    store.commit(RUN_ID, None, [progress("a")], operation_id=long_id)
+    assert recorded_operations(redis_client, store) == [long_id]  # the create's was spilled
+    assert len(store.require(RUN_ID).events) == 2
 
 
 # -- follow-up writes in other slots: idempotent without an op key ------------------------------
