@@ -581,6 +581,20 @@ def expire(client: redis.Redis, store: RedisPipelineStateStore, *run_ids: str) -
     client.delete(*(store.keys.run(run_id) for run_id in run_ids))
 
 
+def test_a_run_created_again_over_a_log_left_by_its_expired_hash_starts_a_new_log(
+    redis_client: redis.Redis, prefix: str
+) -> None:
+    store = new_store(redis_client, prefix)
+    store.create({"runId": "r1", "pipelineId": "p"})
+    store.append_event("r1", StepProgress(run_id="r1", step_id="s", pct=10))
+    expire(redis_client, store, "r1")  # the hash went first; its stream (seqs 1, 2) is left
+    assert redis_client.xlen(store.keys.events("r1")) == 2
+
+    store.create({"runId": "r1", "pipelineId": "p2"})
+    run = store.require("r1")
+    assert (run.pipeline_id, [(e.seq, e.kind) for e in run.events]) == ("p2", [(1, "run-created")])
+
+
 def test_an_index_entry_whose_run_is_gone_is_never_listed_and_is_pruned(
     redis_client: redis.Redis, prefix: str
 ) -> None:

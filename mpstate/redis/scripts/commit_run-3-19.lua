@@ -29,10 +29,11 @@ is 1 when the run is due to re-assert its index entries, which the caller does),
 {2, "version:seq,seq"} when this op was already applied (a client retry after a lost reply).
 Writes: one HSET (the fields, version, _seq, _ended, the bookkeeping times and _ops, this op's
 outcome; older outcomes past 1 KB of them go to the spill hash), the n events as 0-<seq> with
-consecutive seqs; the run's and its log's TTLs only when due (renewed at most every renew_after ms, so keys live between run_ttl - renew_after and run_ttl after the
-last write). On a cluster, index entries are follow-up writes the caller makes in each index's
-own slot (indexing.py); on a single Redis a status change settles the groups in KEYS[4..] here,
-after the write, with the same rules (settle_group.lua), so it takes one script.
+consecutive seqs; the run's and its log's TTLs only when due (renewed at most every renew_after
+ms, so keys live between run_ttl - renew_after and run_ttl after the last write). On a
+cluster, index entries are follow-up writes the caller makes in each index's own slot
+(indexing.py); on a single Redis a status change settles the groups in KEYS[4..] here, after
+the write, with the same rules (settle_group.lua), so it takes one script.
 ]]
 --- @include "run_document"
 --- @include "settle_group"
