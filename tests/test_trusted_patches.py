@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from mpstate import InvalidInputError, PipelineRun, PipelineStateStore, StepProgress
 from mpstate import patches as patches_module
+from mpstate.celery.commits import Decide
 from mpstate.celery.transitions import (
     Transition,
     await_approval,
@@ -45,7 +46,6 @@ from mpstate.models import GateTimeout, PipelineRunStatus, StepState, StepStatus
 from mpstate.patches import trusted_patch, validate_patch
 
 META: EventMeta = {"taskId": "t-1", "worker": "w@host"}
-Decide = Callable[[PipelineRun], Transition | None]
 
 
 class Twins:
