@@ -92,7 +92,7 @@ def test_quick_celery_hooks_benchmark_reports_every_kind_and_goal(
 
     result = json.loads(output.read_text())
     rows = {row["name"]: row for row in result["results"]}
-    assert set(rows) == {"bare", "chain", "hooks"}
+    assert set(rows) == {"bare", "chain", "floor", "hooks"}
     for name, row in rows.items():
         assert row["steps_per_s"] > 0, name
         assert row["end_to_end_steps_per_s"] > 0, name
@@ -109,18 +109,26 @@ def test_quick_celery_hooks_benchmark_reports_every_kind_and_goal(
     assert hooks["store_redis_commands_per_step"] > 0
     assert rows["bare"]["store_round_trips_per_step"] == 0
     assert rows["chain"]["store_round_trips_per_step"] == 0
+    # The floor's two writes per step, and one per run from the publisher, on the same counter.
+    floor = rows["floor"]
+    steps = result["config"]["steps"]
+    assert floor["store_round_trips_per_step_worker"] == 2
+    assert floor["store_round_trips_per_step_publisher"] == pytest.approx(1 / steps, abs=0.01)
+    assert floor["evalsha_per_step"] == pytest.approx(2 + 1 / steps, abs=0.01)
     # A chain's links published by the worker: the broker's commands are counted for them too.
     assert rows["chain"]["redis_commands_per_step"] > 0
     targets = {target["operation"]: target for target in result["targets"]}
     assert list(targets) == [
         "hooks_to_chain_end_to_end",
+        "floor_to_chain_end_to_end",
         "store_server_cpu_us_per_step",
         "store_redis_commands_per_step",
         "store_round_trips_per_step",
     ]
     assert targets["hooks_to_chain_end_to_end"]["value"] == hooks["end_to_end_ratio_to_chain"]
+    assert targets["floor_to_chain_end_to_end"]["value"] == floor["end_to_end_ratio_to_chain"]
     assert targets["store_round_trips_per_step"]["met"] is None
-    for name in list(targets)[:3]:
+    for name in list(targets)[:4]:
         assert targets[name]["verdict"] in ("PASS", "MISS"), name
     assert result["breakdown"]["worker_us_per_step"]
     for key in ("redis_version", "python_version", "celery_version", "date"):
@@ -130,3 +138,4 @@ def test_quick_celery_hooks_benchmark_reports_every_kind_and_goal(
     assert "x chain" in out
     assert "Celery chain of 3 no-op tasks" in out
     assert "PipelineTask no-op step" in out
+    assert "floor: 2 minimal writes per step" in out

@@ -28,10 +28,11 @@ def round_line(
     hooks, chained, bare = totals["hooks"], totals["chain"], totals["bare"]
     rates = ", ".join(f"{kind} {totals[kind].rate:,.0f}" for kind in KINDS)
     end_to_end = hooks.end_to_end_rate / chained.end_to_end_rate
+    floor = totals["floor"].end_to_end_rate / chained.end_to_end_rate
     return (
         f"round {index + 1}/{rounds} ({', '.join(order)}): {rates} steps/s; hooks x chain"
         f" {hooks.rate / chained.rate:.3f} (e2e {end_to_end:.3f}), x bare"
-        f" {hooks.rate / bare.rate:.3f}"
+        f" {hooks.rate / bare.rate:.3f}; floor x chain e2e {floor:.3f}"
     )
 
 

@@ -9,10 +9,15 @@ RESULTS = Path(__file__).resolve().parent.parent / "results" / "celery_hooks.jso
 STORE_PREFIX = "mpbench"
 NOOP = "bench.noop"
 STEP = "bench.step"
+FLOOR = "bench.floor"
 GATE = "bench.gate"
 PIPELINE = "bench-noop"
 #: The kinds measured in every round, in the first round's order (it rotates between rounds).
-KINDS = ("bare", "chain", "hooks")
+KINDS = ("bare", "chain", "floor", "hooks")
+#: The floor's one durable write per round trip: a step's state in a hash and an event in a
+#: stream, the least a start or a completion must make durable.
+FLOOR_WRITE = """redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return redis.call('XADD', KEYS[2], '*', 'e', ARGV[3])"""
 
 #: Goals (issue 17), reported as PASS/MISS. hooks over the bare Celery chain, end to end (from
 #: the first publish to the last task's completion), median of the per-round ratios:

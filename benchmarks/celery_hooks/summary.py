@@ -55,6 +55,7 @@ def kind_label(kind: str, steps: int) -> str:
     return {
         "bare": "bare no-op task",
         "chain": f"Celery chain of {steps} no-op tasks",
+        "floor": f"floor: 2 minimal writes per step ({steps}-step runs)",
         "hooks": f"PipelineTask no-op step ({steps}-step runs)",
     }[kind]
 
@@ -139,7 +140,7 @@ def summarize(
 def evaluate_goals(rows: list[dict[str, Any]]) -> list[Goal]:
     """The issue's goals against this run's rows."""
     by_name = {row["name"]: row for row in rows}
-    hooks = by_name["hooks"]
+    hooks, floor = by_name["hooks"], by_name["floor"]
     return [
         Goal(
             "hooks_to_chain_end_to_end",
@@ -150,6 +151,16 @@ def evaluate_goals(rows: list[dict[str, Any]]) -> list[Goal]:
             unit="x chain",
             note=f"drain {hooks['ratio_to_chain']:.3f} x chain; x bare:"
             f" e2e {hooks['end_to_end_ratio_to_bare']:.3f}, drain {hooks['ratio_to_bare']:.3f}",
+        ),
+        Goal(
+            "floor_to_chain_end_to_end",
+            "the floor / chain, end to end: the hooks' goal is reachable here only if met",
+            ">=",
+            CHAIN_RATIO_GOAL,
+            floor["end_to_end_ratio_to_chain"],
+            unit="x chain",
+            note=f"hooks / floor, end to end {median_ratio(hooks, floor):.3f};"
+            f" floor drain {floor['ratio_to_chain']:.3f} x chain",
         ),
         Goal(
             "store_server_cpu_us_per_step",
@@ -183,6 +194,14 @@ def evaluate_goals(rows: list[dict[str, Any]]) -> list[Goal]:
             f" + worker {hooks['store_round_trips_per_step_worker']:.2f}",
         ),
     ]
+
+
+def median_ratio(row: dict[str, Any], base: dict[str, Any]) -> float:
+    """The median over rounds of one kind's end-to-end rate over another's in the same round."""
+    return statistics.median(
+        r["end_to_end_steps_per_s"] / b["end_to_end_steps_per_s"]
+        for r, b in zip(row["rounds"], base["rounds"], strict=True)
+    )
 
 
 def render_table(rows: list[dict[str, Any]]) -> str:

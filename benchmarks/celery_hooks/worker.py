@@ -6,6 +6,7 @@ import cProfile
 import gc
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +18,8 @@ from celery import Celery, chain, signals
 from celery.contrib.testing.worker import start_worker
 
 from benchmarks.celery_hooks.config import (
+    FLOOR,
+    FLOOR_WRITE,
     GATE,
     GATE_TIMEOUT_S,
     KINDS,
@@ -164,6 +167,19 @@ class Bench:
             if drain.profiler is not None:
                 drain.profiler.enable()
 
+        self.floor_steps = 0
+        floor_write = self.store.client.register_script(FLOOR_WRITE)
+        bench = self
+
+        @app.task(name=FLOOR, bind=True, shared=False)
+        def floor(self: Any, run_id: str, step_id: str) -> None:
+            bench.floor_write(floor_write, run_id, step_id, "running")
+            bench.floor_write(floor_write, run_id, step_id, "completed")
+            following = int(step_id[1:]) + 1
+            if following < bench.floor_steps:
+                bench.floor_publish(run_id, following)
+
+        self.floor_script = floor_write
         self.noop, self.step, self.gate = noop, step, gate
         self.mp = MpState(app, self.store)
         signals.task_prerun.connect(drain.on_prerun, weak=False)
@@ -171,6 +187,32 @@ class Bench:
         self.chunk_index = 0
         self.publisher_spans = Spans()
         self.worker_spans = Spans()
+
+    def floor_write(self, script: Any, run_id: str, step_id: str, status: str) -> None:
+        """One round trip of the floor: the least durable write a step's start or completion
+        needs (its state, and an event)."""
+        key = f"{STORE_PREFIX}:floor:{{{run_id}}}"
+        event = f'{{"runId":"{run_id}","stepId":"{step_id}","kind":"step-{status}"}}'
+        script(keys=[key, f"{key}:events"], args=[step_id, status, event])
+
+    def floor_publish(self, run_id: str, index: int) -> None:
+        """Publish a floor step with a message like the hooks' (kwargs and headers naming the
+        run and step, an explicit task id, publish retries), under names mpstate ignores."""
+        step_id = f"s{index}"
+        self.app.send_task(
+            FLOOR,
+            kwargs={"run_id": run_id, "step_id": step_id},
+            headers={
+                "floor_run_id": run_id,
+                "floor_step_id": step_id,
+                "floor_role": "step",
+                "floor_attempt_base": 0,
+                "floor_run_version": index + 1,
+            },
+            task_id=uuid.uuid4().hex,
+            retry=True,
+            retry_policy=self.mp.publish_retry_policy,
+        )
 
     def close(self) -> None:
         signals.task_prerun.disconnect(self.drain.on_prerun)
@@ -206,7 +248,8 @@ class Bench:
         total = runs * steps
         drain = self.drain
         # bare tasks and a chain's links all run the no-op task: ``total`` of them either way.
-        drain.arm(STEP if kind == "hooks" else NOOP, total)
+        drain.arm({"hooks": STEP, "floor": FLOOR}.get(kind, NOOP), total)
+        self.floor_steps = steps
         drain.profiler = profiler
         self.gate.delay()
         if not drain.gate_started.wait(30):
@@ -222,6 +265,11 @@ class Bench:
             definition = [{"stepId": f"s{index}", "operation": STEP} for index in range(steps)]
             for _ in range(runs):
                 self.mp.start_run(PIPELINE, definition, tenant_id=tenant)
+        elif kind == "floor":
+            for _ in range(runs):
+                run_id = uuid.uuid4().hex
+                self.floor_write(self.floor_script, run_id, "s0", "pending")
+                self.floor_publish(run_id, 0)
         elif kind == "chain":
             for _ in range(runs):
                 chain(*(self.noop.si() for _ in range(steps))).delay()
