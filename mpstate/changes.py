@@ -105,6 +105,11 @@ class RunChange:
         return self.patch.document if self.patch is not None else {}
 
     @property
+    def encoded(self) -> dict[str, bytes]:
+        """The patch's ``{camelCase field: JSON text}`` (empty without a patch)."""
+        return self.patch.encoded if self.patch is not None else {}
+
+    @property
     def new_status(self) -> PipelineRunStatus | None:
         """The status the patch sets, if it sets one."""
         status = self.document.get("status")

@@ -8,6 +8,7 @@ patches it built from models validated already (see there).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from datetime import datetime
 from enum import Enum
@@ -85,22 +86,43 @@ class ValidPatch:
 
     Made only by ``validate_patch`` (any input) and ``trusted_patch`` (the lifecycle's own
     patches): ``PipelineStateStore.commit`` takes one as it is, so building one elsewhere is
-    refused (``TypeError``) rather than letting unvalidated data through.
+    refused (``TypeError``) rather than letting unvalidated data through. A store that keeps JSON
+    text takes ``encoded``; one that keeps values takes ``values``; each form is built once, from
+    the one the patch was made with.
     """
 
-    __slots__ = ("_values", "document")
+    __slots__ = ("_document", "_encoded", "_values")
 
     def __init__(
         self,
         document: dict[str, Any],
         minted: object = None,
         values: dict[str, Any] | None = None,
+        encoded: dict[str, bytes] | None = None,
     ) -> None:
         if minted is not _MINTED:
             raise TypeError("a ValidPatch is made by validate_patch, not directly")
-        #: ``{camelCase field: JSON value}`` of the fields the patch sets.
-        self.document = document
+        self._document = document
         self._values = values
+        self._encoded = encoded
+
+    @property
+    def document(self) -> dict[str, Any]:
+        """``{camelCase field: JSON value}`` of the fields the patch sets."""
+        encoded = self._encoded
+        if encoded is not None and len(self._document) < len(encoded):
+            # trusted_patch encodes the steps straight from their models: decoded on demand.
+            for key, text in encoded.items():
+                if key not in self._document:
+                    self._document[key] = json.loads(text)
+        return self._document
+
+    @property
+    def encoded(self) -> dict[str, bytes]:
+        """``{camelCase field: its value as compact UTF-8 JSON}``, as a hash of JSON keeps it."""
+        if self._encoded is None:
+            self._encoded = {key: to_json(value) for key, value in self._document.items()}
+        return self._encoded
 
     @property
     def values(self) -> dict[str, Any]:
@@ -157,38 +179,43 @@ def trusted_patch(patch: Mapping[str, Any]) -> ValidPatch:
     caller.
     ``tests/test_trusted_patches.py`` checks that both give the same document for every kind of
     transition. Not for user input: ``commit`` validates every mapping.
+    Each field is encoded to JSON once, the steps straight from their models, and the document's
+    step list is decoded from that text only if a backend asks for it.
     """
     document: dict[str, Any] = {}
     values: dict[str, Any] = {}
-    for key, value in patch.items():
-        types = _TRUSTED_FIELDS.get(key)
-        if types is None or type(value) not in types:
-            return validate_patch(patch)
-        if type(value) in (int, float) and value < 0:
-            return validate_patch(patch)  # both numeric fields are >= 0
-        if key == "steps":
-            if (
-                any(type(step) is not StepState for step in value)
-                or len({step.step_id for step in value}) != len(value)
-                or not _finite([(step.inputs, step.outputs) for step in value])
-            ):
-                return validate_patch(patch)  # which refuses what a run cannot hold
-            document[key] = _STEP_LIST.dump_python(value, mode="json", by_alias=True)
-            values["steps"] = list(value)
-            continue
-        document[key] = _json_form(value)
-        values[_ALIASES[key]] = _value_form(key, value)
-    if not document:
-        return validate_patch(patch)
+    encoded: dict[str, bytes] = {}
     try:
-        # A lone surrogate raises; NaN and infinities come out as bare tokens, never valid JSON
-        # (a string that merely contains one of those words only costs the validation).
-        encoded = to_json(document)
+        for key, value in patch.items():
+            types = _TRUSTED_FIELDS.get(key)
+            if types is None or type(value) not in types:
+                return validate_patch(patch)
+            if type(value) in (int, float) and value < 0:
+                return validate_patch(patch)  # both numeric fields are >= 0
+            if key == "steps":
+                if (
+                    any(type(step) is not StepState for step in value)
+                    or len({step.step_id for step in value}) != len(value)
+                    or not _finite([(step.inputs, step.outputs) for step in value])
+                ):
+                    return validate_patch(patch)  # which refuses what a run cannot hold
+                # A model's own fields cannot hold NaN (allow_inf_nan=False); _finite covered
+                # its free-form ones. A lone surrogate raises here.
+                encoded[key] = _STEP_LIST.dump_json(value, by_alias=True)
+                values["steps"] = list(value)
+                continue
+            form = document[key] = _json_form(value)
+            # A lone surrogate raises; NaN and infinities come out as bare tokens, never valid
+            # JSON (a string that merely holds one of those words only costs the validation).
+            text = encoded[key] = to_json(form)
+            if b"NaN" in text or b"Infinity" in text:
+                return validate_patch(patch)
+            values[_ALIASES[key]] = _value_form(key, value)
     except PydanticSerializationError:
         return validate_patch(patch)
-    if b"NaN" in encoded or b"Infinity" in encoded:
+    if not encoded:
         return validate_patch(patch)
-    return ValidPatch(document, _MINTED, values)
+    return ValidPatch(document, _MINTED, values, encoded)
 
 
 def _finite(values: Any) -> bool:

@@ -66,7 +66,9 @@ def _packed(options: dict[str, str]) -> str:
 
 def _written_fields(change: RunChange) -> list[str | bytes]:
     """The patch as field, JSON value pairs, with updatedAt when the version goes up."""
-    fields = encode_fields(change.document)
+    fields: list[str | bytes] = []
+    for name, encoded in change.encoded.items():
+        fields += (name, encoded)
     if change.bump_version:
         fields += ["updatedAt", json_value(iso_z(change.updated_at))]
     return fields
