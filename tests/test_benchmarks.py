@@ -53,6 +53,14 @@ def test_quick_benchmark_reports_every_operation(
         assert operations[name]["ratio_to_evalsha"] > 0, name
         assert operations[name]["round_trips"] >= 1, name
         assert len(operations[name]["rounds"]) == result["config"]["rounds"], name
+        # What the op would reach with a client costing nothing: a raw round trip's time over
+        # the op's round trips at that time less the baseline's server part, plus its server.
+        row, round_trip_us = operations[name], 1e6 / operations[name]["baseline_ops_per_s"]
+        least_us = (
+            row["round_trips"] * (round_trip_us - result["baseline"]["server_cpu_us_per_op"])
+            + row["server_cpu_us_per_op"]
+        )
+        assert row["ceiling_ratio_to_evalsha"] == pytest.approx(round_trip_us / least_us, rel=1e-3)
     # On a single Redis a create and a status change are one round trip each; with the
     # cluster's follow-ups, two (the entries added ahead in one pipeline with the run's script).
     for name in ("create", "status_change"):
