@@ -45,6 +45,9 @@ class Summary:
     canaries_completed: bool = False
     total_cost_usd: float = 0.0
     violations: list[str] = field(default_factory=list)
+    #: Each run a violation names, as the store holds it at the end (its steps and its whole
+    #: event log), so a failure seen once can be read after the deployment is gone.
+    violating_runs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -120,6 +123,11 @@ class Summary:
             console.print(f"[red]violation[/red] {escape(violation)}")
         if len(self.violations) > 50:
             console.print(f"... and {len(self.violations) - 50} more (see the JSON)")
+        if self.violating_runs:
+            console.print(
+                f"the {len(self.violating_runs)} runs they name, with their event logs:"
+                " violating_runs in the JSON"
+            )
         console.print("[green]PASSED[/green]" if self.passed else "[red]FAILED[/red]")
 
 

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -139,6 +140,7 @@ def _judge(
     summary.suspensions = dict(verdicts.suspensions)
     summary.total_cost_usd = verdicts.total_cost_usd
     summary.violations = [str(v) for v in verdicts.violations]
+    summary.violating_runs = _as_stored(store, {v.run_id for v in verdicts.violations})
 
     replayed = _replay_finished(settings, store, planned)
     time.sleep(SETTLE_S)
@@ -174,6 +176,17 @@ def _judge(
         summary.violations.append(
             f"{summary.provider['delivery_errors']} provider callbacks were never accepted"
         )
+
+
+def _as_stored(store: PipelineStateStore, run_ids: set[str]) -> dict[str, Any]:
+    """The runs named by violations as the store holds them, events included (a violation for
+    a run never started names its plan, ``#<index>``, and has none)."""
+    found = {}
+    for run_id in sorted(run_ids):
+        run = None if run_id.startswith("#") else store.get(run_id)
+        if run is not None:
+            found[run_id] = run.to_json_dict()
+    return found
 
 
 def _sample(load: Load, stop: threading.Event) -> None:

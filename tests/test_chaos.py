@@ -15,6 +15,7 @@ from rich.console import Console
 import chaos.runner
 from chaos.config import ChaosConfig
 from chaos.runner import run_chaos
+from mpstate import InMemoryPipelineStateStore, PipelineRun, RunStarted, StepState
 from mpstate.celery import MpState
 from mpstate.errors import MpStateError
 
@@ -59,3 +60,22 @@ def test_twenty_runs_survive_a_worker_kill_a_redis_restart_and_bad_input(tmp_pat
     assert summary.bad_inputs_refused == summary.receiver_probes + summary.store_probes > 0
     assert summary.canaries_unchanged and summary.canaries_completed, report
     assert summary.provider["callbacks_sent"] >= summary.callbacks_applied > 0, report
+    assert summary.violating_runs == {}
+
+
+def test_a_violation_keeps_the_run_it_names_with_its_event_log() -> None:
+    """A failure seen once can be read after the deployment is gone: the summary keeps each
+    named run as stored (a plan never started, ``#<index>``, has none)."""
+    store = InMemoryPipelineStateStore()
+    video = StepState(step_id="video", operation="video.generate")
+    run = store.create(
+        PipelineRun(run_id="stuck", pipeline_id="p", steps=[video]),
+        events=[RunStarted(run_id="stuck")],
+    )
+
+    kept = chaos.runner._as_stored(store, {"stuck", "#7", "never-stored"})
+
+    assert list(kept) == ["stuck"]
+    assert kept["stuck"]["runId"] == run.run_id
+    assert [event["kind"] for event in kept["stuck"]["events"]] == ["run-created", "run-started"]
+    assert kept["stuck"]["steps"][0]["stepId"] == "video"
