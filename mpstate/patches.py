@@ -177,8 +177,8 @@ def trusted_patch(patch: Mapping[str, Any]) -> ValidPatch:
     can store (non-finite numbers, lone surrogates) to validation, which refuses it. Anything
     else goes through ``validate_patch`` too, which accepts or refuses it exactly as for any
     caller.
-    ``tests/test_trusted_patches.py`` checks that both give the same document for every kind of
-    transition. Not for user input: ``commit`` validates every mapping.
+    ``tests/test_trusted_patches.py`` checks that both give the same document and the same JSON
+    text for every kind of transition. Not for user input: ``commit`` validates every mapping.
     Each field is encoded to JSON once, the steps straight from their models, and the document's
     step list is decoded from that text only if a backend asks for it.
     """
@@ -199,8 +199,10 @@ def trusted_patch(patch: Mapping[str, Any]) -> ValidPatch:
                     or not _finite([(step.inputs, step.outputs) for step in value])
                 ):
                     return validate_patch(patch)  # which refuses what a run cannot hold
-                # A model's own fields cannot hold NaN (allow_inf_nan=False); _finite covered
-                # its free-form ones. A lone surrogate raises here.
+                # A model's float fields cannot hold NaN (allow_inf_nan=False) and _finite
+                # checked inputs and outputs; like the dump before it, this one writes a NaN
+                # inside another free-form field (an approval's details) as null. A lone
+                # surrogate raises here.
                 encoded[key] = _STEP_LIST.dump_json(value, by_alias=True)
                 values["steps"] = list(value)
                 continue
