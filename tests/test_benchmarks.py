@@ -122,7 +122,9 @@ def test_quick_celery_hooks_benchmark_reports_every_kind_and_goal(
     steps = result["config"]["steps"]
     assert floor["store_round_trips_per_step_worker"] == 2
     assert floor["store_round_trips_per_step_publisher"] == pytest.approx(1 / steps, abs=0.01)
-    assert floor["evalsha_per_step"] == pytest.approx(2 + 1 / steps, abs=0.01)
+    # The server saw every one of them; its count may hold a few of kombu's own scripts too
+    # (the broker's timers run some while any kind's backlog drains).
+    assert floor["evalsha_per_step"] >= round(2 + 1 / steps, 2)  # as the row rounds it
     # A chain's links published by the worker: the broker's commands are counted for them too.
     assert rows["chain"]["redis_commands_per_step"] > 0
     targets = {target["operation"]: target for target in result["targets"]}
@@ -135,6 +137,11 @@ def test_quick_celery_hooks_benchmark_reports_every_kind_and_goal(
     ]
     assert targets["hooks_to_chain_end_to_end"]["value"] == hooks["end_to_end_ratio_to_chain"]
     assert targets["floor_to_chain_end_to_end"]["value"] == floor["end_to_end_ratio_to_chain"]
+    assert (
+        f"hooks / floor, end to end {hooks['end_to_end_ratio_to_floor']:.3f}"
+        in (targets["floor_to_chain_end_to_end"]["note"])
+    )
+    assert len(hooks["end_to_end_ratio_to_floor_per_round"]) == result["config"]["rounds"]
     assert targets["store_round_trips_per_step"]["met"] is None
     for name in list(targets)[:4]:
         assert targets[name]["verdict"] in ("PASS", "MISS"), name

@@ -22,6 +22,7 @@ __all__ = [
     "decode_run_hash",
     "decode_unmatched",
     "encode_fields",
+    "hash_fields",
     "json_value",
     "run_document",
     "text",
@@ -42,10 +43,14 @@ def json_value(value: Any) -> str:
 
 def encode_fields(document: Mapping[str, Any]) -> list[str | bytes]:
     """``[field, json, field, json, ...]`` for HSET (values as UTF-8 JSON bytes)."""
+    return hash_fields({name: to_json(value) for name, value in document.items()})
+
+
+def hash_fields(encoded: Mapping[str, bytes]) -> list[str | bytes]:
+    """``[field, json, ...]`` for HSET from values encoded already (``ValidPatch.encoded``)."""
     flat: list[str | bytes] = []
-    for name, value in document.items():
-        flat.append(name)
-        flat.append(to_json(value))
+    for name, text in encoded.items():
+        flat += (name, text)
     return flat
 
 

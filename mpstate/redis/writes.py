@@ -24,7 +24,14 @@ from mpstate.fields import epoch_ms, iso_z, now_ms
 from mpstate.models import PipelineRun, PipelineRunStatus
 from mpstate.plans import Plan
 from mpstate.redis.claims import IdempotencyClaims
-from mpstate.redis.codec import decode_run, encode_fields, json_value, run_document, text
+from mpstate.redis.codec import (
+    decode_run,
+    encode_fields,
+    hash_fields,
+    json_value,
+    run_document,
+    text,
+)
 from mpstate.redis.indexing import Indexer
 from mpstate.redis.keys import RedisKeys, escape_id
 from mpstate.redis.requests import Batch, Command, Ordered, Script
@@ -66,9 +73,7 @@ def _packed(options: dict[str, str]) -> str:
 
 def _written_fields(change: RunChange) -> list[str | bytes]:
     """The patch as field, JSON value pairs, with updatedAt when the version goes up."""
-    fields: list[str | bytes] = []
-    for name, encoded in change.encoded.items():
-        fields += (name, encoded)
+    fields = hash_fields(change.encoded)
     if change.bump_version:
         fields += ["updatedAt", json_value(iso_z(change.updated_at))]
     return fields
